@@ -1,0 +1,43 @@
+"""The hooks a testbed plugin can implement (pluggy project "testbed"). One line of doc each."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .registry import Register
+    from .run import RunContext
+
+hookspec = pluggy.HookspecMarker("testbed")
+
+
+@hookspec
+def register_optimizers(register: "Register") -> None:
+    """Register optimizers: ``register(name, factory, options=..., doc=..., needs_closure=...)``."""
+
+
+@hookspec
+def register_tasks(register: "Register") -> None:
+    """Register tasks: ``register(name, factory, options=..., doc=...)``; factory(d, n, **options)."""
+
+
+@hookspec
+def register_diagnostics(register: "Register") -> None:
+    """Register diagnostics: ``register(name, factory, options=..., doc=...)``."""
+
+
+@hookspec
+def on_run_start(run: "RunContext") -> None:
+    """Called once a run's model, optimizer and logger exist, before its first step."""
+
+
+@hookspec
+def on_step_end(run: "RunContext", step: int, metrics: "dict[str, Any]") -> None:
+    """Called after every optimizer step with the step number (1-based) and that step's metrics."""
+
+
+@hookspec
+def on_run_end(run: "RunContext", status: str) -> None:
+    """Always called when a run ends; status is completed, diverged, failed or interrupted."""

@@ -1,0 +1,111 @@
+"""Loading plugins: every entry point of the group ``testbed`` through one path.
+
+The standard plugins (in ``plugins/testbed_std``) are registered through the same entry-point group
+as a third party's, so they get no special treatment here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass, field
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Registry
+
+GROUP = "testbed"
+_REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks", "diagnostic": "register_diagnostics"}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str
+    version: str
+    error: str | None = None  # set when the plugin failed to import
+
+
+@dataclass
+class Plugins:
+    """A loaded plugin set: the pluggy manager, what each plugin is, and what they registered."""
+
+    manager: pluggy.PluginManager
+    infos: list[PluginInfo] = field(default_factory=list)
+    registry: Registry = field(default_factory=Registry)
+
+    @property
+    def failed(self) -> list[PluginInfo]:
+        return [info for info in self.infos if info.error is not None]
+
+    def require_healthy(self) -> None:
+        """Raise a PluginError naming the first plugin that failed to import."""
+        for info in self.failed:
+            raise PluginError(
+                f"plugin {info.name!r} (distribution {info.distribution} {info.version}) failed to load: "
+                f"{info.error}. Fix or uninstall it; `testbed plugins` lists every plugin."
+            )
+
+    def versions(self) -> dict[str, str]:
+        """``{plugin name: 'distribution version'}`` of every loaded plugin, for provenance."""
+        return {i.name: f"{i.distribution} {i.version}" for i in self.infos if i.error is None}
+
+
+def new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("testbed")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = True) -> Plugins:
+    """Load every ``testbed`` entry point (plus ``extra`` {name: module-or-object}) and collect
+    their registrations. A plugin that fails to import is recorded with its error, not raised."""
+    plugins = Plugins(new_manager())
+    if entry_points:
+        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            try:
+                module = ep.load()
+            except Exception as exc:  # any import failure of third-party code
+                plugins.infos.append(PluginInfo(ep.name, ep.value, dist, version, _describe(exc)))
+                continue
+            _add(plugins, ep.name, module, PluginInfo(ep.name, ep.value, dist, version))
+    for name, module in (extra or {}).items():
+        _add(plugins, name, module, PluginInfo(name, getattr(module, "__name__", repr(module)), "local", "-"))
+    _collect_registrations(plugins)
+    return plugins
+
+
+def _add(plugins: Plugins, name: str, module: object, info: PluginInfo) -> None:
+    if plugins.manager.has_plugin(name):
+        raise PluginError(f"two plugins are named {name!r}; entry-point names must be unique")
+    try:
+        plugins.manager.register(module, name=name)
+    except Exception as exc:  # pluggy validates hook signatures here
+        plugins.infos.append(PluginInfo(info.name, info.module, info.distribution, info.version, _describe(exc)))
+        return
+    plugins.infos.append(info)
+
+
+def _collect_registrations(plugins: Plugins) -> None:
+    """Call each plugin's register hooks alone, so every entry records which plugin made it."""
+    manager = plugins.manager
+    everyone = manager.get_plugins()
+    for plugin in everyone:
+        name = manager.get_name(plugin)
+        others = [p for p in everyone if p is not plugin]
+        for kind, hook_name in _REGISTER_HOOKS.items():
+            caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+            try:
+                caller(register=plugins.registry.binder(kind, name))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r} failed in {hook_name}: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
