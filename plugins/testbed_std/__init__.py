@@ -1,0 +1,1 @@
+"""The standard testbed plugins: optimizers, tasks and diagnostics, registered through entry points."""

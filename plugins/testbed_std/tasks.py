@@ -1,0 +1,213 @@
+"""The standard in-context linear regression tasks (Ahn et al., ICLR 2024, section 2 of PAPER.md).
+
+Every task shares the label law: each prompt draws its own ``w ~ N(0, I_d)`` and labels
+``y_i = <w, x_i> (+ N(0, label_noise^2))`` for its ``n`` context tokens and its query; a task only
+says how its ``n+1`` covariates are drawn. All randomness comes from the generator handed to
+``sample`` (the engine owns every stream), and the tensors live on that generator's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from testbed import Batch, Option, Task, hookimpl
+
+# Shared by every task, declared once.
+LABEL_NOISE = {
+    "label_noise": Option(0.0, "Std of Gaussian noise added to every label (context and query).", min=0.0),
+}
+
+
+class LinearRegressionTask(Task):
+    """Labels ``y = x w + noise`` with ``w ~ N(0, I_d)`` per prompt; subclasses draw the covariates."""
+
+    def __init__(self, d: int, n: int, label_noise: float = 0.0) -> None:
+        for name, value in (("d", d), ("n", n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if label_noise < 0:
+            raise ValueError(f"label_noise must be >= 0, got {label_noise!r}")
+        self.d, self.n, self.label_noise = d, n, float(label_noise)
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Covariates of ``batch_size`` prompts, shape ``(B, n+1, d)``, float32."""
+        raise NotImplementedError
+
+    def _randn(self, *shape: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        x = self.covariates(batch_size, generator)
+        w = self._randn(batch_size, self.d, 1, generator=generator)
+        y = torch.bmm(x, w).squeeze(-1)  # (B, n+1): one batched matmul, the hot path
+        if self.label_noise > 0:  # no draw at all when noiseless: keeps the default stream minimal
+            y = y + self.label_noise * self._randn(batch_size, self.n + 1, generator=generator)
+        return Batch(x, y)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(d={self.d}, n={self.n}, label_noise={self.label_noise})"
+
+
+def _sphere(z: torch.Tensor) -> torch.Tensor:
+    # A normalized isotropic Gaussian is uniform on the sphere.
+    return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+
+
+def _gamma(shape: float, size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Gamma(shape, scale 1) samples (torch.distributions has no generator argument)."""
+    alpha = torch.full(size, shape, dtype=torch.float32, device=generator.device)
+    return torch._standard_gamma(alpha, generator=generator)
+
+
+class GaussianTask(LinearRegressionTask):
+    """x ~ N(0, I_d): the paper's settings 1 and 2."""
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return self._randn(batch_size, self.n + 1, self.d, generator=generator)
+
+
+class SphericalTask(LinearRegressionTask):
+    """x uniform on the unit sphere."""
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return _sphere(self._randn(batch_size, self.n + 1, self.d, generator=generator))
+
+
+class GammaTask(LinearRegressionTask):
+    """x = sqrt(G) u, u uniform on the sphere, G ~ Gamma(shape, scale) per token: the paper's setting 3."""
+
+    def __init__(
+        self, d: int, n: int, shape: float = 0.1, scale: float | None = None, label_noise: float = 0.0
+    ) -> None:
+        super().__init__(d, n, label_noise)
+        if shape <= 0 or (scale is not None and scale <= 0):
+            raise ValueError(f"shape and scale must be > 0, got shape={shape!r}, scale={scale!r}")
+        self.shape = float(shape)
+        # sqrt(10/k) keeps Var(G) = 10 = Var(chi^2_5) as k varies (the paper's choice).
+        self.scale = math.sqrt(10.0 / shape) if scale is None else float(scale)
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        u = _sphere(self._randn(batch_size, self.n + 1, self.d, generator=generator))
+        g = self.scale * _gamma(self.shape, (batch_size, self.n + 1, 1), generator)
+        return g.sqrt() * u
+
+
+class StudentTTask(LinearRegressionTask):
+    """x_j i.i.d. Student-t(df): heavy-tailed coordinates."""
+
+    def __init__(
+        self, d: int, n: int, df: float = 3.0, standardize: bool = False, label_noise: float = 0.0
+    ) -> None:
+        super().__init__(d, n, label_noise)
+        if df <= 0:
+            raise ValueError(f"df must be > 0, got {df!r}")
+        if standardize and df <= 2:
+            # Silently skipping would hand the user unstandardized data they asked to standardize.
+            raise ValueError(f"standardize needs df > 2 (the variance is infinite otherwise), got df={df!r}")
+        self.df, self.standardize = float(df), standardize
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        size = (batch_size, self.n + 1, self.d)
+        z = self._randn(*size, generator=generator)
+        chi2 = 2.0 * _gamma(self.df / 2.0, size, generator)  # chi^2(df) = 2 Gamma(df/2, 1)
+        x = z * torch.rsqrt(chi2 / self.df)
+        if self.standardize:
+            x = x * math.sqrt((self.df - 2.0) / self.df)  # Var t(df) = df / (df - 2)
+        return x
+
+
+class AnisotropicTask(LinearRegressionTask):
+    """x ~ N(0, U diag(spectrum) U^T), U a fixed random rotation: an ill-conditioned Gaussian."""
+
+    def __init__(
+        self,
+        d: int,
+        n: int,
+        spectrum: list[float] | None = None,
+        condition_number: float = 10.0,
+        rotation: bool = True,
+        rotation_seed: int = 0,
+        label_noise: float = 0.0,
+    ) -> None:
+        super().__init__(d, n, label_noise)
+        if spectrum is None:
+            if condition_number < 1:
+                raise ValueError(f"condition_number must be >= 1, got {condition_number!r}")
+            # Geometric from 1 down to 1/condition_number, then scaled so E||x||^2 = d as for N(0, I).
+            ev = torch.logspace(0.0, -math.log10(condition_number), d, dtype=torch.float64)
+            ev = ev * (d / ev.sum())
+        else:
+            if len(spectrum) != d:
+                raise ValueError(f"spectrum has {len(spectrum)} values, d is {d}")
+            ev = torch.tensor(spectrum, dtype=torch.float64)
+            if not bool((ev > 0).all()):
+                raise ValueError(f"spectrum values must be > 0, got {list(spectrum)}")
+        self.spectrum = ev.to(torch.float32)
+        # Drawn once from its own seeded generator: the same U for train and eval, independent of the
+        # sampling streams.
+        u = _random_orthogonal(d, rotation_seed) if rotation else torch.eye(d, dtype=torch.float64)
+        self.U = u.to(torch.float32)
+        self.covariance = ((u * ev) @ u.T).to(torch.float32)  # U diag(ev) U^T
+        # Row-vector covariates: x = z D U^T has covariance U D^2 U^T.
+        self._transform = (ev.sqrt()[:, None] * u.T).to(torch.float32)
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        z = self._randn(batch_size, self.n + 1, self.d, generator=generator)
+        if self._transform.device != z.device:  # move once to the sampling device, then reuse
+            self._transform = self._transform.to(z.device)
+        return z @ self._transform
+
+
+def _random_orthogonal(d: int, seed: int) -> torch.Tensor:
+    """A Haar-distributed orthogonal matrix (float64) from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))  # the sign fix makes QR's Q Haar-distributed
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    register("gaussian", GaussianTask, options=LABEL_NOISE, doc="x ~ N(0, I_d) (paper settings 1, 2).")
+    register("spherical", SphericalTask, options=LABEL_NOISE, doc="x uniform on the unit sphere.")
+    register(
+        "gamma",
+        GammaTask,
+        doc="Heavy-tailed x = sqrt(G) u, u uniform on the sphere, G ~ Gamma per token (paper setting 3).",
+        options={
+            "shape": Option(0.1, "Gamma shape k; smaller is heavier-tailed.", min=0.0, min_exclusive=True),
+            "scale": Option(
+                None, "Gamma scale; null means sqrt(10/shape) (Var G = 10).", type=float, nullable=True,
+                min=0.0, min_exclusive=True,
+            ),
+            **LABEL_NOISE,
+        },
+    )
+    register(
+        "student_t",
+        StudentTTask,
+        doc="Coordinates of x i.i.d. Student-t(df).",
+        options={
+            "df": Option(3.0, "Degrees of freedom; smaller is heavier-tailed.", min=0.0, min_exclusive=True),
+            "standardize": Option(False, "Rescale to unit variance (needs df > 2)."),
+            **LABEL_NOISE,
+        },
+    )
+    register(
+        "anisotropic",
+        AnisotropicTask,
+        doc="x ~ N(0, U diag(spectrum) U^T) with a fixed random rotation U.",
+        options={
+            "spectrum": Option(
+                None, "Covariance eigenvalues (d values > 0); null means geometric from condition_number.",
+                type=list, item=float, nullable=True, min=0.0, min_exclusive=True,
+            ),
+            "condition_number": Option(
+                10.0, "Largest/smallest eigenvalue when spectrum is null; eigenvalues sum to d.", min=1.0
+            ),
+            "rotation": Option(True, "Rotate the eigenbasis by a fixed random orthogonal U (else U = I)."),
+            "rotation_seed": Option(0, "Seed of the generator that draws U once per task.", min=0),
+            **LABEL_NOISE,
+        },
+    )
