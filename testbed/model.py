@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .linear_attention import LinearAttentionStack
+
 PARAMETERIZATIONS = ("block_sparse", "full")
 ATTENTIONS = ("linear", "softmax")
 
@@ -110,7 +112,22 @@ class LinearTransformer(nn.Module):
         return torch.cat([x, y.unsqueeze(-1)], dim=2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Predictions yhat (B,) for the query of every prompt."""
+        """Predictions yhat (B,) for the query of every prompt.
+
+        Linear attention runs through the hand-written gradient of ``linear_attention`` (first
+        order); ``autograd_forward`` is the same computation in plain autograd, which supports
+        higher derivatives (Hessians) and ``torch.func`` transforms.
+        """
+        if self.config.attention != "linear":
+            return self.autograd_forward(x, y)
+        Z = self.prompt(x, y)
+        P, _ = self.attention_matrices()
+        if self.config.parameterization == "block_sparse":
+            return LinearAttentionStack.apply(Z, P, self.A, self.d, self.n)
+        return LinearAttentionStack.apply(Z, P, self.Q, self.d + 1, self.n)
+
+    def autograd_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``forward`` in plain autograd: twice differentiable, works under ``torch.func``."""
         Z = self.prompt(x, y)
         P, Q = self.attention_matrices()
         last = self.config.layers - 1

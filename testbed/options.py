@@ -109,6 +109,8 @@ def coerce_option(option: Option, value: Any, where: str) -> Any:
         value = [_coerce_number(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         for i, v in enumerate(value):
             _check_bounds(option, v, f"{where}[{i}]")
+    elif kind is object:  # any value; the owner validates it
+        pass
     elif kind is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

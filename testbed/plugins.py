@@ -6,8 +6,12 @@ as a third party's, so they get no special treatment here.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import importlib.metadata as md
+import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import pluggy
 
@@ -16,6 +20,7 @@ from .errors import PluginError
 from .registry import Registry
 
 GROUP = "testbed"
+ENV_VAR = "TESTBED_PLUGINS"
 _REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks", "diagnostic": "register_diagnostics"}
 
 
@@ -60,21 +65,27 @@ def new_manager() -> pluggy.PluginManager:
 
 
 def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = True) -> Plugins:
-    """Load every ``testbed`` entry point (plus ``extra`` {name: module-or-object}) and collect
-    their registrations. A plugin that fails to import is recorded with its error, not raised."""
+    """Load every ``testbed`` entry point, the modules named in $TESTBED_PLUGINS (comma-separated,
+    for developing a plugin without installing it) and ``extra`` ({name: module or object}), and
+    collect their registrations. A plugin that fails to import is recorded with its error."""
     plugins = Plugins(new_manager())
+    sources = []
     if entry_points:
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "unknown"
-            try:
-                module = ep.load()
-            except Exception as exc:  # any import failure of third-party code
-                plugins.infos.append(PluginInfo(ep.name, ep.value, dist, version, _describe(exc)))
-                continue
-            _add(plugins, ep.name, module, PluginInfo(ep.name, ep.value, dist, version))
-    for name, module in (extra or {}).items():
-        _add(plugins, name, module, PluginInfo(name, getattr(module, "__name__", repr(module)), "local", "-"))
+            sources.append((PluginInfo(ep.name, ep.value, dist, version), ep.load))
+    for module in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
+        sources.append((PluginInfo(module, module, f"${ENV_VAR}", "-"), partial(importlib.import_module, module)))
+    for info, load in sources:
+        try:
+            obj = load()
+        except Exception as exc:  # any import failure of third-party code
+            plugins.infos.append(dataclasses.replace(info, error=_describe(exc)))
+            continue
+        _add(plugins, info.name, obj, info)
+    for name, obj in (extra or {}).items():
+        _add(plugins, name, obj, PluginInfo(name, getattr(obj, "__name__", repr(obj)), "local", "-"))
     _collect_registrations(plugins)
     return plugins
 
@@ -85,7 +96,7 @@ def _add(plugins: Plugins, name: str, module: object, info: PluginInfo) -> None:
     try:
         plugins.manager.register(module, name=name)
     except Exception as exc:  # pluggy validates hook signatures here
-        plugins.infos.append(PluginInfo(info.name, info.module, info.distribution, info.version, _describe(exc)))
+        plugins.infos.append(dataclasses.replace(info, error=_describe(exc)))
         return
     plugins.infos.append(info)
 

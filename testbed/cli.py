@@ -1,0 +1,145 @@
+"""The `testbed` command. Commands only parse, call the library and print; every TestbedError
+becomes one message on stderr and exit code 1 (in ``TestbedGroup.invoke``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import apply_overrides, load_yaml, parse_config
+from .errors import TestbedError
+from .experiment import format_table, plan_runs, run_experiment
+from .plugins import load_plugins
+from .progress import Progress
+from .registry import KINDS
+
+
+class TestbedGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TestbedError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def _load_config(path: str, overrides: tuple[str, ...]):
+    plugins = load_plugins()
+    plugins.require_healthy()
+    raw = apply_overrides(load_yaml(path), list(overrides))
+    return plugins, parse_config(raw, plugins.registry, default_name=Path(path).stem)
+
+
+SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config value, e.g. --set train.steps=500 (repeatable).")
+
+
+@click.group(cls=TestbedGroup)
+@click.version_option(__version__, prog_name="testbed")
+def main() -> None:
+    """Optimizer testbed on linear Transformers for in-context regression (Ahn et al., ICLR 2024)."""
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG")
+@SET_OPTION
+@click.option("--logdir", default="runs", show_default=True, help="Root of the TensorBoard log directories.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: config, else one per core).")
+def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int | None) -> None:
+    """Run an experiment: every optimizer entry x seed of CONFIG."""
+    plugins, config = _load_config(config_path, overrides)
+    if workers is not None and workers < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--workers")
+    plans = plan_runs(config, Path(logdir))
+    click.echo(f"experiment {config.name}: {len(plans)} runs ({len(config.optimizers)} optimizers x "
+               f"{len(config.train.seeds)} seeds), {config.train.steps} steps each, logs in {Path(logdir) / config.name}")
+    progress = Progress(len(plans), config.train.steps)
+    try:
+        outcome = run_experiment(config, plugins, logdir, report=progress, workers=workers)
+    finally:
+        progress.close()
+    click.echo("")
+    click.echo(format_table(outcome.summary()))
+    click.echo("")
+    click.echo(f"{outcome.status} in {outcome.wall_seconds:.1f} s; results: {outcome.directory / 'results.json'}")
+    click.echo(f"TensorBoard: tensorboard --logdir {outcome.directory}")
+    if outcome.status == "interrupted":
+        sys.exit(130)
+    if any(r.status == "failed" for r in outcome.results):
+        failed = next(r for r in outcome.results if r.status == "failed")
+        click.echo(f"Error: run {failed.key} failed: {failed.error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG")
+@SET_OPTION
+@click.option("--show", is_flag=True, help="Print the resolved config.")
+def validate(config_path: str, overrides: tuple[str, ...], show: bool) -> None:
+    """Check CONFIG without running anything."""
+    import yaml
+
+    _, config = _load_config(config_path, overrides)
+    runs = len(config.optimizers) * len(config.train.seeds)
+    click.echo(f"{config_path}: valid; experiment {config.name}, {runs} runs")
+    if show:
+        click.echo(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_command(as_json: bool) -> None:
+    """List every plugin with its distribution, version and what it registers."""
+    plugins = load_plugins()
+    registered = {info.name: {kind: [e.name for e in plugins.registry.list(kind) if e.plugin == info.name]
+                              for kind in KINDS} for info in plugins.infos}
+    if as_json:
+        rows = [{**info.__dict__, "registers": registered[info.name]} for info in plugins.infos]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for info in plugins.infos:
+        click.echo(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
+        if info.error:
+            click.echo(f"    FAILED TO LOAD: {info.error}")
+            continue
+        for kind, names in registered[info.name].items():
+            if names:
+                click.echo(f"    {kind}s: {', '.join(names)}")
+
+
+@main.command("list")
+@click.argument("kind", type=click.Choice(["optimizers", "tasks", "diagnostics"]))
+def list_command(kind: str) -> None:
+    """Describe the registered optimizers, tasks or diagnostics and their options."""
+    plugins = load_plugins()
+    entries = plugins.registry.list(kind[:-1])
+    if not entries:
+        click.echo(f"no {kind} registered")
+    for entry in entries:
+        click.echo(f"{entry.name}  [plugin {entry.plugin}]  {entry.doc}")
+        for name, option in entry.options.items():
+            click.echo(f"    {name}: {option.describe()}")
+    for info in plugins.failed:
+        click.echo(f"(plugin {info.name} failed to load: {info.error})", err=True)
+
+
+@main.command()
+@click.option("--steps", default=200, show_default=True, help="Timed training steps per round.")
+@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+@click.option("--json", "json_path", default=None, help="Also write the numbers to this JSON file.")
+def bench(steps: int, rounds: int, json_path: str | None) -> None:
+    """Time training steps of the engine and of the direct formula side by side (one thread)."""
+    from .bench import format_bench, run_bench
+
+    results = run_bench(steps=steps, rounds=rounds)
+    click.echo(format_bench(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

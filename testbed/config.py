@@ -1,0 +1,342 @@
+"""Experiment configuration: YAML in, a validated, typed ``ExperimentConfig`` out.
+
+Validation happens entirely before anything runs: unknown keys are reported with their dotted path,
+values are typed (PyYAML reads ``1e-3`` as a string; we never use the raw dict), plugin names and
+plugin options are checked against what the plugins registered, and every task and optimizer is
+built once on a throwaway model so that errors surface here, not in a worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from .errors import ConfigError, TestbedError
+from .model import ATTENTIONS, PARAMETERIZATIONS, FeatureMapConfig, LinearTransformer, ModelConfig
+from .options import Option, validate_options
+from .registry import Entry, Registry
+
+_LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    d: int
+    n: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    label: str
+    lr: float
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiagnosticSpec:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 1000
+    clip_grad_norm: float | None = 1.0
+    seeds: tuple[int, ...] = (0,)
+    log_every: int = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 50
+    batch_size: int = 1000
+    seed: int = 99
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    task: TaskSpec
+    optimizers: tuple[OptimizerSpec, ...]
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    diagnostics: tuple[DiagnosticSpec, ...] = ()
+    workers: int | None = None  # None: one worker process per core
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML-able data (saved with every run)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- section schemas
+_TOP_KEYS = {"name", "task", "optimizers", "model", "train", "eval", "diagnostics", "workers"}
+
+MODEL_SCHEMA = {
+    "layers": Option(3, "number of attention layers L", min=1),
+    "parameterization": Option("block_sparse", "block_sparse (paper) or full P and Q", choices=PARAMETERIZATIONS),
+    "attention": Option("linear", "linear (paper) or softmax attention", choices=ATTENTIONS),
+    "init_std": Option(0.05, "std of the i.i.d. normal init of every trainable entry", min=0.0),
+    "feature_map": Option(None, "MLP on x before attention: {hidden: [30], out_dim: null}", type=dict, nullable=True),
+}
+FEATURE_MAP_SCHEMA = {
+    "hidden": Option([30], "hidden layer widths (ReLU)", type=list, item=int, min=1),
+    "out_dim": Option(None, "output width (default: the task's d)", type=int, min=1, nullable=True),
+}
+TRAIN_SCHEMA = {
+    "steps": Option(10_000, "optimizer steps per run", min=1),
+    "batch_size": Option(1000, "fresh prompts per step", min=1),
+    "clip_grad_norm": Option(1.0, "global L2 gradient-norm clip before every step; null = off",
+                             min=0.0, min_exclusive=True, nullable=True),
+    "seeds": Option(None, "list of seeds, or a count k meaning seeds 0..k-1", type=object, nullable=True),
+    "log_every": Option(1, "log train/ and optim/ scalars every k steps", min=1),
+}
+EVAL_SCHEMA = {
+    "every": Option(50, "evaluate on the fixed eval batch every k steps (and at the last step)", min=1),
+    "batch_size": Option(1000, "prompts in the fixed evaluation batch", min=1),
+    "seed": Option(99, "seed of the fixed evaluation batch", min=0),
+}
+TASK_KEYS = {"name", "d", "n", "options"}
+OPTIMIZER_KEYS = {"name", "label", "lr", "options"}
+DIAGNOSTIC_KEYS = {"name", "options"}
+LR = Option(doc="learning rate", type=float, min=0.0)
+DIM = Option(doc="dimension or context length", type=int, min=1)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; a missing file or malformed YAML is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML). List items are addressed by index
+    or by optimizer label/name: ``optimizers.adam.lr=0.01``."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        path, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node: Any = raw
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            where = ".".join(keys[: i + 1])
+            if isinstance(node, list):
+                index = _list_index(node, key, where)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(f"--set {item!r}: {where} is not a mapping or list")
+    return raw
+
+
+def _list_index(items: list, key: str, where: str) -> int:
+    if key.lstrip("-").isdigit():
+        index = int(key)
+        if not -len(items) <= index < len(items):
+            raise ConfigError(f"--set {where}: index out of range (the list has {len(items)} items)")
+        return index
+    for index, element in enumerate(items):
+        if isinstance(element, dict) and key in (element.get("label"), element.get("name")):
+            return index
+    raise ConfigError(f"--set {where}: no list item labelled or named {key!r}")
+
+
+def parse_config(raw: Mapping[str, Any], registry: Registry, default_name: str = "experiment") -> ExperimentConfig:
+    """Validate raw YAML data against the schema and the registered plugins."""
+    _reject_unknown(raw, _TOP_KEYS, "")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not _LABEL.match(name):
+        raise ConfigError(f"name: expected a name of letters, digits, '_', '-' or '.', got {name!r}")
+    model = _parse_model(raw.get("model"))
+    task = _parse_task(raw.get("task"), registry)
+    train = _parse_train(raw.get("train"))
+    evaluation = EvalConfig(**validate_options(EVAL_SCHEMA, raw.get("eval"), "eval"))
+    optimizers = _parse_optimizers(raw.get("optimizers"), registry)
+    diagnostics = _parse_diagnostics(raw.get("diagnostics"), registry)
+    workers = raw.get("workers")
+    if workers is not None:
+        workers = validate_options({"workers": Option(1, type=int, min=1)}, {"workers": workers}, "")["workers"]
+    config = ExperimentConfig(name, task, optimizers, model, train, evaluation, diagnostics, workers)
+    _check_buildable(config, registry)
+    return config
+
+
+def _reject_unknown(section: Any, known: set[str], where: str) -> None:
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {section!r}")
+    for key in section:
+        if key not in known:
+            path = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"{path}: unknown key (known keys: {', '.join(sorted(known))})")
+
+
+def _parse_model(section: Any) -> ModelConfig:
+    values = validate_options(MODEL_SCHEMA, section, "model")
+    if values["feature_map"] is not None:
+        fm = validate_options(FEATURE_MAP_SCHEMA, values["feature_map"], "model.feature_map")
+        values["feature_map"] = FeatureMapConfig(tuple(fm["hidden"]), fm["out_dim"])
+    return ModelConfig(**values)
+
+
+def _parse_task(section: Any, registry: Registry) -> TaskSpec:
+    if section is None:
+        raise ConfigError("task: required section is missing (e.g. task: {name: gaussian, d: 5, n: 20})")
+    _reject_unknown(section, TASK_KEYS, "task")
+    for key in ("name", "d", "n"):
+        if key not in section:
+            raise ConfigError(f"task.{key}: required key is missing")
+    if not isinstance(section["name"], str):
+        raise ConfigError(f"task.name: expected a string, got {section['name']!r}")
+    entry = registry.get("task", section["name"], "task.name")
+    dims = validate_options({"d": DIM, "n": DIM}, {"d": section["d"], "n": section["n"]}, "task")
+    options = validate_options(entry.options, section.get("options"), "task.options")
+    return TaskSpec(entry.name, dims["d"], dims["n"], options)
+
+
+def _parse_train(section: Any) -> TrainConfig:
+    values = validate_options(TRAIN_SCHEMA, section, "train")
+    values["seeds"] = _parse_seeds(values["seeds"])
+    return TrainConfig(**values)
+
+
+def _parse_seeds(seeds: Any) -> tuple[int, ...]:
+    if seeds is None:
+        return (0,)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"train.seeds: a count must be >= 1, got {seeds}")
+        return tuple(range(seeds))
+    if isinstance(seeds, list) and seeds:
+        option = Option(0, type=int, min=0)
+        parsed = validate_options({str(i): option for i in range(len(seeds))},
+                                  {str(i): s for i, s in enumerate(seeds)}, "train.seeds")
+        values = tuple(parsed[str(i)] for i in range(len(seeds)))
+        if len(set(values)) != len(values):
+            raise ConfigError(f"train.seeds: seeds must be distinct, got {list(values)}")
+        return values
+    raise ConfigError(f"train.seeds: expected a non-empty list of seeds or a count, got {seeds!r}")
+
+
+def _parse_optimizers(section: Any, registry: Registry) -> tuple[OptimizerSpec, ...]:
+    if not isinstance(section, list) or not section:
+        raise ConfigError("optimizers: expected a non-empty list of optimizer entries ({name, lr, options})")
+    specs = []
+    for i, item in enumerate(section):
+        where = f"optimizers[{i}]"
+        _reject_unknown(item, OPTIMIZER_KEYS, where)
+        if "name" not in item or not isinstance(item["name"], str):
+            raise ConfigError(f"{where}.name: an optimizer name is required")
+        entry = registry.get("optimizer", item["name"], f"{where}.name")
+        if "lr" not in item:
+            raise ConfigError(f"{where}.lr: a learning rate is required")
+        lr = validate_options({"lr": LR}, {"lr": item["lr"]}, where)["lr"]
+        label = item.get("label", entry.name)
+        if not isinstance(label, str) or not _LABEL.match(label):
+            raise ConfigError(f"{where}.label: letters, digits, '_', '-' or '.' only, got {label!r}")
+        options = validate_options(entry.options, item.get("options"), f"{where}.options")
+        specs.append(OptimizerSpec(entry.name, label, lr, options))
+    labels = [s.label for s in specs]
+    duplicated = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicated:
+        raise ConfigError(f"optimizers: label {duplicated[0]!r} is used twice; give each entry a distinct label")
+    return tuple(specs)
+
+
+def _parse_diagnostics(section: Any, registry: Registry) -> tuple[DiagnosticSpec, ...]:
+    if section is None:
+        return ()
+    if not isinstance(section, list):
+        raise ConfigError("diagnostics: expected a list of {name, options} entries")
+    specs = []
+    for i, item in enumerate(section):
+        where = f"diagnostics[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        _reject_unknown(item, DIAGNOSTIC_KEYS, where)
+        entry = registry.get("diagnostic", item.get("name"), f"{where}.name")
+        specs.append(DiagnosticSpec(entry.name, validate_options(entry.options, item.get("options"), f"{where}.options")))
+    return tuple(specs)
+
+
+def _check_buildable(config: ExperimentConfig, registry: Registry) -> None:
+    """Build the task, a model and every optimizer once, so that errors that only a plugin can
+    detect (a spectrum of the wrong length, bad torch.optim keywords) are reported now."""
+    task = build_task(config.task, registry)
+    model = LinearTransformer(config.model, task.d, task.n, torch.Generator().manual_seed(0))
+    for i, spec in enumerate(config.optimizers):
+        build_optimizer(spec, registry, model.parameters(), where=f"optimizers[{i}]")
+
+
+def build_task(spec: TaskSpec, registry: Registry):
+    entry = registry.get("task", spec.name, "task.name")
+    return _call_factory(entry, "task", lambda: entry.factory(d=spec.d, n=spec.n, **spec.options))
+
+
+def build_optimizer(spec: OptimizerSpec, registry: Registry, params, where: str = "optimizer"):
+    entry = registry.get("optimizer", spec.name, f"{where}.name")
+    optimizer = _call_factory(entry, where, lambda: entry.factory(params, lr=spec.lr, **spec.options))
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"{where}: plugin {entry.plugin!r} returned {type(optimizer).__name__}, "
+                          "not a torch.optim.Optimizer")
+    return optimizer
+
+
+def needs_closure(spec: OptimizerSpec, registry: Registry) -> bool:
+    flag = registry.get("optimizer", spec.name, "optimizer").metadata["needs_closure"]
+    return bool(flag(spec.options) if callable(flag) else flag)
+
+
+def _call_factory(entry: Entry, where: str, build):
+    try:
+        return build()
+    except TestbedError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {entry.kind} {entry.name!r} rejected its options: {exc}") from None

@@ -1,0 +1,193 @@
+"""One training run, top to bottom: build, train on fresh prompts, evaluate, log, summarize.
+
+Random streams (common random numbers, as in the paper): for a given seed every optimizer gets the
+same initial weights (stream "init") and the same training prompts (stream "data"); the evaluation
+batch is drawn once from its own seed (default 99). Nothing here touches torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .config import build_optimizer, build_task, needs_closure
+from .model import LinearTransformer, mse_loss
+from .plugins import Plugins
+from .run import RunContext, RunPlan, RunResult
+from .tasks import Batch
+from .tblog import RunLogger
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one named stream of a run seed, stable across platforms and versions."""
+    digest = hashlib.sha256(f"testbed:{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lambda: False,
+          report: Report = lambda event: None) -> RunResult:
+    """Execute one run and return its result; never raises for a diverged or failing run."""
+    config, spec = plan.config, plan.optimizer
+    registry, hook = plugins.registry, plugins.manager.hook
+    task = build_task(config.task, registry)
+    model = LinearTransformer(config.model, task.d, task.n, generator(stream_seed(plan.seed, "init")))
+    optimizer = build_optimizer(spec, registry, model.parameters())
+    data_stream = generator(stream_seed(plan.seed, "data"))
+    eval_batch = task.sample(config.eval.batch_size, generator(config.eval.seed))
+    closure_needed = needs_closure(spec, registry)
+
+    Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(plan.run_dir)
+    logger.config(config.to_dict())
+    logger.hparams(_hparams(plan))
+    logger.layout()
+    context = RunContext(plan, model, optimizer, logger)
+    result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
+                       versions=_versions(plugins))
+    started = time.perf_counter()
+    report({"event": "start", "key": plan.key, "steps": config.train.steps})
+
+    def evaluate(step: int) -> float:
+        with torch.no_grad():
+            loss = mse_loss(model(eval_batch.x, eval_batch.y), eval_batch.target).item()
+        logger.scalar("eval/loss", loss, step)
+        result.eval_steps.append(step)
+        result.eval_losses.append(loss)
+        report({"event": "eval", "key": plan.key, "step": step, "loss": loss})
+        return loss
+
+    try:
+        hook.on_run_start(run=context)
+        evaluate(0)
+        last_time, last_step = time.perf_counter(), 0
+        for step in range(1, config.train.steps + 1):
+            batch = task.sample(config.train.batch_size, data_stream)
+            measured = training_step(model, optimizer, batch, config.train.clip_grad_norm, closure_needed)
+            if not _finite(measured):  # recorded as an outcome; the weights stay the last finite ones
+                result.status, result.diverged_at = "diverged", step
+                break
+            result.steps_done = step
+            if step % config.train.log_every == 0:
+                logger.scalar("train/loss", measured["loss"], step)
+                logger.scalar("optim/grad_norm", measured["grad_norm"], step)
+                logger.scalar("optim/lr", optimizer.param_groups[0]["lr"], step)
+            if step % config.eval.every == 0 or step == config.train.steps:
+                now = time.perf_counter()
+                logger.scalar("perf/steps_per_sec", (step - last_step) / max(now - last_time, 1e-9), step)
+                if not math.isfinite(evaluate(step)):
+                    result.status, result.diverged_at = "diverged", step
+                    break
+                last_time, last_step = time.perf_counter(), step
+            hook.on_step_end(run=context, step=step, metrics=measured)
+            if should_stop():
+                result.status = "interrupted"
+                break
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+    except Exception as exc:  # a plugin's bug must not take the experiment down
+        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+        (Path(plan.run_dir) / "error.txt").write_text(traceback.format_exc())
+    finally:
+        result.seconds = time.perf_counter() - started
+        _finish(result, logger)
+        try:
+            hook.on_run_end(run=context, status=result.status)
+        finally:
+            logger.close()
+            write_json(Path(plan.run_dir) / "summary.json", result.__dict__)
+            report({"event": "end", "key": plan.key, "status": result.status})
+    return result
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                  clip_grad_norm: float | None, closure_needed: bool = False,
+                  forward: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
+    """One optimizer step on ``batch``; returns the minibatch loss and the gradient norm before
+    clipping. A non-finite loss or gradient skips the update (the caller records divergence)."""
+    forward = forward or model
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    measured: dict[str, float] = {}
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=False)
+        loss = mse_loss(forward(batch.x, batch.y), batch.target)
+        loss.backward()
+        for p in parameters:  # parameters the loss cannot reach get an exact zero gradient
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        measured.setdefault("loss", loss.item())
+        measured.setdefault("grad_norm", _clip(parameters, clip_grad_norm))
+        return loss
+
+    if closure_needed:
+        optimizer.step(closure)
+    else:
+        closure()
+        if _finite(measured):
+            optimizer.step()
+    return measured
+
+
+def _clip(parameters: list[torch.Tensor], max_norm: float | None) -> float:
+    """Global L2 norm of the whole gradient before clipping; clip it to max_norm if set."""
+    if max_norm is not None:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters])))
+
+
+def _finite(measured: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in measured.values())
+
+
+def _finish(result: RunResult, logger: RunLogger) -> None:
+    finite = [v for v in result.eval_losses if math.isfinite(v)]
+    if result.eval_losses:
+        result.final_eval_loss = result.eval_losses[-1]
+    if result.status == "diverged":
+        result.final_eval_loss = math.nan
+    if finite:
+        result.best_eval_loss = min(finite)
+        logger.scalar("eval/best_loss", result.best_eval_loss, result.eval_steps[-1])
+
+
+def _hparams(plan: RunPlan) -> dict[str, Any]:
+    values: dict[str, Any] = {"optimizer": plan.optimizer.label, "optimizer_name": plan.optimizer.name,
+                              "lr": plan.optimizer.lr, "seed": plan.seed}
+    for key, value in plan.optimizer.options.items():
+        values[f"options.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return values
+
+
+def _versions(plugins: Plugins) -> dict[str, str]:
+    return {"testbed": __version__, "torch": torch.__version__, **plugins.versions()}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write strict JSON (inf and NaN become null) atomically, so no reader sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False))
+    tmp.replace(path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,74 @@
+"""What one run is: its plan (picklable, sent to a worker) and the context plugins' hooks receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import ExperimentConfig, OptimizerSpec
+from .tblog import RunLogger
+
+STATUSES = ("completed", "diverged", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One (optimizer entry x seed) of an experiment."""
+
+    config: ExperimentConfig
+    optimizer: OptimizerSpec
+    seed: int
+    run_dir: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.optimizer.label}/seed-{self.seed}"
+
+
+@dataclass
+class RunContext:
+    """Handed to lifecycle hooks: the live objects of a run and a way to log into its directory."""
+
+    plan: RunPlan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    logger: RunLogger
+    extra: dict[str, Any] = field(default_factory=dict)  # free space for plugins
+
+    @property
+    def label(self) -> str:
+        return self.plan.optimizer.label
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.plan.config
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        self.logger.scalar(tag, value, step)
+
+
+@dataclass
+class RunResult:
+    """The machine-readable outcome of one run (also saved as the run's summary.json)."""
+
+    key: str
+    label: str
+    optimizer: str
+    seed: int
+    status: str
+    steps_done: int
+    run_dir: str
+    seconds: float
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    diverged_at: int | None = None
+    error: str | None = None
+    eval_steps: list[int] = field(default_factory=list)
+    eval_losses: list[float] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,69 @@
+"""TensorBoard output of one run, following the project's tag conventions.
+
+Tags are grouped by their first segment (train/, eval/, optim/, perf/, diag/<name>/) and never
+depend on the optimizer, so runs overlay; each run has its own directory so TensorBoard's run filter
+selects by optimizer and seed. HParams are written into the same directory (not a sub-run, which
+``SummaryWriter.add_hparams`` would make).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+# Metrics shown in the HParams dashboard; their values are read from these scalar tags.
+HPARAM_METRICS = {"eval/loss": 0.0, "eval/best_loss": 0.0}
+
+CUSTOM_SCALARS = {
+    "Loss": {
+        "eval loss (fixed batch)": ["Multiline", ["eval/loss"]],
+        "train loss (minibatch)": ["Multiline", ["train/loss"]],
+    },
+    "Optimizer": {
+        "gradient norm before clipping": ["Multiline", ["optim/grad_norm"]],
+        "learning rate": ["Multiline", ["optim/lr"]],
+    },
+    "Diagnostics": {
+        "all diagnostics": ["Multiline", ["diag/.*"]],
+    },
+}
+
+
+class RunLogger:
+    """Writes one run's scalars, text and hparams; a thin, convention-keeping SummaryWriter."""
+
+    def __init__(self, run_dir: str, flush_secs: int = 10):
+        self.writer = SummaryWriter(log_dir=run_dir, flush_secs=flush_secs)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: Any, step: int, bins: Any = "tensorflow") -> None:
+        self.writer.add_histogram(tag, values, step, bins=bins)
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        self.writer.add_figure(tag, figure, step, close=True)
+
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        self.writer.add_text(tag, markdown, step)
+
+    def config(self, resolved: Mapping[str, Any]) -> None:
+        # Indented four spaces: a Markdown code block in TensorBoard's text dashboard.
+        body = yaml.safe_dump(dict(resolved), sort_keys=False)
+        self.text("config", "\n".join("    " + line for line in body.splitlines()))
+
+    def hparams(self, values: Mapping[str, Any]) -> None:
+        experiment, session_start, session_end = hparams(dict(values), HPARAM_METRICS)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+
+    def layout(self) -> None:
+        self.writer.add_custom_scalars(CUSTOM_SCALARS)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
