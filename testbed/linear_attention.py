@@ -111,3 +111,38 @@ class LinearAttentionStack(torch.autograd.Function):
         dZ, dP, dQc = backward_gradients(grad_yhat, P, Qc, r, n, ctx.state)
         ctx.state = None
         return dZ, dP, dQc, None, None
+
+
+def _address(tensor: torch.Tensor) -> int:
+    return tensor.data_ptr()
+
+
+class CompiledLinearAttentionStack(torch.autograd.Function):
+    """The same stack through the compiled kernel of ``testbed.kernels`` (float32 only)."""
+
+    @staticmethod
+    def forward(ctx, Z0, P, Qc, r: int, n: int, library):
+        B, D, N1 = Z0.shape
+        L = P.shape[0]
+        Z0, P, Qc = (t.detach().contiguous() for t in (Z0, P, Qc))
+        saved = torch.empty(library.la_saved_size(B, D, N1, L), dtype=torch.float32)
+        yhat = torch.empty(B, dtype=torch.float32)
+        if library.la_forward(B, D, N1, r, n, L, *map(_address, (Z0, P, Qc, saved, yhat))):
+            raise MemoryError("linear-attention kernel: out of memory")
+        ctx.save_for_backward(P, Qc)
+        ctx.saved, ctx.sizes, ctx.library = saved, (B, D, N1, r, n, L), library
+        return yhat
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_yhat):
+        P, Qc = ctx.saved_tensors
+        B, D, N1, r, n, L = ctx.sizes
+        grad_yhat = grad_yhat.contiguous()
+        dZ = torch.empty((B, D, N1), dtype=torch.float32)
+        dP, dQc = torch.empty_like(P), torch.empty_like(Qc)
+        addresses = map(_address, (ctx.saved, P, Qc, grad_yhat, dZ, dP, dQc))
+        if ctx.library.la_backward(B, D, N1, r, n, L, *addresses):
+            raise MemoryError("linear-attention kernel: out of memory")
+        ctx.saved = None
+        return dZ, dP, dQc, None, None, None

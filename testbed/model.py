@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .linear_attention import LinearAttentionStack
+from . import kernels
+from .linear_attention import CompiledLinearAttentionStack, LinearAttentionStack
 
 PARAMETERIZATIONS = ("block_sparse", "full")
 ATTENTIONS = ("linear", "softmax")
@@ -120,11 +121,15 @@ class LinearTransformer(nn.Module):
         """
         if self.config.attention != "linear":
             return self.autograd_forward(x, y)
-        Z = self.prompt(x, y)
         P, _ = self.attention_matrices()
         if self.config.parameterization == "block_sparse":
-            return LinearAttentionStack.apply(Z, P, self.A, self.d, self.n)
-        return LinearAttentionStack.apply(Z, P, self.Q, self.d + 1, self.n)
+            Qc, r = self.A, self.d
+        else:
+            Qc, r = self.Q, self.d + 1
+        library = kernels.load() if P.dtype == torch.float32 else None
+        if library is not None:
+            return CompiledLinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
+        return LinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n)
 
     def autograd_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``forward`` in plain autograd: twice differentiable, works under ``torch.func``."""

@@ -1,0 +1,83 @@
+"""A compiled kernel for the linear-attention stack, built on first use with the system C compiler.
+
+The torch implementation (``testbed/linear_attention.py``) spends its time in batched products of
+tiny matrices; this C version stores prompts batch-innermost so every inner loop is a vectorized
+pass over the batch. It is optional: without a C compiler, or with TESTBED_KERNEL=torch, the torch
+implementation runs instead, with the same results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("linear_attention.c")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TESTBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "testbed")
+    return Path(root) / "kernels"
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native code is only valid on the CPU model it was built for.
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def _library_path(compiler: str) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
+                 platform.machine().encode(), _cpu_fingerprint().encode()):
+        key.update(part)
+    return cache_dir() / f"linear_attention-{key.hexdigest()[:16]}.so"
+
+
+def _compile(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: parallel workers may compile at the same time.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def load() -> ctypes.CDLL | None:
+    """The compiled library, or None when it is disabled or cannot be built here."""
+    if os.environ.get("TESTBED_KERNEL", "c") == "torch":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None
+    target = _library_path(compiler)
+    try:
+        if not target.exists():
+            _compile(compiler, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    int_args = [ctypes.c_int] * 6
+    pointer = ctypes.c_void_p
+    library.la_forward.argtypes = int_args + [pointer] * 5
+    library.la_backward.argtypes = int_args + [pointer] * 7
+    library.la_forward.restype = library.la_backward.restype = ctypes.c_int
+    library.la_saved_size.argtypes = [ctypes.c_int] * 4
+    library.la_saved_size.restype = ctypes.c_size_t
+    return library
