@@ -166,7 +166,7 @@ class LinearTransformer(nn.Module):
 
 
 def _corner(d: int, like: torch.Tensor) -> torch.Tensor:
-    corner = torch.zeros(d + 1, d + 1, dtype=like.dtype)
+    corner = torch.zeros(d + 1, d + 1, dtype=like.dtype, device=like.device)
     corner[d, d] = 1.0
     return corner
 
@@ -177,7 +177,7 @@ def direct_forward(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -
     Z = model.prompt(x, y)
     P, Q = model.attention_matrices()
     n = model.n
-    M = torch.diag(torch.cat([torch.ones(n), torch.zeros(1)])).to(Z.dtype)
+    M = torch.diag(torch.cat([torch.ones(n), torch.zeros(1)])).to(Z)
     for layer in range(model.config.layers):
         scores = Z.transpose(1, 2) @ Q[layer] @ Z
         if model.config.attention == "softmax":
