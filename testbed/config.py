@@ -23,7 +23,7 @@ from .model import ATTENTIONS, PARAMETERIZATIONS, FeatureMapConfig, LinearTransf
 from .options import Option, validate_options
 from .registry import Entry, Registry
 
-_LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_LABEL = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.\-]+$")  # a directory name: never "." or ".."
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 else:
                     node = node.setdefault(key, {})
             else:
-                raise ConfigError(f"--set {item!r}: {where} is not a mapping or list")
+                raise ConfigError(f"--set {item!r}: {'.'.join(keys[:i])} is not a mapping or list")
     return raw
 
 

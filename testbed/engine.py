@@ -41,61 +41,19 @@ def generator(seed: int) -> torch.Generator:
 def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lambda: False,
           report: Report = lambda event: None) -> RunResult:
     """Execute one run and return its result; never raises for a diverged or failing run."""
-    config, spec = plan.config, plan.optimizer
-    registry, hook = plugins.registry, plugins.manager.hook
-    task = build_task(config.task, registry)
-    model = LinearTransformer(config.model, task.d, task.n, generator(stream_seed(plan.seed, "init")))
-    optimizer = build_optimizer(spec, registry, model.parameters())
-    data_stream = generator(stream_seed(plan.seed, "data"))
-    eval_batch = task.sample(config.eval.batch_size, generator(config.eval.seed))
-    closure_needed = needs_closure(spec, registry)
-
-    Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
-    logger = RunLogger(plan.run_dir)
-    logger.config(config.to_dict())
-    logger.hparams(_hparams(plan))
-    logger.layout()
-    context = RunContext(plan, model, optimizer, logger)
+    spec = plan.optimizer
     result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
                        versions=_versions(plugins))
+    Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(plan.run_dir)
+    hook = plugins.manager.hook
+    context: RunContext | None = None
     started = time.perf_counter()
-    report({"event": "start", "key": plan.key, "steps": config.train.steps})
-
-    def evaluate(step: int) -> float:
-        with torch.no_grad():
-            loss = mse_loss(model(eval_batch.x, eval_batch.y), eval_batch.target).item()
-        logger.scalar("eval/loss", loss, step)
-        result.eval_steps.append(step)
-        result.eval_losses.append(loss)
-        report({"event": "eval", "key": plan.key, "step": step, "loss": loss})
-        return loss
-
+    report({"event": "start", "key": plan.key, "steps": plan.config.train.steps})
     try:
+        context = _start(plan, plugins, logger)
         hook.on_run_start(run=context)
-        evaluate(0)
-        last_time, last_step = time.perf_counter(), 0
-        for step in range(1, config.train.steps + 1):
-            batch = task.sample(config.train.batch_size, data_stream)
-            measured = training_step(model, optimizer, batch, config.train.clip_grad_norm, closure_needed)
-            if not _finite(measured):  # recorded as an outcome; the weights stay the last finite ones
-                result.status, result.diverged_at = "diverged", step
-                break
-            result.steps_done = step
-            if step % config.train.log_every == 0:
-                logger.scalar("train/loss", measured["loss"], step)
-                logger.scalar("optim/grad_norm", measured["grad_norm"], step)
-                logger.scalar("optim/lr", optimizer.param_groups[0]["lr"], step)
-            if step % config.eval.every == 0 or step == config.train.steps:
-                now = time.perf_counter()
-                logger.scalar("perf/steps_per_sec", (step - last_step) / max(now - last_time, 1e-9), step)
-                if not math.isfinite(evaluate(step)):
-                    result.status, result.diverged_at = "diverged", step
-                    break
-                last_time, last_step = time.perf_counter(), step
-            hook.on_step_end(run=context, step=step, metrics=measured)
-            if should_stop():
-                result.status = "interrupted"
-                break
+        _loop(context, plugins, result, should_stop, report)
     except KeyboardInterrupt:
         result.status = "interrupted"
     except Exception as exc:  # a plugin's bug must not take the experiment down
@@ -105,12 +63,77 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
         result.seconds = time.perf_counter() - started
         _finish(result, logger)
         try:
-            hook.on_run_end(run=context, status=result.status)
+            if context is not None:  # on_run_end pairs with on_run_start
+                hook.on_run_end(run=context, status=result.status)
         finally:
             logger.close()
             write_json(Path(plan.run_dir) / "summary.json", result.__dict__)
             report({"event": "end", "key": plan.key, "status": result.status})
     return result
+
+
+def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger) -> RunContext:
+    """Build the run's task, model, optimizer, streams and fixed eval batch; log its metadata."""
+    config, registry = plan.config, plugins.registry
+    task = build_task(config.task, registry)
+    model = LinearTransformer(config.model, task.d, task.n, generator(stream_seed(plan.seed, "init")))
+    optimizer = build_optimizer(plan.optimizer, registry, model.parameters())
+    logger.config(config.to_dict())
+    logger.hparams(_hparams(plan))
+    logger.layout()
+    context = RunContext(plan, model, optimizer, logger)
+    context.extra.update(
+        task=task,
+        data_stream=generator(stream_seed(plan.seed, "data")),
+        eval_batch=task.sample(config.eval.batch_size, generator(config.eval.seed)),
+        closure_needed=needs_closure(plan.optimizer, registry),
+    )
+    return context
+
+
+def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
+          report: Report) -> None:
+    """The training loop: a fresh batch, one step, logging and evaluation, until done or stopped."""
+    config, model, optimizer, logger = context.config, context.model, context.optimizer, context.logger
+    task, data_stream, eval_batch = (context.extra[k] for k in ("task", "data_stream", "eval_batch"))
+    hook = plugins.manager.hook
+
+    def evaluate(step: int) -> float:
+        with torch.no_grad():
+            loss = mse_loss(model(eval_batch.x, eval_batch.y), eval_batch.target).item()
+        logger.scalar("eval/loss", loss, step)
+        result.eval_steps.append(step)
+        result.eval_losses.append(loss)
+        report({"event": "eval", "key": context.plan.key, "step": step, "loss": loss})
+        return loss
+
+    evaluate(0)
+    last_time, last_step = time.perf_counter(), 0
+    for step in range(1, config.train.steps + 1):
+        batch = task.sample(config.train.batch_size, data_stream)
+        measured = training_step(model, optimizer, batch, config.train.clip_grad_norm,
+                                 context.extra["closure_needed"])
+        if not _finite(measured):  # recorded as an outcome; the weights stay the last finite ones
+            result.status, result.diverged_at = "diverged", step
+            return
+        result.steps_done = step
+        if step % config.train.log_every == 0:
+            logger.scalar("train/loss", measured["loss"], step)
+            logger.scalar("optim/grad_norm", measured["grad_norm"], step)
+            logger.scalar("optim/lr", optimizer.param_groups[0]["lr"], step)
+        eval_finite = True
+        if step % config.eval.every == 0 or step == config.train.steps:
+            now = time.perf_counter()
+            logger.scalar("perf/steps_per_sec", (step - last_step) / max(now - last_time, 1e-9), step)
+            eval_finite = math.isfinite(evaluate(step))
+            last_time, last_step = time.perf_counter(), step
+        hook.on_step_end(run=context, step=step, metrics=measured)
+        if not eval_finite:
+            result.status, result.diverged_at = "diverged", step
+            return
+        if should_stop():
+            result.status = "interrupted"
+            return
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
@@ -162,6 +185,7 @@ def _finish(result: RunResult, logger: RunLogger) -> None:
     if finite:
         result.best_eval_loss = min(finite)
         logger.scalar("eval/best_loss", result.best_eval_loss, result.eval_steps[-1])
+    logger.end_session(result.status)
 
 
 def _hparams(plan: RunPlan) -> dict[str, Any]:

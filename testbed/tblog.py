@@ -12,10 +12,21 @@ from typing import Any, Mapping
 
 import yaml
 from torch.utils.tensorboard import SummaryWriter
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 from torch.utils.tensorboard.summary import hparams
 
 # Metrics shown in the HParams dashboard; their values are read from these scalar tags.
 HPARAM_METRICS = {"eval/loss": 0.0, "eval/best_loss": 0.0}
+
+_SESSION_STATUS = {
+    "completed": api_pb2.STATUS_SUCCESS,
+    "diverged": api_pb2.STATUS_FAILURE,
+    "failed": api_pb2.STATUS_FAILURE,
+    "interrupted": api_pb2.STATUS_UNKNOWN,  # the proto has no "aborted"
+}
 
 CUSTOM_SCALARS = {
     "Loss": {
@@ -56,10 +67,20 @@ class RunLogger:
         self.text("config", "\n".join("    " + line for line in body.splitlines()))
 
     def hparams(self, values: Mapping[str, Any]) -> None:
-        experiment, session_start, session_end = hparams(dict(values), HPARAM_METRICS)
+        """The run's hparams; its session ends with the real status in ``end_session``."""
+        experiment, session_start, _ = hparams(dict(values), HPARAM_METRICS)
         file_writer = self.writer._get_file_writer()
-        for summary in (experiment, session_start, session_end):
+        for summary in (experiment, session_start):
             file_writer.add_summary(summary)
+
+    def end_session(self, status: str) -> None:
+        # torch's hparams() always reports success; build the session end with the real status.
+        content = HParamsPluginData(session_end_info=SessionEndInfo(status=_SESSION_STATUS[status]),
+                                    version=PLUGIN_DATA_VERSION)
+        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=content.SerializeToString()))
+        summary = Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
+        self.writer._get_file_writer().add_summary(summary)
 
     def layout(self) -> None:
         self.writer.add_custom_scalars(CUSTOM_SCALARS)
