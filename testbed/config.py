@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError, TestbedError
 from .model import ATTENTIONS, PARAMETERIZATIONS, FeatureMapConfig, LinearTransformer, ModelConfig
-from .options import Option, validate_options
+from .options import Option, coerce_option, validate_options
 from .registry import Entry, Registry
 
 _LABEL = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.\-]+$")  # a directory name: never "." or ".."
@@ -122,15 +122,31 @@ LR = Option(doc="learning rate", type=float, min=0.0)
 DIM = Option(doc="dimension or context length", type=int, min=1)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file; a missing file or malformed YAML is a ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -202,7 +218,7 @@ def parse_config(raw: Mapping[str, Any], registry: Registry, default_name: str =
     diagnostics = _parse_diagnostics(raw.get("diagnostics"), registry)
     workers = raw.get("workers")
     if workers is not None:
-        workers = validate_options({"workers": Option(1, type=int, min=1)}, {"workers": workers}, "")["workers"]
+        workers = coerce_option(Option(1, type=int, min=1), workers, "workers")
     config = ExperimentConfig(name, task, optimizers, model, train, evaluation, diagnostics, workers)
     _check_buildable(config, registry)
     return config
@@ -255,9 +271,7 @@ def _parse_seeds(seeds: Any) -> tuple[int, ...]:
         return tuple(range(seeds))
     if isinstance(seeds, list) and seeds:
         option = Option(0, type=int, min=0)
-        parsed = validate_options({str(i): option for i in range(len(seeds))},
-                                  {str(i): s for i, s in enumerate(seeds)}, "train.seeds")
-        values = tuple(parsed[str(i)] for i in range(len(seeds)))
+        values = tuple(coerce_option(option, s, f"train.seeds[{i}]") for i, s in enumerate(seeds))
         if len(set(values)) != len(values):
             raise ConfigError(f"train.seeds: seeds must be distinct, got {list(values)}")
         return values
@@ -309,7 +323,10 @@ def _check_buildable(config: ExperimentConfig, registry: Registry) -> None:
     """Build the task, a model and every optimizer once, so that errors that only a plugin can
     detect (a spectrum of the wrong length, bad torch.optim keywords) are reported now."""
     task = build_task(config.task, registry)
-    model = LinearTransformer(config.model, task.d, task.n, torch.Generator().manual_seed(0))
+    try:
+        model = LinearTransformer(config.model, task.d, task.n, torch.Generator().manual_seed(0))
+    except (RuntimeError, MemoryError) as exc:  # e.g. absurd sizes: out of memory
+        raise ConfigError(f"model: cannot be built for d={task.d}: {exc}") from None
     for i, spec in enumerate(config.optimizers):
         build_optimizer(spec, registry, model.parameters(), where=f"optimizers[{i}]")
 

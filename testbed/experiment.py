@@ -23,6 +23,7 @@ import yaml
 
 from .config import ExperimentConfig
 from .engine import Report, train, write_json
+from .errors import TestbedError
 from .plugins import Plugins, load_plugins
 from .run import RunPlan, RunResult
 
@@ -85,7 +86,10 @@ def run_experiment(config: ExperimentConfig, plugins: Plugins, logdir: str | Pat
     logdir = Path(logdir)
     directory = logdir / config.name
     plans = plan_runs(config, logdir)
-    _prepare(directory, plans, config)
+    try:
+        _prepare(directory, plans, config)
+    except OSError as exc:
+        raise TestbedError(f"cannot prepare the log directory {str(directory)!r}: {exc}") from None
     count = min(workers or config.workers or os.cpu_count() or 1, len(plans))
     started = time.perf_counter()
     if count == 1:

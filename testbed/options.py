@@ -60,7 +60,7 @@ def _coerce_number(value: Any, kind: type, where: str) -> Any:
         raise ConfigError(f"{where}: expected {kind.__name__}, got a boolean ({value!r})")
     if isinstance(value, str):
         try:
-            value = float(value) if kind is float else int(value)
+            value = float(value)  # "1e3" is a float string even for an int option
         except ValueError:
             raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
     if kind is float and isinstance(value, int):

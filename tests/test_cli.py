@@ -250,6 +250,7 @@ BAD_CONFIGS = {
     "malformed": ("task: [unclosed\n", ["malformed YAML at line"]),
     "not-a-mapping": ("- sgd\n- adam\n", ["expected a mapping at the top level"]),
     "empty": ("", ["expected a mapping at the top level"]),
+    "duplicate-key": ("name: a\nname: b\n", ["malformed YAML at line 2", "key 'name' is given twice"]),
     "unknown-top-key": ({"tsk": 1}, ["tsk: unknown key"]),
     "unknown-nested-key": ({"train": {"steps": 20, "stepz": 5}}, ["train.stepz: unknown option"]),
     "unknown-optimizer-option": ({"optimizers": [{"name": "sgd", "lr": 0.1},
@@ -293,6 +294,23 @@ def test_missing_config_file(command, logdir):
     result = invoke(command, logdir.parent / "nope.yaml", *(["--logdir", logdir] if command == "run" else []))
     assert_one_error(result, "cannot read config", "nope.yaml")
     assert_nothing_written(logdir, logdir.parent)
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_config_file_not_utf8(command, tmp_path, logdir):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    result = invoke(command, path, *(["--logdir", logdir] if command == "run" else []))
+    assert_one_error(result, "latin1.yaml", "not a UTF-8 text file")
+    assert_nothing_written(logdir, logdir.parent)
+
+
+def test_logdir_that_is_a_file(config_path, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    result = invoke("run", config_path, "--logdir", blocker)
+    assert_one_error(result, "cannot prepare the log directory", "afile")
+    assert not list(tmp_path.rglob("results.json"))
 
 
 @pytest.mark.parametrize(("override", "fragments"), [
