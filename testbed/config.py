@@ -46,6 +46,11 @@ class OptimizerSpec:
 class DiagnosticSpec:
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None  # None: every seed
+    optimizers: tuple[str, ...] | None = None  # optimizer labels; None: every optimizer
+
+    def applies_to(self, label: str, seed: int) -> bool:
+        return (self.seeds is None or seed in self.seeds) and (self.optimizers is None or label in self.optimizers)
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ EVAL_SCHEMA = {
 }
 TASK_KEYS = {"name", "d", "n", "options"}
 OPTIMIZER_KEYS = {"name", "label", "lr", "options"}
-DIAGNOSTIC_KEYS = {"name", "options"}
+DIAGNOSTIC_KEYS = {"name", "options", "seeds", "optimizers"}
 LR = Option(doc="learning rate", type=float, min=0.0)
 DIM = Option(doc="dimension or context length", type=int, min=1)
 
@@ -215,7 +220,7 @@ def parse_config(raw: Mapping[str, Any], registry: Registry, default_name: str =
     train = _parse_train(raw.get("train"))
     evaluation = EvalConfig(**validate_options(EVAL_SCHEMA, raw.get("eval"), "eval"))
     optimizers = _parse_optimizers(raw.get("optimizers"), registry)
-    diagnostics = _parse_diagnostics(raw.get("diagnostics"), registry)
+    diagnostics = _parse_diagnostics(raw.get("diagnostics"), registry, [o.label for o in optimizers])
     workers = raw.get("workers")
     if workers is not None:
         workers = coerce_option(Option(1, type=int, min=1), workers, "workers")
@@ -262,20 +267,20 @@ def _parse_train(section: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _parse_seeds(seeds: Any) -> tuple[int, ...]:
+def _parse_seeds(seeds: Any, where: str = "train.seeds") -> tuple[int, ...]:
     if seeds is None:
         return (0,)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
-            raise ConfigError(f"train.seeds: a count must be >= 1, got {seeds}")
+            raise ConfigError(f"{where}: a count must be >= 1, got {seeds}")
         return tuple(range(seeds))
     if isinstance(seeds, list) and seeds:
         option = Option(0, type=int, min=0)
-        values = tuple(coerce_option(option, s, f"train.seeds[{i}]") for i, s in enumerate(seeds))
+        values = tuple(coerce_option(option, s, f"{where}[{i}]") for i, s in enumerate(seeds))
         if len(set(values)) != len(values):
-            raise ConfigError(f"train.seeds: seeds must be distinct, got {list(values)}")
+            raise ConfigError(f"{where}: seeds must be distinct, got {list(values)}")
         return values
-    raise ConfigError(f"train.seeds: expected a non-empty list of seeds or a count, got {seeds!r}")
+    raise ConfigError(f"{where}: expected a non-empty list of seeds or a count, got {seeds!r}")
 
 
 def _parse_optimizers(section: Any, registry: Registry) -> tuple[OptimizerSpec, ...]:
@@ -303,19 +308,37 @@ def _parse_optimizers(section: Any, registry: Registry) -> tuple[OptimizerSpec, 
     return tuple(specs)
 
 
-def _parse_diagnostics(section: Any, registry: Registry) -> tuple[DiagnosticSpec, ...]:
+def _parse_diagnostics(section: Any, registry: Registry, labels: list[str]) -> tuple[DiagnosticSpec, ...]:
     if section is None:
         return ()
     if not isinstance(section, list):
-        raise ConfigError("diagnostics: expected a list of {name, options} entries")
+        raise ConfigError("diagnostics: expected a list of {name, options, seeds, optimizers} entries")
     specs = []
     for i, item in enumerate(section):
         where = f"diagnostics[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         _reject_unknown(item, DIAGNOSTIC_KEYS, where)
-        entry = registry.get("diagnostic", item.get("name"), f"{where}.name")
-        specs.append(DiagnosticSpec(entry.name, validate_options(entry.options, item.get("options"), f"{where}.options")))
+        if not isinstance(item.get("name"), str):
+            raise ConfigError(f"{where}.name: a diagnostic name is required")
+        entry = registry.get("diagnostic", item["name"], f"{where}.name")
+        options = validate_options(entry.options, item.get("options"), f"{where}.options")
+        seeds = None
+        if item.get("seeds") is not None:
+            seeds = _parse_seeds(item["seeds"], f"{where}.seeds")
+        optimizers = item.get("optimizers")
+        if optimizers is not None:
+            if not isinstance(optimizers, list) or not all(isinstance(o, str) for o in optimizers):
+                raise ConfigError(f"{where}.optimizers: expected a list of optimizer labels")
+            unknown = [o for o in optimizers if o not in labels]
+            if unknown:
+                raise ConfigError(f"{where}.optimizers: no optimizer labelled {unknown[0]!r} "
+                                  f"(labels: {', '.join(labels)})")
+            optimizers = tuple(optimizers)
+        specs.append(DiagnosticSpec(entry.name, options, seeds, optimizers))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError("diagnostics: each diagnostic may appear once (its tags are diag/<name>/...)")
     return tuple(specs)
 
 
@@ -329,6 +352,13 @@ def _check_buildable(config: ExperimentConfig, registry: Registry) -> None:
         raise ConfigError(f"model: cannot be built for d={task.d}: {exc}") from None
     for i, spec in enumerate(config.optimizers):
         build_optimizer(spec, registry, model.parameters(), where=f"optimizers[{i}]")
+    for i, spec in enumerate(config.diagnostics):
+        build_diagnostic(spec, registry, where=f"diagnostics[{i}]")
+
+
+def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "diagnostic"):
+    entry = registry.get("diagnostic", spec.name, f"{where}.name")
+    return _call_factory(entry, where, lambda: entry.factory(**spec.options))
 
 
 def build_task(spec: TaskSpec, registry: Registry):

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .config import build_optimizer, build_task, needs_closure
+from .config import build_diagnostic, build_optimizer, build_task, needs_closure
+from .diagnostics import DiagnosticRunner, Probe
 from .model import LinearTransformer, mse_loss
 from .plugins import Plugins
 from .run import RunContext, RunPlan, RunResult
@@ -82,20 +83,26 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger) -> RunContext:
     logger.hparams(_hparams(plan))
     logger.layout()
     context = RunContext(plan, model, optimizer, logger)
+    eval_batch = task.sample(config.eval.batch_size, generator(config.eval.seed))
+    diagnostics = [(spec.name, build_diagnostic(spec, registry)) for spec in config.diagnostics
+                   if spec.applies_to(plan.optimizer.label, plan.seed)]
     context.extra.update(
         task=task,
         data_stream=generator(stream_seed(plan.seed, "data")),
-        eval_batch=task.sample(config.eval.batch_size, generator(config.eval.seed)),
+        eval_batch=eval_batch,
         closure_needed=needs_closure(plan.optimizer, registry),
+        diagnostics=DiagnosticRunner(diagnostics, Probe.of(model, task, eval_batch, config.train.batch_size,
+                                                            plan.seed), logger),
     )
     return context
 
 
 def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
           report: Report) -> None:
-    """The training loop: a fresh batch, one step, logging and evaluation, until done or stopped."""
+    """The training loop: a fresh batch, one step, logging, evaluation and diagnostics."""
     config, model, optimizer, logger = context.config, context.model, context.optimizer, context.logger
     task, data_stream, eval_batch = (context.extra[k] for k in ("task", "data_stream", "eval_batch"))
+    diagnostics: DiagnosticRunner = context.extra["diagnostics"]
     hook = plugins.manager.hook
 
     def evaluate(step: int) -> float:
@@ -108,32 +115,39 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
         return loss
 
     evaluate(0)
+    diagnostics.at_point(model, 0, result)
     last_time, last_step = time.perf_counter(), 0
-    for step in range(1, config.train.steps + 1):
-        batch = task.sample(config.train.batch_size, data_stream)
-        measured = training_step(model, optimizer, batch, config.train.clip_grad_norm,
-                                 context.extra["closure_needed"])
-        if not _finite(measured):  # recorded as an outcome; the weights stay the last finite ones
-            result.status, result.diverged_at = "diverged", step
-            return
-        result.steps_done = step
-        if step % config.train.log_every == 0:
-            logger.scalar("train/loss", measured["loss"], step)
-            logger.scalar("optim/grad_norm", measured["grad_norm"], step)
-            logger.scalar("optim/lr", optimizer.param_groups[0]["lr"], step)
-        eval_finite = True
-        if step % config.eval.every == 0 or step == config.train.steps:
-            now = time.perf_counter()
-            logger.scalar("perf/steps_per_sec", (step - last_step) / max(now - last_time, 1e-9), step)
-            eval_finite = math.isfinite(evaluate(step))
-            last_time, last_step = time.perf_counter(), step
-        hook.on_step_end(run=context, step=step, metrics=measured)
-        if not eval_finite:
-            result.status, result.diverged_at = "diverged", step
-            return
-        if should_stop():
-            result.status = "interrupted"
-            return
+    try:
+        for step in range(1, config.train.steps + 1):
+            batch = task.sample(config.train.batch_size, data_stream)
+            before = diagnostics.before_update(model, step - 1)
+            measured = training_step(model, optimizer, batch, config.train.clip_grad_norm,
+                                     context.extra["closure_needed"])
+            if not _finite(measured):  # recorded as an outcome; the weights stay the last finite ones
+                result.status, result.diverged_at = "diverged", step
+                return
+            result.steps_done = step
+            diagnostics.after_update(model, step - 1, before, result)
+            diagnostics.at_point(model, step, result)
+            if step % config.train.log_every == 0:
+                logger.scalar("train/loss", measured["loss"], step)
+                logger.scalar("optim/grad_norm", measured["grad_norm"], step)
+                logger.scalar("optim/lr", optimizer.param_groups[0]["lr"], step)
+            eval_finite = True
+            if step % config.eval.every == 0 or step == config.train.steps:
+                now = time.perf_counter()
+                logger.scalar("perf/steps_per_sec", (step - last_step) / max(now - last_time, 1e-9), step)
+                eval_finite = math.isfinite(evaluate(step))
+                last_time, last_step = time.perf_counter(), step
+            hook.on_step_end(run=context, step=step, metrics=measured)
+            if not eval_finite:
+                result.status, result.diverged_at = "diverged", step
+                return
+            if should_stop():
+                result.status = "interrupted"
+                return
+    finally:
+        diagnostics.finish(model, result.steps_done, result)
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,

@@ -79,6 +79,7 @@ class LinearTransformer(nn.Module):
             raise ValueError(f"unknown attention {config.attention!r}")
         self.config = config
         self.n = n
+        self.use_kernel = True  # False: always the plain-autograd path (twice differentiable)
         self.feature_map = None
         if config.feature_map is not None:
             out_dim = config.feature_map.out_dim or d
@@ -119,7 +120,7 @@ class LinearTransformer(nn.Module):
         order); ``autograd_forward`` is the same computation in plain autograd, which supports
         higher derivatives (Hessians) and ``torch.func`` transforms.
         """
-        if self.config.attention != "linear":
+        if self.config.attention != "linear" or not self.use_kernel:
             return self.autograd_forward(x, y)
         P, _ = self.attention_matrices()
         if self.config.parameterization == "block_sparse":

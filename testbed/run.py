@@ -71,4 +71,6 @@ class RunResult:
     error: str | None = None
     eval_steps: list[int] = field(default_factory=list)
     eval_losses: list[float] = field(default_factory=list)
+    diagnostics: dict[str, list[list[float]]] = field(default_factory=dict)  # "name/tag": [[step, value]]
+    diagnostic_errors: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
