@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.func import functional_call, grad, hessian, jvp
+from torch.func import functional_call, grad, jacrev, jvp
 
 from .model import LinearTransformer, mse_loss
 from .options import Option
 from .tasks import Batch, Task
 
+
+HESSIAN_CHUNK = 10
 
 # ------------------------------------------------------------------ records
 @dataclass(frozen=True)
@@ -180,9 +182,10 @@ class Probe:
         return g
 
     def hessian(self, theta: torch.Tensor | None = None, batch: Batch | None = None) -> torch.Tensor:
-        """The full Hessian (P x P) of the loss in the flattened parameters."""
+        """The full Hessian (P x P) of the loss in the flattened parameters: reverse-over-reverse,
+        vectorized over chunks of rows (measured faster than unchunked or forward-over-reverse)."""
         theta = self.params if theta is None else theta
-        return hessian(self.loss_function(batch))(theta.detach())
+        return jacrev(grad(self.loss_function(batch)), chunk_size=HESSIAN_CHUNK)(theta.detach())
 
     def hvp(self, vector: torch.Tensor, theta: torch.Tensor | None = None, batch: Batch | None = None) -> torch.Tensor:
         """Hessian-vector product H(theta) v, exact (forward-over-reverse)."""
