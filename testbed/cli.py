@@ -128,14 +128,20 @@ def list_command(kind: str) -> None:
 
 
 @main.command()
-@click.option("--steps", default=200, show_default=True, help="Timed training steps per round.")
+@click.option("--budget", default=2.0, show_default=True, help="Seconds of timed steps per side and round.")
 @click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+@click.option("--noise-samples", default=10_000, show_default=True,
+              help="Minibatch gradients in the timed gradient_noise evaluation (paper: 10,000).")
+@click.option("--quick", is_flag=True, help="A fast smoke run: short budgets, small n, few noise samples.")
 @click.option("--json", "json_path", default=None, help="Also write the numbers to this JSON file.")
-def bench(steps: int, rounds: int, json_path: str | None) -> None:
-    """Time training steps of the engine and of the direct formula side by side (one thread)."""
+def bench(budget: float, rounds: int, noise_samples: int, quick: bool, json_path: str | None) -> None:
+    """Time the engine against the direct formula (one thread), a Hessian and gradient_noise."""
     from .bench import format_bench, run_bench
 
-    results = run_bench(steps=steps, rounds=rounds)
+    if quick:
+        results = run_bench(budget=0.05, rounds=1, max_steps=5, noise_samples=20, context_lengths=(20, 80))
+    else:
+        results = run_bench(budget=budget, rounds=rounds, noise_samples=noise_samples)
     click.echo(format_bench(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))
