@@ -1,0 +1,879 @@
+"""Diagnostics: the Probe's exact derivatives against independent computations, the paper's
+diagnostics (PAPER.md section 4) on inputs with known answers, schedules, config restrictions, the
+runner's safety (a failing or NaN diagnostic never stops a run), the bitwise-unchanged training
+trajectory, and what lands in TensorBoard and results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+
+from testbed import ConfigError, Diagnostic, Figure, Probe, Scalar, Schedule, Text, hookimpl, schedule_from, schedule_options
+from testbed.config import DiagnosticSpec, parse_config
+from testbed.experiment import RESULTS_FILE, run_experiment
+from testbed.model import LinearTransformer, ModelConfig, mse_loss
+from testbed.plugins import load_plugins
+from testbed.tasks import Batch
+from testbed_std import noise_stats
+from testbed_std.diagnostics import (
+    BlockNorms,
+    GeneralizedSmoothness,
+    RobustConditionNumber,
+    Sharpness,
+    correlation_and_slope,
+    directional_smoothness,
+    lower_median,
+)
+from testbed_std.spectra import lanczos_extremes
+
+PARAMETERIZATIONS = ("block_sparse", "full")
+
+
+# ------------------------------------------------------------------ helpers
+def tiny_probe(registry, parameterization: str = "block_sparse", d: int = 2, n: int = 4, layers: int = 2,
+               batch: int = 16, init_std: float = 0.3, seed: int = 0) -> Probe:
+    """A Probe of a tiny float64 model on a float64 eval batch of the gaussian task."""
+    task = registry.get("task", "gaussian", "task").factory(d=d, n=n)
+    config = ModelConfig(layers=layers, parameterization=parameterization, init_std=init_std)
+    model = LinearTransformer(config, d, n, torch.Generator().manual_seed(seed)).double()
+    sample = task.sample(batch, torch.Generator().manual_seed(seed + 1000))
+    eval_batch = Batch(sample.x.double(), sample.y.double())
+    return Probe.of(model, task, eval_batch, train_batch_size=batch, seed=seed)
+
+
+def central_difference_hessian(probe: Probe, h: float = 1e-5) -> torch.Tensor:
+    """Column j = (grad(theta + h e_j) - grad(theta - h e_j)) / 2h, with Probe.gradient (the engine's
+    first-order fast path, not torch.func)."""
+    theta = probe.params
+    columns = []
+    for e in torch.eye(theta.numel(), dtype=theta.dtype):
+        columns.append((probe.gradient(theta + h * e) - probe.gradient(theta - h * e)) / (2 * h))
+    return torch.stack(columns, dim=1)
+
+
+def autograd_loop_hessian(probe: Probe) -> torch.Tensor:
+    """Row i = d(grad_i)/d(theta) by torch.autograd.grad(create_graph=True) on the model's own
+    parameters through its plain-autograd forward (no torch.func, no flattening by the Probe)."""
+    model = probe._twice
+    params = [p for p in model.parameters()]
+    with torch.no_grad():
+        for p, block in zip(params, probe.blocks):
+            p.copy_(probe.params[block.start:block.stop].view(block.shape))
+    batch = probe.eval_batch
+    loss = mse_loss(model.autograd_forward(batch.x, batch.y), batch.target)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    rows = []
+    for i in range(flat.numel()):
+        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1)
+                               for r, p in zip(row, params)]))
+    return torch.stack(rows)
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def scalars(records) -> dict[str, float]:
+    return {r.tag: r.value for r in records if isinstance(r, Scalar)}
+
+
+def load_events(run_dir: str | Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    accumulator.Reload()
+    return accumulator
+
+
+def run(raw: dict[str, Any], logdir: Path, plugins=None):
+    plugins = plugins or load_plugins()
+    return run_experiment(parse_config(raw, plugins.registry), plugins, logdir, workers=1)
+
+
+def raw_config(optimizers=None, diagnostics=None, steps: int = 30, seeds=(0,), clip: float | None = 1.0,
+               name: str = "exp", d: int = 3, n: int = 10) -> dict[str, Any]:
+    raw = {
+        "name": name,
+        "task": {"name": "gaussian", "d": d, "n": n},
+        "model": {"layers": 2},
+        "optimizers": optimizers or [{"name": "sgd", "lr": 0.01}, {"name": "adam", "lr": 0.01}],
+        "train": {"steps": steps, "batch_size": 64, "seeds": list(seeds), "clip_grad_norm": clip},
+        "eval": {"every": 10, "batch_size": 128},
+    }
+    if diagnostics is not None:
+        raw["diagnostics"] = diagnostics
+    return raw
+
+
+def read_results(outcome) -> dict[str, Any]:
+    return json.loads((outcome.directory / RESULTS_FILE).read_text())
+
+
+def by_key(outcome):
+    return {r.key: r for r in outcome.results}
+
+
+# ------------------------------------------------------------------ schedules
+@pytest.mark.parametrize("schedule, due, not_due", [
+    (Schedule(every=10), [0, 10, 20, 1000], [1, 5, 9, 11, 25]),
+    (Schedule(every=5, start=3, stop=20), [3, 8, 13, 18], [0, 2, 5, 10, 20, 23]),
+    (Schedule(steps=(0, 7)), [0, 7], [1, 6, 8, 14]),
+    (Schedule(every=10, steps=(25,), stop=30), [0, 10, 20, 25], [30, 40, 15]),
+    (Schedule(), [], [0, 1, 10]),
+    (Schedule(every=1, stop=3), [0, 1, 2], [3, 4]),
+])
+def test_schedule_due(schedule, due, not_due):
+    assert all(schedule.due(s) for s in due), [s for s in due if not schedule.due(s)]
+    assert not any(schedule.due(s) for s in not_due), [s for s in not_due if schedule.due(s)]
+
+
+@pytest.mark.parametrize("schedule, total, last", [
+    (Schedule(every=10), 25, 20),
+    (Schedule(every=10), 20, 20),
+    (Schedule(every=10, stop=20), 100, 10),  # stop is exclusive
+    (Schedule(every=5, start=3, stop=20), 100, 18),
+    (Schedule(steps=(0, 50)), 30, 0),
+    (Schedule(every=10, start=30), 20, None),
+    (Schedule(every=10, steps=(25,)), 25, 25),
+    (Schedule(), 10, None),
+])
+def test_schedule_last(schedule, total, last):
+    assert schedule.last(total) == last
+
+
+def test_schedule_last_is_the_largest_due_step():
+    for every in (None, 1, 3, 7):
+        for start in (0, 2, 9):
+            for stop in (None, 1, 5, 12, 40):
+                for steps in ((), (0,), (4, 33)):
+                    schedule = Schedule(every, steps, start, stop)
+                    for total in (0, 1, 10, 17, 30):
+                        due = [s for s in range(total + 1) if schedule.due(s)]
+                        assert schedule.last(total) == (max(due) if due else None), (schedule, total)
+
+
+def test_schedule_from_options():
+    assert schedule_from({"every": 3, "steps": [1, 2], "start": 4, "stop": 9}) == Schedule(3, (1, 2), 4, 9)
+    defaults = {k: o.default for k, o in schedule_options(every=250).items()}
+    assert schedule_from(defaults) == Schedule(every=250)
+
+
+# ------------------------------------------------------------------ the Probe's exact derivatives
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_hessian_matches_finite_differences_and_an_autograd_loop(registry, parameterization):
+    probe = tiny_probe(registry, parameterization)
+    assert probe.params.dtype == torch.float64
+    H = probe.hessian()
+    P = probe.params.numel()
+    assert H.shape == (P, P) and H.dtype == torch.float64
+    assert float(H.abs().max()) > 1.0  # not a degenerate (all-zero) case
+    assert max_rel_error(H, central_difference_hessian(probe)) < 1e-7
+    assert max_rel_error(H, autograd_loop_hessian(probe)) < 1e-10
+    assert max_rel_error(H, H.T) < 1e-12
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_gradient_and_hvp_match_independent_computations(registry, parameterization):
+    probe = tiny_probe(registry, parameterization)
+    theta, P = probe.params, probe.params.numel()
+    h = 1e-6
+    fd = torch.tensor([(probe.loss(theta + h * e) - probe.loss(theta - h * e)) / (2 * h)
+                       for e in torch.eye(P, dtype=torch.float64)], dtype=torch.float64)
+    assert max_rel_error(probe.gradient(), fd) < 1e-7
+    v = torch.randn(P, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert max_rel_error(probe.hvp(v), probe.hessian() @ v) < 1e-10
+    # The loss and gradient at another point do not move the probe's own point.
+    before = probe.params.clone()
+    probe.gradient(theta + 1.0)
+    assert torch.equal(probe.params, before)
+
+
+def test_block_sparse_last_layer_b_has_structural_zeros(registry):
+    probe = tiny_probe(registry, "block_sparse", d=2, layers=2)
+    H = probe.hessian()
+    (b,) = [blk for blk in probe.blocks if blk.name == "B"]
+    last = slice(b.start + 4, b.stop)  # B of the last layer: (d x d) = 4 entries after layer 0's
+    assert torch.count_nonzero(H[last]) == 0 and torch.count_nonzero(H[:, last]) == 0
+    assert torch.count_nonzero(probe.gradient()[last]) == 0
+
+
+# ------------------------------------------------------------------ directional smoothness
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_directional_smoothness_is_the_second_derivative_along_the_update(registry, parameterization):
+    probe = tiny_probe(registry, parameterization)
+    step = 0.01 * torch.randn(probe.params.numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    probe.next_params = probe.params + step
+    u = step / torch.linalg.vector_norm(step)
+    h = 1e-4
+    f = probe.loss
+    second = (f(probe.params + h * u) - 2 * f(probe.params) + f(probe.params - h * u)) / h**2
+    value = directional_smoothness(probe)
+    assert abs(second) > 1e-3
+    assert value == pytest.approx(second, rel=1e-5)
+    assert value == pytest.approx(float(u @ probe.hessian() @ u), rel=1e-10)
+    # It depends on the direction only, not on the length of the update.
+    probe.next_params = probe.params + 7.0 * step
+    assert directional_smoothness(probe) == pytest.approx(value, rel=1e-10)
+
+
+def test_directional_smoothness_of_no_update_is_nan_and_needs_an_update(registry):
+    probe = tiny_probe(registry)
+    with pytest.raises(RuntimeError, match="needs_update"):
+        directional_smoothness(probe)
+    probe.next_params = probe.params.clone()
+    assert math.isnan(directional_smoothness(probe))
+
+
+def test_directional_smoothness_can_be_negative():
+    class Quadratic:  # f = 1/2 theta^T H theta with an indefinite H
+        params = torch.zeros(2, dtype=torch.float64)
+        next_params = torch.tensor([0.0, 2.0], dtype=torch.float64)
+        update = next_params - params
+
+        def hvp(self, v):
+            return torch.tensor([[3.0, 0.0], [0.0, -2.0]], dtype=torch.float64) @ v
+
+    assert directional_smoothness(Quadratic()) == -2.0
+
+
+# ------------------------------------------------------------------ robust condition number
+def test_lower_median():
+    assert float(lower_median(torch.tensor([4.0, 1.0, 3.0, 2.0]))) == 2.0
+    assert float(lower_median(torch.tensor([5.0, 1.0, 3.0]))) == 3.0
+    assert float(lower_median(torch.tensor([[0.0, 0.0], [1.0, 9.0]]))) == 0.0
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_robust_condition_number_against_an_independent_hessian(registry, parameterization):
+    probe = tiny_probe(registry, parameterization)
+    H = autograd_loop_hessian(probe).numpy()
+    diagonal = np.sort(np.abs(np.diag(H)))
+    expected_proxy = diagonal[-1] / diagonal[(len(diagonal) - 1) // 2]  # lower median, zeros included
+    eigenvalues = np.linalg.eigvalsh((H + H.T) / 2)
+    diagnostic = RobustConditionNumber(spectrum_histogram=True, **{"every": 1, "steps": [], "start": 0, "stop": None})
+    records = diagnostic.measure(probe, 0)
+    values = scalars(records)
+    assert values["proxy"] == pytest.approx(expected_proxy, rel=1e-9)
+    assert values["lambda_max"] == pytest.approx(eigenvalues[-1], rel=1e-9)
+    assert values["lambda_min"] == pytest.approx(eigenvalues[0], rel=1e-9, abs=1e-9)
+    assert values["lambda_median"] == pytest.approx(np.sort(eigenvalues)[(len(eigenvalues) - 1) // 2], abs=1e-9)
+    abs_eigen = np.sort(np.abs(eigenvalues))
+    assert values["eigen_ratio"] == pytest.approx(abs_eigen[-1] / abs_eigen[(len(abs_eigen) - 1) // 2], rel=1e-6)
+    (spectrum,) = [r for r in records if r.tag == "spectrum"]
+    assert np.allclose(np.sort(np.asarray(spectrum.values)), eigenvalues, atol=1e-9)
+
+
+# ------------------------------------------------------------------ Lanczos and sharpness
+def random_symmetric(dim: int, seed: int) -> torch.Tensor:
+    a = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (a + a.T) / 2
+
+
+def test_lanczos_with_full_iterations_is_exact():
+    A = random_symmetric(30, 0)
+    exact = torch.linalg.eigvalsh(A)
+    start = torch.randn(30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lam_min, lam_max = lanczos_extremes(lambda v: A @ v, start, 30)
+    assert lam_min == pytest.approx(float(exact[0]), abs=1e-8)
+    assert lam_max == pytest.approx(float(exact[-1]), abs=1e-8)
+    # More iterations than the dimension: the same.
+    assert lanczos_extremes(lambda v: A @ v, start, 100) == pytest.approx((lam_min, lam_max), abs=1e-8)
+
+
+def test_lanczos_with_few_iterations_finds_a_separated_top_eigenvalue():
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    spectrum = torch.cat([torch.linspace(-1.0, 1.0, 199, dtype=torch.float64), torch.tensor([10.0], dtype=torch.float64)])
+    A = q @ torch.diag(spectrum) @ q.T
+    start = torch.randn(200, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    lam_min, lam_max = lanczos_extremes(lambda v: A @ v, start, 15)
+    assert lam_max == pytest.approx(10.0, rel=1e-8)
+    # Ritz values interlace: never outside the true spectrum.
+    assert -1.0 - 1e-10 <= lam_min <= -0.5
+
+
+def test_lanczos_stops_early_on_an_invariant_subspace():
+    A = torch.diag(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0], dtype=torch.float64))
+    start = torch.ones(5, dtype=torch.float64)  # the Krylov space has dimension 2
+    assert lanczos_extremes(lambda v: A @ v, start, 5) == pytest.approx((1.0, 2.0), abs=1e-12)
+    eigenvector = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    assert lanczos_extremes(lambda v: A @ v, eigenvector, 5) == pytest.approx((2.0, 2.0), abs=1e-12)
+
+
+def test_lanczos_float32_start_runs_the_operator_in_float32():
+    A = random_symmetric(10, 4)
+    seen = []
+
+    def hvp(v):
+        seen.append(v.dtype)
+        return (A @ v.double()).float()
+
+    start = torch.randn(10, generator=torch.Generator().manual_seed(5))
+    lam_min, lam_max = lanczos_extremes(hvp, start, 10)
+    exact = torch.linalg.eigvalsh(A)
+    assert set(seen) == {torch.float32}
+    assert lam_max == pytest.approx(float(exact[-1]), abs=1e-4)
+    assert lam_min == pytest.approx(float(exact[0]), abs=1e-4)
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_sharpness_matches_the_hessian_spectrum(registry, parameterization):
+    probe = tiny_probe(registry, parameterization)
+    eigenvalues = torch.linalg.eigvalsh(autograd_loop_hessian(probe))
+    P = probe.params.numel()
+    full = scalars(Sharpness(iterations=P, every=1, steps=[], start=0, stop=None).measure(probe, 0))
+    assert full["lambda_max"] == pytest.approx(float(eigenvalues[-1]), rel=1e-8)
+    assert full["lambda_min"] == pytest.approx(float(eigenvalues[0]), rel=1e-8, abs=1e-8)
+    few = scalars(Sharpness(iterations=10, every=1, steps=[], start=0, stop=None).measure(probe, 0))
+    assert float(eigenvalues[0]) - 1e-8 <= few["lambda_min"] <= few["lambda_max"] <= float(eigenvalues[-1]) + 1e-8
+    assert few["lambda_max"] == pytest.approx(float(eigenvalues[-1]), rel=1e-2)
+
+
+# ------------------------------------------------------------------ noise statistics
+def test_noise_stats_of_a_normal_sample():
+    x = np.random.default_rng(0).normal(10.0, 1.0, 200_000)
+    stats = noise_stats.summarize(torch.from_numpy(x), 0.1)
+    assert set(stats) == {"mean", "median", "std", "skewness", "excess_kurtosis", "q99_over_median",
+                          "max_over_median", "qq_correlation", "hill_tail_index"}
+    assert stats["mean"] == pytest.approx(10.0, abs=0.01)
+    assert stats["median"] == pytest.approx(10.0, abs=0.01)
+    assert stats["std"] == pytest.approx(1.0, abs=0.01)
+    assert stats["skewness"] == pytest.approx(0.0, abs=0.03)
+    assert stats["excess_kurtosis"] == pytest.approx(0.0, abs=0.05)
+    assert stats["qq_correlation"] > 0.999
+    assert stats["q99_over_median"] == pytest.approx((10.0 + 2.3263) / 10.0, rel=2e-3)
+
+
+def test_noise_stats_of_an_exponential_sample():
+    x = np.random.default_rng(1).exponential(1.0, 200_000)
+    stats = noise_stats.summarize(torch.from_numpy(x), 0.1)
+    assert stats["skewness"] == pytest.approx(2.0, abs=0.15)
+    assert stats["excess_kurtosis"] == pytest.approx(6.0, abs=1.0)
+    assert stats["median"] == pytest.approx(math.log(2), rel=0.02)
+    assert stats["q99_over_median"] == pytest.approx(math.log(100) / math.log(2), rel=0.03)
+    assert 0.85 < stats["qq_correlation"] < 0.95  # visibly not normal
+
+
+@pytest.mark.parametrize("alpha", [1.5, 3.0])
+def test_hill_tail_index_recovers_a_pareto_tail(alpha):
+    rng = np.random.default_rng(2)
+    pareto = rng.pareto(alpha, 200_000) + 1.0  # Pareto I, x_m = 1: P(X > x) = x^-alpha
+    assert noise_stats.hill_tail_index(pareto, 0.1) == pytest.approx(alpha, rel=0.05)
+    assert noise_stats.summarize(torch.from_numpy(pareto), 0.1)["hill_tail_index"] == pytest.approx(alpha, rel=0.05)
+    if alpha < 2:  # Pareto II (Lomax) has the same tail only asymptotically: Hill is biased for it
+        lomax = rng.pareto(alpha, 200_000)
+        assert noise_stats.hill_tail_index(lomax, 0.005) == pytest.approx(alpha, rel=0.15)
+
+
+def test_hill_tail_index_by_hand():
+    # Ordered 16, 8, 4, 2, 1; k = int(0.4 * 5) = 2; X_(k+1) = 4: 1 / mean(log 4, log 2) = 1 / (1.5 log 2).
+    samples = np.array([2.0, 16.0, 1.0, 8.0, 4.0])
+    assert noise_stats.hill_tail_index(samples, 0.4) == pytest.approx(1.0 / (1.5 * math.log(2)), rel=1e-12)
+    # k is at least 2: a tiny fraction uses the two largest.
+    assert noise_stats.hill_tail_index(samples, 0.01) == pytest.approx(1.0 / (1.5 * math.log(2)), rel=1e-12)
+    # k = 3: X_(4) = 2: 1 / mean(log 8, log 4, log 2) = 1 / (2 log 2).
+    assert noise_stats.hill_tail_index(samples, 0.6) == pytest.approx(1.0 / (2 * math.log(2)), rel=1e-12)
+    assert math.isnan(noise_stats.hill_tail_index(np.array([1.0, 2.0]), 0.5))  # k >= n
+    assert math.isnan(noise_stats.hill_tail_index(np.array([5.0, 3.0, 0.0, 0.0]), 0.5))  # X_(k+1) = 0
+
+
+def test_quantile_ratios_and_moments_on_a_deterministic_input():
+    x = torch.arange(1, 102, dtype=torch.float64)  # 1..101
+    stats = noise_stats.summarize(x, 0.1)
+    assert stats["median"] == 51.0 and stats["mean"] == 51.0
+    assert stats["q99_over_median"] == pytest.approx(100.0 / 51.0, rel=1e-12)  # q99 at position 99 of 0..100
+    assert stats["max_over_median"] == pytest.approx(101.0 / 51.0, rel=1e-12)
+    assert stats["std"] == pytest.approx(math.sqrt(101 * 102 / 12), rel=1e-12)  # ddof = 1
+    assert stats["skewness"] == pytest.approx(0.0, abs=1e-12)
+    assert stats["excess_kurtosis"] == pytest.approx(-1.2, abs=0.01)  # uniform
+    # float32 input is summarized in float64.
+    assert noise_stats.summarize(x.float(), 0.1)["median"] == 51.0
+
+
+def test_noise_records_and_figure():
+    from testbed import Histogram
+    from testbed_std.figures import noise_figure
+
+    errors = torch.from_numpy(np.random.default_rng(3).gamma(2.0, 1.0, 500))
+    stats = noise_stats.summarize(errors, 0.1)
+    figure = noise_figure(errors, 20, stats, step=0)
+    histogram, same = noise_stats.records(errors, 20, figure)
+    assert isinstance(histogram, Histogram) and histogram.tag == "errors" and histogram.bins == 20
+    assert torch.equal(torch.as_tensor(histogram.values), errors)
+    assert same is figure and isinstance(figure, Figure) and figure.tag == "histogram"
+    (axes,) = figure.figure.axes
+    assert len(axes.child_axes) == 1  # the QQ inset
+    assert len(axes.patches) == 20  # the histogram's bars
+
+
+# ------------------------------------------------------------------ generalized smoothness
+def test_correlation_and_slope_exact_cases():
+    x = torch.linspace(-3, 5, 50, dtype=torch.float64)
+    assert correlation_and_slope(x, 2 * x + 1) == pytest.approx((1.0, 2.0), rel=1e-12)
+    assert correlation_and_slope(x, -3 * x + 7) == pytest.approx((-1.0, -3.0), rel=1e-12)
+    # x and e centered, orthogonal, of equal norm: corr(x, a x + b e) = a / sqrt(a^2 + b^2), slope a.
+    x = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64) + 10.0
+    e = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+    assert correlation_and_slope(x, x + e) == pytest.approx((1 / math.sqrt(2), 1.0), rel=1e-12)
+    assert correlation_and_slope(x, 2 * x + 3 * e) == pytest.approx((2 / math.sqrt(13), 2.0), rel=1e-12)
+    assert correlation_and_slope(x, e) == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_correlation_and_slope_with_random_noise():
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(100_000, generator=rng, dtype=torch.float64)
+    y = 0.5 * x + torch.randn(100_000, generator=rng, dtype=torch.float64)
+    correlation, slope = correlation_and_slope(x, y)
+    assert correlation == pytest.approx(0.5 / math.sqrt(1.25), abs=0.01)
+    assert slope == pytest.approx(0.5, abs=0.01)
+
+
+class FakeProbe:
+    """A probe with a chosen gradient norm and a Hessian that is c * I (so DS = c)."""
+
+    def __init__(self, grad_norm: float, curvature: float):
+        self.params = torch.zeros(3, dtype=torch.float64)
+        self.next_params = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+        self.grad_norm, self.curvature = grad_norm, curvature
+
+    @property
+    def update(self):
+        return self.next_params - self.params
+
+    def gradient(self):
+        return torch.tensor([self.grad_norm, 0.0, 0.0], dtype=torch.float64)
+
+    def hvp(self, v):
+        return self.curvature * v
+
+
+def test_generalized_smoothness_reports_at_the_end_of_its_window():
+    diagnostic = GeneralizedSmoothness(every=1, steps=[], start=0, stop=6)
+    assert diagnostic.needs_update
+    points = [(0.5, 3.0), (1.0, 3.0), (2.0, -1.0), (4.0, 3.0), (8.0, 3.0), (16.0, 3.0)]
+    reports = []
+    for step, (grad_norm, c) in enumerate(points):
+        # log DS = log c + 2 log g: slope 2, correlation 1 (the DS <= 0 point is skipped)
+        curvature = c * grad_norm**2 if c > 0 else c
+        records = diagnostic.measure(FakeProbe(grad_norm, curvature), step)
+        values = scalars(records)
+        assert values["grad_norm"] == pytest.approx(grad_norm)
+        assert values["directional_smoothness"] == pytest.approx(curvature)
+        reports.append(records)
+    assert all("correlation" not in scalars(r) for r in reports[:-1])
+    final = scalars(reports[-1])
+    assert final["correlation"] == pytest.approx(1.0, rel=1e-12)
+    assert final["slope"] == pytest.approx(2.0, rel=1e-12)
+    assert final["points"] == 5 and final["skipped_nonpositive"] == 1
+    (scatter,) = [r for r in reports[-1] if isinstance(r, Figure)]
+    assert scatter.tag == "scatter"
+    assert diagnostic.finish(FakeProbe(1.0, 1.0), 6) == []  # reported once
+
+
+def test_generalized_smoothness_without_a_stop_reports_at_finish():
+    diagnostic = GeneralizedSmoothness(every=2, steps=[], start=0, stop=None)
+    for step, g in enumerate([1.0, 2.0, 3.0, 5.0]):
+        assert "correlation" not in scalars(diagnostic.measure(FakeProbe(g, 4.0 / g), 2 * step))
+    final = scalars(diagnostic.finish(FakeProbe(1.0, 1.0), 8))
+    assert final["correlation"] == pytest.approx(-1.0, rel=1e-12) and final["slope"] == pytest.approx(-1.0, rel=1e-12)
+    # Fewer than three points: only their count.
+    short = GeneralizedSmoothness(every=1, steps=[], start=0, stop=None)
+    short.measure(FakeProbe(1.0, 1.0), 0)
+    assert [(r.tag, r.value) for r in short.finish(FakeProbe(1.0, 1.0), 1)] == [("points", 1)]
+
+
+def test_block_norms_on_a_hand_made_probe(registry):
+    probe = tiny_probe(registry)
+    delta = torch.linspace(-1, 1, probe.params.numel(), dtype=torch.float64)
+    probe.next_params = probe.params + delta
+    probe.train_gradient = 2 * delta
+    values = scalars(BlockNorms(every=1, steps=[], start=0, stop=None).measure(probe, 0))
+    assert {b.name for b in probe.blocks} == {"A", "B"}
+    for block in probe.blocks:
+        part = slice(block.start, block.stop)
+        update = float(torch.linalg.vector_norm(delta[part]))
+        assert values[f"{block.name}/update_norm"] == pytest.approx(update, rel=1e-12)
+        assert values[f"{block.name}/grad_norm"] == pytest.approx(2 * update, rel=1e-12)
+        assert values[f"{block.name}/update_ratio"] == pytest.approx(
+            update / float(torch.linalg.vector_norm(probe.params[part])), rel=1e-12)
+
+
+# ------------------------------------------------------------------ one experiment, diagnostics on and off
+ALL_DIAGNOSTICS = [
+    {"name": "gradient_noise", "options": {"samples": 50, "full_batch": 640, "bins": 20}},
+    {"name": "robust_condition_number", "options": {"every": 10, "spectrum_histogram": True}},
+    {"name": "directional_smoothness", "options": {"every": 5}},
+    {"name": "generalized_smoothness", "options": {"every": 1, "stop": 10}},
+    {"name": "block_norms", "options": {"every": 5}},
+    {"name": "sharpness", "options": {"every": 10, "iterations": 36}},  # = the parameter count
+]
+
+
+class StepLosses:
+    def __init__(self) -> None:
+        self.losses: dict[str, list[float]] = {}
+
+    @hookimpl
+    def on_step_end(self, run, step, metrics):
+        self.losses.setdefault(f"{run.label}/seed-{run.seed}", []).append(metrics["loss"])
+
+
+@pytest.fixture(scope="module")
+def on_and_off(tmp_path_factory):
+    """The same tiny experiment (sgd and adam, seed 0) with every standard diagnostic and without."""
+    root = tmp_path_factory.mktemp("diag")
+    outcomes, losses = {}, {}
+    for mode, diagnostics in (("on", ALL_DIAGNOSTICS), ("off", None)):
+        recorder = StepLosses()
+        plugins = load_plugins(extra={"recorder": recorder})
+        outcomes[mode] = run(raw_config(diagnostics=diagnostics), root / mode, plugins)
+        losses[mode] = recorder.losses
+    return outcomes, losses
+
+
+def test_diagnostics_leave_the_trajectory_bitwise_unchanged(on_and_off):
+    outcomes, losses = on_and_off
+    on, off = by_key(outcomes["on"]), by_key(outcomes["off"])
+    assert set(on) == set(off) == {"sgd/seed-0", "adam/seed-0"}
+    for key in on:
+        assert on[key].status == off[key].status == "completed"
+        assert on[key].diagnostic_errors == []
+        assert on[key].eval_steps == off[key].eval_steps == [0, 10, 20, 30]
+        assert on[key].eval_losses == off[key].eval_losses, key
+        assert len(losses["on"][key]) == 30
+        assert losses["on"][key] == losses["off"][key], key
+        assert off[key].diagnostics == {}
+    # The diagnostics really ran (else the comparison would prove nothing).
+    measured = on["adam/seed-0"].diagnostics
+    assert [s for s, _ in measured["robust_condition_number/proxy"]] == [0, 10, 20, 30]
+    assert [s for s, _ in measured["directional_smoothness/value"]] == [0, 5, 10, 15, 20, 25]
+    assert [s for s, _ in measured["generalized_smoothness/grad_norm"]] == list(range(10))
+    assert [s for s, _ in measured["generalized_smoothness/correlation"]] == [9]
+    assert [s for s, _ in measured["gradient_noise/skewness"]] == [0]
+    assert [s for s, _ in measured["sharpness/lambda_max"]] == [0, 10, 20, 30]
+    assert [s for s, _ in measured["block_norms/A/update_norm"]] == [0, 5, 10, 15, 20, 25]
+
+
+def test_condition_number_at_step_zero_is_the_same_for_both_optimizers(on_and_off):
+    outcomes, _ = on_and_off
+    data = read_results(outcomes["on"])
+    runs = {r["key"]: r["diagnostics"] for r in data["runs"]}
+    sgd, adam = runs["sgd/seed-0"], runs["adam/seed-0"]
+    for tag in ("robust_condition_number/proxy", "robust_condition_number/lambda_max", "sharpness/lambda_max",
+                "gradient_noise/mean"):
+        assert sgd[tag][0][0] == adam[tag][0][0] == 0
+        assert sgd[tag][0][1] == adam[tag][0][1], tag
+    assert sgd["robust_condition_number/proxy"][0][1] > 1.0
+    for later in (1, 2, 3):
+        assert sgd["robust_condition_number/proxy"][later][1] != adam["robust_condition_number/proxy"][later][1]
+    # results.json holds what the run returned.
+    on = by_key(outcomes["on"])
+    assert on["sgd/seed-0"].diagnostics["robust_condition_number/proxy"] == sgd["robust_condition_number/proxy"]
+
+
+def test_sharpness_agrees_with_the_full_hessian_along_a_run(on_and_off):
+    outcomes, _ = on_and_off
+    for result in outcomes["on"].results:
+        exact = dict(map(tuple, result.diagnostics["robust_condition_number/lambda_max"]))
+        lanczos = dict(map(tuple, result.diagnostics["sharpness/lambda_max"]))
+        assert set(exact) == set(lanczos)
+        for step in exact:  # 10 Lanczos steps on 36 parameters, float32: a lower bound, close
+            assert lanczos[step] <= exact[step] * (1 + 1e-4)
+            assert lanczos[step] == pytest.approx(exact[step], rel=0.05), (result.key, step)
+
+
+def test_diagnostics_in_tensorboard(on_and_off):
+    outcomes, _ = on_and_off
+    for result in outcomes["on"].results:
+        events = load_events(result.run_dir)
+        tags = events.Tags()
+        noise_scalars = {"mean", "median", "std", "skewness", "excess_kurtosis", "q99_over_median",
+                         "max_over_median", "qq_correlation", "hill_tail_index", "full_gradient_norm"}
+        expected = {f"diag/gradient_noise/{t}" for t in noise_scalars}
+        expected |= {f"diag/robust_condition_number/{t}"
+                     for t in ("proxy", "lambda_max", "lambda_min", "lambda_median", "eigen_ratio")}
+        expected |= {"diag/directional_smoothness/value", "diag/sharpness/lambda_max", "diag/sharpness/lambda_min"}
+        expected |= {f"diag/generalized_smoothness/{t}" for t in
+                     ("grad_norm", "directional_smoothness", "correlation", "slope", "points", "skipped_nonpositive")}
+        expected |= {f"diag/block_norms/{b}/{t}" for b in "AB" for t in ("grad_norm", "update_norm", "update_ratio")}
+        assert expected <= set(tags["scalars"]), sorted(expected - set(tags["scalars"]))
+        diag_scalars = {t for t in tags["scalars"] if t.startswith("diag/")}
+        assert diag_scalars == {f"diag/{k}" for k in result.diagnostics}
+        for key, points in result.diagnostics.items():
+            logged = events.Scalars(f"diag/{key}")
+            assert [e.step for e in logged] == [s for s, _ in points], key
+            assert [e.value for e in logged] == pytest.approx([v for _, v in points], rel=1e-6), key
+        assert "diag/gradient_noise/errors" in tags["histograms"]
+        (noise_histogram,) = events.Histograms("diag/gradient_noise/errors")
+        assert noise_histogram.step == 0 and noise_histogram.histogram_value.num == 50
+        assert [e.step for e in events.Histograms("diag/robust_condition_number/spectrum")] == [0, 10, 20, 30]
+        assert events.Histograms("diag/robust_condition_number/spectrum")[0].histogram_value.num == 36
+        assert {"diag/gradient_noise/histogram", "diag/generalized_smoothness/scatter"} <= set(tags["images"])
+        (image,) = events.Images("diag/gradient_noise/histogram")
+        assert image.step == 0 and image.width > 100 and image.height > 100
+        assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+        (scatter,) = events.Images("diag/generalized_smoothness/scatter")
+        assert scatter.step == 9 and scatter.encoded_image_string[:4] == b"\x89PNG"
+        noise = {k: v for k, v in result.diagnostics.items() if k.startswith("gradient_noise/")}
+        assert noise["gradient_noise/qq_correlation"][0][1] <= 1.0
+        assert noise["gradient_noise/max_over_median"][0][1] >= noise["gradient_noise/q99_over_median"][0][1] >= 1.0
+
+
+# ------------------------------------------------------------------ block norms along a real run
+class ParameterNorms:
+    """Per-block parameter norms of the live model at every point (on_run_start = point 0), and the
+    engine's measured gradient norm of every step."""
+
+    def __init__(self) -> None:
+        self.norms: dict[int, dict[str, float]] = {}
+        self.grad_norms: dict[int, float] = {}
+
+    def _record(self, run, step):
+        self.norms[step] = {name: float(torch.linalg.vector_norm(p.detach())) for name, p in run.model.named_parameters()}
+
+    @hookimpl
+    def on_run_start(self, run):
+        self._record(run, 0)
+
+    @hookimpl
+    def on_step_end(self, run, step, metrics):
+        self._record(run, step)
+        self.grad_norms[step] = metrics["grad_norm"]
+
+
+def test_block_norms_of_plain_sgd_are_lr_times_the_gradient(tmp_path):
+    lr = 0.01
+    recorder = ParameterNorms()
+    plugins = load_plugins(extra={"norms": recorder})
+    sgd = {"name": "sgd", "lr": lr, "options": {"momentum": 0.0, "weight_decay": 0.0}}
+    outcome = run(raw_config([sgd], [{"name": "block_norms", "options": {"every": 3}}], steps=10, clip=None),
+                  tmp_path, plugins)
+    (result,) = outcome.results
+    assert result.status == "completed" and result.diagnostic_errors == []
+    d = result.diagnostics
+    points = [0, 3, 6, 9]
+    for block in ("A", "B"):
+        grad, update, ratio = (d[f"block_norms/{block}/{t}"] for t in ("grad_norm", "update_norm", "update_ratio"))
+        assert [s for s, _ in grad] == [s for s, _ in update] == [s for s, _ in ratio] == points
+        for (step, g), (_, u), (_, r) in zip(grad, update, ratio):
+            assert g > 0
+            assert u == pytest.approx(lr * g, rel=1e-5), (block, step)
+            assert r == pytest.approx(u / recorder.norms[step][block], rel=1e-6), (block, step)
+    # The blocks' gradients make up the unclipped gradient of the step that left the point.
+    for i, step in enumerate(points):
+        total = math.sqrt(sum(d[f"block_norms/{b}/grad_norm"][i][1] ** 2 for b in ("A", "B")))
+        assert total == pytest.approx(recorder.grad_norms[step + 1], rel=1e-5)
+
+
+# ------------------------------------------------------------------ config: which runs, and errors
+def test_diagnostics_restricted_to_seeds_and_optimizers(tmp_path):
+    diagnostics = [
+        {"name": "block_norms", "options": {"every": 2}, "seeds": [1]},
+        {"name": "robust_condition_number", "options": {"every": 2}, "optimizers": ["adam"]},
+        {"name": "directional_smoothness", "options": {"every": 2}, "seeds": [0], "optimizers": ["sgd"]},
+    ]
+    outcome = run(raw_config(diagnostics=diagnostics, steps=4, seeds=(0, 1)), tmp_path)
+    measured = {r.key: {k.split("/")[0] for k in r.diagnostics} for r in outcome.results}
+    assert measured == {
+        "sgd/seed-0": {"directional_smoothness"},
+        "adam/seed-0": {"robust_condition_number"},
+        "sgd/seed-1": {"block_norms"},
+        "adam/seed-1": {"block_norms", "robust_condition_number"},
+    }
+    for result in outcome.results:
+        tags = {t for t in load_events(result.run_dir).Tags()["scalars"] if t.startswith("diag/")}
+        assert {t.split("/")[1] for t in tags} == measured[result.key]
+
+
+def test_diagnostic_specs_parse(registry):
+    config = parse_config(raw_config(diagnostics=[
+        "block_norms", {"name": "sharpness", "options": {"iterations": 5}, "seeds": 2, "optimizers": ["adam"]},
+    ]), registry)
+    block_norms, sharpness = config.diagnostics
+    assert block_norms == DiagnosticSpec("block_norms", {"every": 10, "steps": [], "start": 0, "stop": None})
+    assert sharpness.options["iterations"] == 5 and sharpness.options["every"] == 250
+    assert sharpness.seeds == (0, 1) and sharpness.optimizers == ("adam",)
+    assert sharpness.applies_to("adam", 1) and not sharpness.applies_to("sgd", 1)
+    assert not sharpness.applies_to("adam", 2)
+    assert block_norms.applies_to("anything", 123)
+    assert config.to_dict()["diagnostics"][1]["optimizers"] == ["adam"]
+
+
+@pytest.mark.parametrize("diagnostics, start", [
+    ([{"name": "block_norms", "optimizers": ["lion"]}], "diagnostics[0].optimizers: no optimizer labelled 'lion'"),
+    ([{"name": "block_norms", "optimizers": "adam"}], "diagnostics[0].optimizers:"),
+    (["block_norms", {"name": "block_norms", "options": {"every": 3}}], "diagnostics: each diagnostic may appear once"),
+    ([{"name": "sharpness", "options": {"x": 1}}], "diagnostics[0].options.x: unknown option"),
+    ([{"name": "sharpness"}, {"name": "block_norms", "options": {"every": 0}}], "diagnostics[1].options.every:"),
+    ([{"name": "gradient_noise", "options": {"tail_fraction": 0.9}}], "diagnostics[0].options.tail_fraction:"),
+    ([{"name": "sharpness", "seeds": [1, 1]}], "diagnostics[0].seeds:"),
+    ([{"name": "sharpness", "when": 3}], "diagnostics[0].when: unknown key"),
+    ([{"options": {}}], "diagnostics[0].name:"),
+    ([{"name": "nope"}], "diagnostics[0].name:"),
+    ({"name": "sharpness"}, "diagnostics: expected a list"),
+])
+def test_diagnostic_config_errors(registry, diagnostics, start):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw_config(diagnostics=diagnostics), registry)
+    assert str(info.value).startswith(start), str(info.value)
+
+
+# ------------------------------------------------------------------ safety: a diagnostic's failure
+class Boom(Diagnostic):
+    """Measures fine at steps 0..2, raises at step 3."""
+
+    def __init__(self, **schedule):
+        self.schedule = schedule_from(schedule)
+        self.calls: list[int] = []
+        self.finished = False
+
+    def measure(self, probe, step):
+        self.calls.append(step)
+        if step == 3:
+            raise RuntimeError("kaboom")
+        return [Scalar("ok", 1.0)]
+
+    def finish(self, probe, step):
+        self.finished = True
+        return [Scalar("finished", 1.0)]
+
+
+class NanValue(Diagnostic):
+    def __init__(self, **schedule):
+        self.schedule = schedule_from(schedule)
+
+    def measure(self, probe, step):
+        return [Scalar("value", math.nan if step == 4 else float(step)), Text("note", f"step {step}")]
+
+
+class NotARecord(Diagnostic):
+    """Returns something that has a tag but is not one of the record types."""
+
+    def __init__(self, **schedule):
+        self.schedule = schedule_from(schedule)
+
+    def measure(self, probe, step):
+        return [SimpleNamespace(tag="value", value=1.0)]
+
+
+class Watch(Diagnostic):
+    """The probed point's parameter norm; with needs_update also the next point's and the update's."""
+
+    def __init__(self, needs_update: bool, **schedule):
+        self.schedule = schedule_from(schedule)
+        self.needs_update = needs_update
+        self.finish_steps: list[int] = []
+
+    def measure(self, probe, step):
+        records = [Scalar("param_norm", float(torch.linalg.vector_norm(probe.params)))]
+        if self.needs_update:
+            assert probe.train_gradient is not None and probe.train_gradient.shape == probe.params.shape
+            records += [Scalar("next_norm", float(torch.linalg.vector_norm(probe.next_params))),
+                        Scalar("update_norm", float(torch.linalg.vector_norm(probe.update)))]
+        else:
+            assert probe.next_params is None and probe.train_gradient is None
+        return records
+
+    def finish(self, probe, step):
+        self.finish_steps.append(step)
+        return [Scalar("finished_at", float(step))]
+
+
+class Misbehaving:
+    """An in-process plugin registering diagnostics that fail, return NaN, or need the update."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, Diagnostic] = {}
+
+    def _keep(self, name, diagnostic):
+        self.instances[name] = diagnostic
+        return diagnostic
+
+    @hookimpl
+    def register_diagnostics(self, register):
+        register("boom", lambda **o: self._keep("boom", Boom(**o)), options=schedule_options(every=1))
+        register("nan_value", lambda **o: NanValue(**o), options=schedule_options(every=2))
+        register("not_a_record", lambda **o: NotARecord(**o), options=schedule_options(steps=[5]))
+        register("watch", lambda **o: self._keep("watch", Watch(False, **o)), options=schedule_options(every=1))
+        register("watch_update", lambda **o: self._keep("watch_update", Watch(True, **o)),
+                 options=schedule_options(every=4, steps=[10]))
+
+
+def test_failing_and_nan_diagnostics_do_not_stop_the_run(tmp_path):
+    plugin = Misbehaving()
+    plugins = load_plugins(extra={"misbehaving": plugin})
+    names = ["boom", "nan_value", "not_a_record", "watch", "watch_update"]
+    diagnostics = names + [{"name": "block_norms", "options": {"every": 5}}]
+    outcome = run(raw_config([{"name": "adam", "lr": 0.01}], diagnostics, steps=10), tmp_path, plugins)
+    (result,) = outcome.results
+    assert result.status == "completed" and result.steps_done == 10
+    assert result.eval_steps == [0, 10]
+    d = result.diagnostics
+
+    # boom: measured at 0, 1, 2, failed at 3, then disabled (not measured again, not finished).
+    boom_errors = [e for e in result.diagnostic_errors if e.startswith("boom")]
+    assert len(boom_errors) == 1
+    assert "step 3" in boom_errors[0] and "RuntimeError: kaboom" in boom_errors[0]
+    assert plugin.instances["boom"].calls == [0, 1, 2, 3]
+    assert not plugin.instances["boom"].finished
+    assert [s for s, _ in d["boom/ok"]] == [0, 1, 2] and "boom/finished" not in d
+
+    # nan_value: the NaN is kept and noted; the diagnostic goes on.
+    assert [s for s, _ in d["nan_value/value"]] == [0, 2, 4, 6, 8, 10]
+    assert math.isnan(d["nan_value/value"][2][1]) and d["nan_value/value"][3][1] == 6.0
+    assert [e for e in result.diagnostic_errors if e.startswith("nan_value")] == ["nan_value: value is nan at step 4"]
+
+    # not_a_record: a TypeError, reported.
+    (weird,) = [e for e in result.diagnostic_errors if e.startswith("not_a_record")]
+    assert "step 5" in weird and "TypeError: a diagnostic returned SimpleNamespace, not a record" in weird
+    assert len(result.diagnostic_errors) == 3, result.diagnostic_errors
+
+    # watch_update: measured after the update leaving 0, 4, 8 (not 10: no update leaves the last point).
+    assert [s for s, _ in d["watch_update/param_norm"]] == [0, 4, 8]
+    at_point = dict(map(tuple, d["watch/param_norm"]))
+    assert sorted(at_point) == list(range(11))
+    for (step, before), (_, after), (_, update) in zip(d["watch_update/param_norm"], d["watch_update/next_norm"],
+                                                       d["watch_update/update_norm"]):
+        assert before == at_point[step] and after == at_point[step + 1]
+        assert update > 0
+    assert plugin.instances["watch"].finish_steps == [10] == plugin.instances["watch_update"].finish_steps
+    assert d["watch/finished_at"] == [[10, 10.0]]
+    # A standard diagnostic in the same run is unaffected.
+    assert [s for s, _ in d["block_norms/A/update_norm"]] == [0, 5]
+
+    # What results.json and TensorBoard show.
+    data = read_results(outcome)
+    (saved,) = data["runs"]
+    assert saved["status"] == "completed" and saved["diagnostic_errors"] == result.diagnostic_errors
+    assert saved["diagnostics"]["nan_value/value"][2] == [4, None]  # strict JSON
+    events = load_events(result.run_dir)
+    texts = set(events.Tags()["tensors"])
+    assert {"diag/boom/error/text_summary", "diag/not_a_record/error/text_summary",
+            "diag/nan_value/note/text_summary"} <= texts
+    assert "diag/watch/error/text_summary" not in texts
+    (error_event,) = events.Tensors("diag/boom/error/text_summary")
+    assert error_event.step == 3
+    message = error_event.tensor_proto.string_val[0].decode()
+    assert "boom" in message and "kaboom" in message
+    nan_points = events.Scalars("diag/nan_value/value")
+    assert [e.step for e in nan_points] == [0, 2, 4, 6, 8, 10] and math.isnan(nan_points[2].value)
+
+
+def test_a_failing_diagnostic_leaves_the_trajectory_unchanged(tmp_path):
+    plugin = Misbehaving()
+    plugins = load_plugins(extra={"misbehaving": plugin})
+    adam = [{"name": "adam", "lr": 0.01}]
+    with_failures = run(raw_config(adam, ["boom", "not_a_record", "watch_update"], steps=10), tmp_path / "a", plugins)
+    without = run(raw_config(adam, steps=10), tmp_path / "b", plugins)
+    assert with_failures.results[0].diagnostic_errors
+    assert with_failures.results[0].eval_losses == without.results[0].eval_losses
