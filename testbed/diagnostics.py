@@ -273,6 +273,8 @@ class DiagnosticRunner:
             self.disabled.add(name)
 
     def _log(self, name: str, record: Record, step: int, result) -> None:
+        if not isinstance(record, (Scalar, Histogram, Figure, Text)):
+            raise TypeError(f"a diagnostic returned {type(record).__name__}, not a record")
         tag = f"diag/{name}/{record.tag}"
         if isinstance(record, Scalar):
             value = float(record.value)
@@ -287,7 +289,5 @@ class DiagnosticRunner:
                 self.logger.histogram(tag, finite, step, bins=record.bins)
         elif isinstance(record, Figure):
             self.logger.figure(tag, record.figure, step)
-        elif isinstance(record, Text):
-            self.logger.text(tag, record.text, step)
         else:
-            raise TypeError(f"a diagnostic returned {type(record).__name__}, not a record")
+            self.logger.text(tag, record.text, step)

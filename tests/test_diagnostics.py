@@ -492,6 +492,15 @@ def test_generalized_smoothness_without_a_stop_reports_at_finish():
     assert [(r.tag, r.value) for r in short.finish(FakeProbe(1.0, 1.0), 1)] == [("points", 1)]
 
 
+def test_generalized_smoothness_at_explicit_steps_only():
+    # every: null with a stop (only the explicit steps): no window end to detect, reported at finish.
+    diagnostic = GeneralizedSmoothness(every=None, steps=[0, 3, 7], start=0, stop=10)
+    for step, g in zip([0, 3, 7], [1.0, 2.0, 4.0]):
+        assert "correlation" not in scalars(diagnostic.measure(FakeProbe(g, g), step))
+    final = scalars(diagnostic.finish(FakeProbe(1.0, 1.0), 20))
+    assert final["slope"] == pytest.approx(1.0, rel=1e-12) and final["points"] == 3
+
+
 def test_block_norms_on_a_hand_made_probe(registry):
     probe = tiny_probe(registry)
     delta = torch.linspace(-1, 1, probe.params.numel(), dtype=torch.float64)

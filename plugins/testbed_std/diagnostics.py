@@ -123,7 +123,7 @@ class GeneralizedSmoothness(Diagnostic):
             self.points.append((step, math.log(grad_norm), math.log(smoothness)))
         else:
             self.skipped += 1
-        if self.schedule.stop is not None and step + self.schedule.every >= self.schedule.stop:
+        if self.schedule.every and self.schedule.stop is not None and step + self.schedule.every >= self.schedule.stop:
             records += self._report(step)
         return records
 
