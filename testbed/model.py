@@ -122,15 +122,32 @@ class LinearTransformer(nn.Module):
         """
         if self.config.attention != "linear" or not self.use_kernel:
             return self.autograd_forward(x, y)
-        P, _ = self.attention_matrices()
-        if self.config.parameterization == "block_sparse":
-            Qc, r = self.A, self.d
-        else:
-            Qc, r = self.Q, self.d + 1
+        P, Qc, r = self.kernel_matrices()
         library = kernels.load() if P.dtype == torch.float32 else None
         if library is not None:
             return CompiledLinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
         return LinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n)
+
+    def kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """P (L, D, D), the core Qc (L, r, r) of Q and r: Q acts only on the first r rows of Z."""
+        P, _ = self.attention_matrices()
+        if self.config.parameterization == "block_sparse":
+            return P, self.A, self.d
+        return P, self.Q, self.d + 1
+
+    def inert_parameters(self) -> torch.Tensor:
+        """A mask over the flattened parameters: True where the prediction cannot depend on the
+        entry (structural zeros of every derivative): B of the last layer, or every row but the
+        last of the last layer's full P."""
+        masks = []
+        for name, p in self.named_parameters():
+            mask = torch.zeros_like(p, dtype=torch.bool)
+            if name == "B":
+                mask[-1] = True
+            elif name == "P":
+                mask[-1, :-1] = True
+            masks.append(mask.reshape(-1))
+        return torch.cat(masks)
 
     def autograd_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``forward`` in plain autograd: twice differentiable, works under ``torch.func``."""

@@ -1,9 +1,10 @@
-"""A compiled kernel for the linear-attention stack, built on first use with the system C compiler.
+"""A compiled kernel for the linear-attention stack, built on first use with the system C++ compiler.
 
 The torch implementation (``testbed/linear_attention.py``) spends its time in batched products of
-tiny matrices; this C version stores prompts batch-innermost so every inner loop is a vectorized
-pass over the batch. It is optional: without a C compiler, or with TESTBED_KERNEL=torch, the torch
-implementation runs instead, with the same results up to float rounding.
+tiny matrices; this C++ version stores prompts batch-innermost so every inner loop is a vectorized
+pass over the batch, and runs the same code on dual numbers for exact Hessian-vector products. It is
+optional: without a C++ compiler, or with TESTBED_KERNEL=torch, the torch implementation (and
+torch.func for second derivatives) runs instead, with the same results up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("linear_attention.c")
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
+SOURCE = Path(__file__).with_name("linear_attention.cpp")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
 
 
 def cache_dir() -> Path:
@@ -63,7 +64,7 @@ def load() -> ctypes.CDLL | None:
     """The compiled library, or None when it is disabled or cannot be built here."""
     if os.environ.get("TESTBED_KERNEL", "c") == "torch":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         return None
     target = _library_path(compiler)
@@ -80,4 +81,6 @@ def load() -> ctypes.CDLL | None:
     library.la_forward.restype = library.la_backward.restype = ctypes.c_int
     library.la_saved_size.argtypes = [ctypes.c_int] * 4
     library.la_saved_size.restype = ctypes.c_size_t
+    library.la_hvp.argtypes = int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4
+    library.la_hvp.restype = ctypes.c_int
     return library

@@ -1,0 +1,441 @@
+/* Forward, backward and Hessian-vector products of a stack of linear self-attention layers (see
+ * testbed/linear_attention.py for the math and notation).
+ *
+ * One algorithm, templated on the element type E:
+ *  - E = float, for the training step: prompts are processed in tiles of TILE prompts stored
+ *    batch-innermost (Z[i][t][b] at ((i * N1) + t) * W + b), so every inner loop is a vectorized
+ *    pass over the tile's prompts.
+ *  - E = Dual<K>, for second derivatives: a value with K tangents, one prompt at a time (W = 1),
+ *    the inner loops vectorized over the tangents. Running the gradient computation on duals whose
+ *    tangents are K directions in (P, Q) gives exactly the K Hessian-vector products
+ *    (forward-over-reverse differentiation).
+ * Sizes: D = d+1 rows, N1 = n+1 columns, r key rows (Q acts on Z[:r]), L layers.
+ * P: (L, D, D), Qc: (L, r, r), row-major.
+ */
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+template <int K> struct Dual {
+    float v;
+    float t[K];
+};
+
+/* Element operations: o += a * b, o += a, c * a. */
+inline void acc(float &o, float a, float b) { o += a * b; }
+inline void add(float &o, float a) { o += a; }
+inline float scaled(float c, float a) { return c * a; }
+inline float value(float a) { return a; }
+
+template <int K> inline void acc(Dual<K> &o, const Dual<K> &a, const Dual<K> &b) {
+    o.v += a.v * b.v;
+    for (int k = 0; k < K; k++) o.t[k] += a.t[k] * b.v + a.v * b.t[k];
+}
+template <int K> inline void add(Dual<K> &o, const Dual<K> &a) {
+    o.v += a.v;
+    for (int k = 0; k < K; k++) o.t[k] += a.t[k];
+}
+template <int K> inline Dual<K> scaled(float c, const Dual<K> &a) {
+    Dual<K> r;
+    r.v = c * a.v;
+    for (int k = 0; k < K; k++) r.t[k] = c * a.t[k];
+    return r;
+}
+template <int K> inline float value(const Dual<K> &a) { return a.v; }
+
+template <class E> inline void zero(E *o, size_t count) { std::memset(o, 0, sizeof(E) * count); }
+
+/* Zeroed, cache-line aligned scratch space (unaligned vector loads were measured to cost up to 50%). */
+template <class E> E *allocate(size_t count) {
+    const size_t bytes = (sizeof(E) * count + 63) / 64 * 64;
+    void *memory = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (memory) std::memset(memory, 0, bytes);
+    return (E *)memory;
+}
+
+/* A run of W prompts' worth of one (D, N1) prompt layout; W is the tile width. */
+template <class E> struct Layout {
+    int W, D, N1, r, n, L;
+    E *at(E *Z, int i, int t) const { return Z + ((size_t)i * N1 + t) * W; }
+    const E *at(const E *Z, int i, int t) const { return Z + ((size_t)i * N1 + t) * W; }
+    size_t size() const { return (size_t)D * N1 * W; }
+    size_t mat() const { return (size_t)D * r * W; }
+};
+
+/* out[i][k][:] = sum_{t < T} X[i][t][:] * Y[k][t][:]  for i < I, k < K */
+template <class E>
+void gram(const Layout<E> &s, int T, int I, int Kc, const E *X, const E *Y, E *out) {
+    const int W = s.W;
+    for (int i = 0; i < I; i++)
+        for (int k = 0; k < Kc; k++) {
+            E *o = out + ((size_t)i * Kc + k) * W;
+            zero(o, W);
+            for (int t = 0; t < T; t++) {
+                const E *x = s.at(X, i, t), *y = s.at(Y, k, t);
+                for (int b = 0; b < W; b++) acc(o[b], x[b], y[b]);
+            }
+        }
+}
+
+/* out[i][k][:] = sum_j M(i, j) * S[j][k][:], M shared by the tile, indexed through strides */
+template <class E>
+void left_mul(int W, int I, int J, int Kc, const E *M, int si, int sj, const E *S, E *out) {
+    for (int i = 0; i < I; i++)
+        for (int k = 0; k < Kc; k++) {
+            E *o = out + ((size_t)i * Kc + k) * W;
+            zero(o, W);
+            for (int j = 0; j < J; j++) {
+                const E m = M[i * si + j * sj];  // a copy: stores to o cannot alias it
+                const E *x = S + ((size_t)j * Kc + k) * W;
+                for (int b = 0; b < W; b++) acc(o[b], m, x[b]);
+            }
+        }
+}
+
+/* out[i][m][:] = scale * sum_k S[i][k][:] * M(k, m) */
+template <class E>
+void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int sm, float scale, E *out) {
+    for (int i = 0; i < I; i++)
+        for (int m = 0; m < Mn; m++) {
+            E *o = out + ((size_t)i * Mn + m) * W;
+            zero(o, W);
+            for (int k = 0; k < Kc; k++) {
+                const E c = scaled(scale, M[k * sk + m * sm]);
+                const E *x = S + ((size_t)i * Kc + k) * W;
+                for (int b = 0; b < W; b++) acc(o[b], c, x[b]);
+            }
+        }
+}
+
+/* Sum over the tile of a per-prompt vector. */
+inline float tile_sum(int W, const float *v) {
+    double total = 0.0;  // a fixed order, in double: the gradient is a sum over up to 1e5 prompts
+    for (int b = 0; b < W; b++) total += v[b];
+    return (float)total;
+}
+template <int K> inline Dual<K> tile_sum(int W, const Dual<K> *v) {
+    Dual<K> total;
+    zero(&total, 1);
+    for (int b = 0; b < W; b++) add(total, v[b]);
+    return total;
+}
+
+/* One hidden layer: S, PS = P S, K = PS Qc / n for input Z. */
+template <class E>
+void layer_kernel(const Layout<E> &s, const E *Z, const E *P, const E *Qc, E *S, E *PS, E *Km) {
+    gram(s, s.n, s.D, s.r, Z, Z, S);
+    left_mul(s.W, s.D, s.D, s.r, P, s.D, 1, S, PS);
+    right_mul(s.W, s.D, s.r, s.r, PS, Qc, s.r, 1, 1.0f / s.n, Km);
+}
+
+/* Last layer: v = p C (n x W), sv = v Xc^T (r x W), kv = sv Qc / n (r x W). */
+template <class E>
+void last_layer(const Layout<E> &s, const E *Z, const E *p, const E *Qc, E *v, E *sv, E *kv) {
+    const int W = s.W;
+    for (int t = 0; t < s.n; t++) {
+        E *o = v + (size_t)t * W;
+        zero(o, W);
+        for (int j = 0; j < s.D; j++) {
+            const E pj = p[j];
+            const E *z = s.at(Z, j, t);
+            for (int b = 0; b < W; b++) acc(o[b], pj, z[b]);
+        }
+    }
+    for (int k = 0; k < s.r; k++) {
+        E *o = sv + (size_t)k * W;
+        zero(o, W);
+        for (int t = 0; t < s.n; t++) {
+            const E *z = s.at(Z, k, t), *vt = v + (size_t)t * W;
+            for (int b = 0; b < W; b++) acc(o[b], vt[b], z[b]);
+        }
+    }
+    right_mul(W, 1, s.r, s.r, sv, Qc, s.r, 1, 1.0f / s.n, kv);
+}
+
+/* Forward through every layer; Zs (L layouts) receives each layer's input; yhat has W entries. */
+template <class E>
+bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *Zs, E *yhat) {
+    const int W = s.W, D = s.D, N1 = s.N1, r = s.r, L = s.L;
+    E *work = allocate<E>(3 * s.mat() + (size_t)(s.n + 2 * r) * W);
+    if (!work) return false;
+    E *S = work, *PS = S + s.mat(), *Km = PS + s.mat(), *v = Km + s.mat();
+    E *sv = v + (size_t)s.n * W, *kv = sv + (size_t)r * W;
+    const size_t size = s.size();
+    for (int l = 0; l < L - 1; l++) {
+        const E *Z = Zs + l * size;
+        E *Zn = Zs + (l + 1) * size;
+        layer_kernel(s, Z, P + l * D * D, Qc + l * r * r, S, PS, Km);
+        std::memcpy(Zn, Z, sizeof(E) * size);
+        for (int i = 0; i < D; i++)
+            for (int k = 0; k < r; k++) {
+                const E *kk = Km + ((size_t)i * r + k) * W;
+                for (int t = 0; t < N1; t++) {
+                    E *o = s.at(Zn, i, t);
+                    const E *z = s.at(Z, k, t);
+                    for (int b = 0; b < W; b++) acc(o[b], kk[b], z[b]);
+                }
+            }
+    }
+    const E *Z = Zs + (size_t)(L - 1) * size;
+    last_layer(s, Z, P + (L - 1) * D * D + (D - 1) * D, Qc + (L - 1) * r * r, v, sv, kv);
+    const E *zq = s.at(Z, D - 1, N1 - 1);
+    for (int b = 0; b < W; b++) yhat[b] = scaled(-1.0f, zq[b]);
+    for (int m = 0; m < r; m++) {
+        const E *km = kv + (size_t)m * W, *q = s.at(Z, m, N1 - 1);
+        for (int b = 0; b < W; b++) acc(yhat[b], scaled(-1.0f, km[b]), q[b]);
+    }
+    std::free(work);
+    return true;
+}
+
+/* Backward from gy = dLoss/dyhat; dZ receives dLoss/dZ0; dP and dQc are accumulated into. */
+template <class E>
+bool tile_backward(const Layout<E> &s, const E *Zs, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc) {
+    const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
+    const size_t size = s.size(), mat = s.mat();
+    E *work = allocate<E>(7 * mat + (size_t)(2 * n + 6 * r) * W + size);
+    if (!work) return false;
+    E *S = work, *PS = S + mat, *Km = PS + mat, *dK = Km + mat, *SQ = dK + mat, *T = SQ + mat;
+    E *dS = T + mat, *v = dS + mat, *dv = v + (size_t)n * W, *sv = dv + (size_t)n * W;
+    E *kv = sv + (size_t)r * W, *g = kv + (size_t)r * W, *dk = g + (size_t)r * W;
+    E *u = dk + (size_t)r * W, *tmp = u + (size_t)r * W, *G = tmp + (size_t)r * W;
+    zero(dZ, size);
+
+    /* Last layer, entry (D-1, N1-1) only. */
+    const E *Z = Zs + (size_t)(L - 1) * size;
+    const E *p = P + (L - 1) * D * D + (D - 1) * D, *Q = Qc + (L - 1) * r * r;
+    last_layer(s, Z, p, Q, v, sv, kv);
+    for (int b = 0; b < W; b++) g[b] = scaled(-1.0f, gy[b]);
+    for (int b = 0; b < W; b++) s.at(dZ, D - 1, N1 - 1)[b] = g[b];
+    for (int m = 0; m < r; m++) {
+        E *o = s.at(dZ, m, N1 - 1), *dkm = dk + (size_t)m * W;
+        const E *km = kv + (size_t)m * W, *q = s.at(Z, m, N1 - 1);
+        zero(dkm, W);
+        for (int b = 0; b < W; b++) {
+            acc(o[b], g[b], km[b]);
+            acc(dkm[b], g[b], q[b]);
+        }
+    }
+    for (int k = 0; k < r; k++)
+        for (int m = 0; m < r; m++) {
+            const E *sk = sv + (size_t)k * W, *dkm = dk + (size_t)m * W;
+            zero(tmp, W);
+            for (int b = 0; b < W; b++) acc(tmp[b], sk[b], dkm[b]);
+            add(dQc[(L - 1) * r * r + k * r + m], scaled(1.0f / n, tile_sum(W, tmp)));
+        }
+    right_mul(W, 1, r, r, dk, Q, 1, r, 1.0f / n, u); /* u = dk Qc^T / n */
+    for (int t = 0; t < n; t++) {
+        E *o = dv + (size_t)t * W;
+        zero(o, W);
+        for (int k = 0; k < r; k++) {
+            const E *uk = u + (size_t)k * W, *z = s.at(Z, k, t);
+            for (int b = 0; b < W; b++) acc(o[b], uk[b], z[b]);
+        }
+    }
+    for (int k = 0; k < r; k++)
+        for (int t = 0; t < n; t++) {
+            E *o = s.at(dZ, k, t);
+            const E *uk = u + (size_t)k * W, *vt = v + (size_t)t * W;
+            for (int b = 0; b < W; b++) acc(o[b], uk[b], vt[b]);
+        }
+    for (int j = 0; j < D; j++) {
+        zero(tmp, W);
+        for (int t = 0; t < n; t++) {
+            const E *dvt = dv + (size_t)t * W, *z = s.at(Z, j, t);
+            for (int b = 0; b < W; b++) acc(tmp[b], dvt[b], z[b]);
+        }
+        add(dP[(L - 1) * D * D + (D - 1) * D + j], tile_sum(W, tmp));
+        const E pj = p[j];
+        for (int t = 0; t < n; t++) {
+            E *o = s.at(dZ, j, t);
+            const E *dvt = dv + (size_t)t * W;
+            for (int b = 0; b < W; b++) acc(o[b], pj, dvt[b]);
+        }
+    }
+
+    /* Hidden layers, last to first. G holds d Z_{l+1}; dZ becomes d Z_l. */
+    for (int l = L - 2; l >= 0; l--) {
+        Z = Zs + (size_t)l * size;
+        const E *Pl = P + l * D * D, *Ql = Qc + l * r * r;
+        std::memcpy(G, dZ, sizeof(E) * size);
+        layer_kernel(s, Z, Pl, Ql, S, PS, Km);
+        gram(s, N1, D, r, G, Z, dK);                     /* dK = G X^T */
+        right_mul(W, D, r, r, S, Ql, r, 1, 1.0f, SQ);     /* SQ = S Qc */
+        for (int i = 0; i < D; i++)                       /* dP = sum dK SQ^T / n */
+            for (int j = 0; j < D; j++) {
+                zero(tmp, W);
+                for (int k = 0; k < r; k++) {
+                    const E *a = dK + ((size_t)i * r + k) * W, *c = SQ + ((size_t)j * r + k) * W;
+                    for (int b = 0; b < W; b++) acc(tmp[b], a[b], c[b]);
+                }
+                add(dP[l * D * D + i * D + j], scaled(1.0f / n, tile_sum(W, tmp)));
+            }
+        for (int k = 0; k < r; k++)                       /* dQc = sum PS^T dK / n */
+            for (int m = 0; m < r; m++) {
+                zero(tmp, W);
+                for (int i = 0; i < D; i++) {
+                    const E *a = PS + ((size_t)i * r + k) * W, *c = dK + ((size_t)i * r + m) * W;
+                    for (int b = 0; b < W; b++) acc(tmp[b], a[b], c[b]);
+                }
+                add(dQc[l * r * r + k * r + m], scaled(1.0f / n, tile_sum(W, tmp)));
+            }
+        left_mul(W, D, D, r, Pl, 1, D, dK, T);             /* T = P^T dK */
+        right_mul(W, D, r, r, T, Ql, 1, r, 1.0f / n, dS);  /* dS = T Qc^T / n */
+        for (int k = 0; k < r; k++)                        /* dZ[:r] += K^T G */
+            for (int i = 0; i < D; i++) {
+                const E *kk = Km + ((size_t)i * r + k) * W;
+                for (int t = 0; t < N1; t++) {
+                    E *o = s.at(dZ, k, t);
+                    const E *gg = s.at(G, i, t);
+                    for (int b = 0; b < W; b++) acc(o[b], kk[b], gg[b]);
+                }
+            }
+        for (int i = 0; i < D; i++)                        /* dZ[:, :n] += dS Xc */
+            for (int k = 0; k < r; k++) {
+                const E *ds = dS + ((size_t)i * r + k) * W;
+                for (int t = 0; t < n; t++) {
+                    E *o = s.at(dZ, i, t);
+                    const E *z = s.at(Z, k, t);
+                    for (int b = 0; b < W; b++) acc(o[b], ds[b], z[b]);
+                }
+            }
+        for (int k = 0; k < r; k++)                        /* dZ[:r, :n] += dS^T C */
+            for (int i = 0; i < D; i++) {
+                const E *ds = dS + ((size_t)i * r + k) * W;
+                for (int t = 0; t < n; t++) {
+                    E *o = s.at(dZ, k, t);
+                    const E *z = s.at(Z, i, t);
+                    for (int b = 0; b < W; b++) acc(o[b], ds[b], z[b]);
+                }
+            }
+    }
+    std::free(work);
+    return true;
+}
+
+constexpr int TILE = 64;
+constexpr int HVP_TILE = 16;
+
+int tiles(int B) { return (B + TILE - 1) / TILE; }
+
+/* Copy prompts b0..b0+count-1 of Z (B, D, N1) into a tile (D, N1, TILE); pad with zeros. */
+void gather(const float *Z, int b0, int count, int D, int N1, float *tile) {
+    std::memset(tile, 0, sizeof(float) * D * N1 * TILE);
+    for (int c = 0; c < count; c++) {
+        const float *src = Z + (size_t)(b0 + c) * D * N1;
+        for (int e = 0; e < D * N1; e++) tile[(size_t)e * TILE + c] = src[e];
+    }
+}
+
+/* Hessian-vector products of the mean squared error of B prompts for up to K directions at once,
+ * W prompts at a time (W = 1 vectorizes over the K tangents; for K = 1, W > 1 over the prompts). */
+template <int K>
+int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const float *Z0, const float *target,
+              const float *P, const float *Qc, const float *tP, const float *tQc, int directions,
+              float *HP, float *HQc) {
+    using E = Dual<K>;
+    const Layout<E> s{W, D, N1, r, n, L};
+    const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r, prompt = (size_t)D * N1;
+    E *buffer = allocate<E>(2 * (nP + nQ) + (L + 1) * s.size() + 2 * (size_t)W);
+    if (!buffer) return 1;
+    E *dP_ = buffer, *dQ_ = dP_ + nP, *Pd = dQ_ + nQ, *Qd = Pd + nP, *Zs = Qd + nQ;
+    E *dZ = Zs + L * s.size(), *yhat = dZ + s.size(), *gy = yhat + W;
+    for (size_t e = 0; e < nP; e++) {  /* the tangents are the directions */
+        Pd[e].v = P[e];
+        for (int k = 0; k < directions; k++) Pd[e].t[k] = tP[(size_t)k * nP + e];
+    }
+    for (size_t e = 0; e < nQ; e++) {
+        Qd[e].v = Qc[e];
+        for (int k = 0; k < directions; k++) Qd[e].t[k] = tQc[(size_t)k * nQ + e];
+    }
+    bool ok = true;
+    for (int b0 = 0; b0 < B && ok; b0 += W) {
+        const int count = B - b0 < W ? B - b0 : W;
+        zero(Zs, s.size());  /* padded prompts are zero: prediction 0, target 0, no gradient */
+        for (int c = 0; c < count; c++)
+            for (size_t e = 0; e < prompt; e++) Zs[e * W + c].v = Z0[(b0 + c) * prompt + e];
+        ok = tile_forward(s, Pd, Qd, Zs, yhat);
+        /* loss = mean (yhat - target)^2: gy = 2 (yhat - target) / B, tangents likewise */
+        for (int c = 0; c < W; c++) {
+            gy[c] = scaled(2.0f / B, yhat[c]);
+            if (c < count) gy[c].v -= 2.0f * target[b0 + c] / B;
+        }
+        ok = ok && tile_backward(s, Zs, Pd, Qd, gy, dZ, dP_, dQ_);
+    }
+    for (int k = 0; k < directions; k++) {
+        for (size_t e = 0; e < nP; e++) HP[(size_t)k * nP + e] = dP_[e].t[k];
+        for (size_t e = 0; e < nQ; e++) HQc[(size_t)k * nQ + e] = dQ_[e].t[k];
+    }
+    std::free(buffer);
+    return ok ? 0 : 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+size_t la_saved_size(int B, int D, int N1, int L) { return (size_t)tiles(B) * L * D * N1 * TILE; }
+
+int la_forward(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *P,
+               const float *Qc, float *saved, float *yhat) {
+    const Layout<float> s{TILE, D, N1, r, n, L};
+    float *y = allocate<float>(TILE);
+    if (!y) return 1;
+    bool ok = true;
+    for (int t = 0; t < tiles(B) && ok; t++) {
+        const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
+        float *Zs = saved + (size_t)t * L * s.size();
+        gather(Z0, b0, count, D, N1, Zs);
+        ok = tile_forward(s, P, Qc, Zs, y);
+        std::memcpy(yhat + b0, y, sizeof(float) * count);
+    }
+    std::free(y);
+    return ok ? 0 : 1;
+}
+
+int la_backward(int B, int D, int N1, int r, int n, int L, const float *saved, const float *P,
+                const float *Qc, const float *gy, float *dZ, float *dP, float *dQc) {
+    const Layout<float> s{TILE, D, N1, r, n, L};
+    float *tile = allocate<float>(s.size() + TILE);
+    if (!tile) return 1;
+    float *g = tile + s.size();
+    std::memset(dP, 0, sizeof(float) * L * D * D);
+    std::memset(dQc, 0, sizeof(float) * L * r * r);
+    bool ok = true;
+    for (int t = 0; t < tiles(B) && ok; t++) {
+        const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
+        std::memset(g, 0, sizeof(float) * TILE);  /* padded prompts carry no gradient */
+        std::memcpy(g, gy + b0, sizeof(float) * count);
+        ok = tile_backward(s, saved + (size_t)t * L * s.size(), P, Qc, g, tile, dP, dQc);
+        for (int c = 0; c < count; c++) {
+            float *dst = dZ + (size_t)(b0 + c) * D * N1;
+            for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
+        }
+    }
+    std::free(tile);
+    return ok ? 0 : 1;
+}
+
+/* Hessian-vector products H v_k (k < directions) of the mean squared error, in (P, Qc)
+ * coordinates: tP (directions, L, D, D) and tQc (directions, L, r, r) in, HP and HQc out.
+ * Z0: (B, D, N1) prompts; target: (B,) true query labels. */
+int la_hvp(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *target,
+           const float *P, const float *Qc, int directions, const float *tP, const float *tQc,
+           float *HP, float *HQc) {
+    const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
+    for (int k0 = 0; k0 < directions; k0 += 128) {
+        const int count = directions - k0 < 128 ? directions - k0 : 128;
+        const float *p = tP + k0 * nP, *q = tQc + k0 * nQ;
+        float *hp = HP + k0 * nP, *hq = HQc + k0 * nQ;
+        const int status =
+            count == 1   ? hvp_chunk<1>(HVP_TILE, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, 1, hp, hq)
+            : count <= 8 ? hvp_chunk<8>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq)
+            : count <= 32 ? hvp_chunk<32>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq)
+                          : hvp_chunk<128>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq);
+        if (status) return status;
+    }
+    return 0;
+}
+
+}  // extern "C"
