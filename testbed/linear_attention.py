@@ -125,7 +125,7 @@ class CompiledLinearAttentionStack(torch.autograd.Function):
         B, D, N1 = Z0.shape
         L = P.shape[0]
         Z0, P, Qc = (t.detach().contiguous() for t in (Z0, P, Qc))
-        saved = torch.empty(library.la_saved_size(B, D, N1, L), dtype=torch.float32)
+        saved = torch.empty(library.la_saved_size(B, D, N1, r, L), dtype=torch.float32)
         yhat = torch.empty(B, dtype=torch.float32)
         if library.la_forward(B, D, N1, r, n, L, *map(_address, (Z0, P, Qc, saved, yhat))):
             raise MemoryError("linear-attention kernel: out of memory")

@@ -79,7 +79,7 @@ def load() -> ctypes.CDLL | None:
     library.la_forward.argtypes = int_args + [pointer] * 5
     library.la_backward.argtypes = int_args + [pointer] * 7
     library.la_forward.restype = library.la_backward.restype = ctypes.c_int
-    library.la_saved_size.argtypes = [ctypes.c_int] * 4
+    library.la_saved_size.argtypes = [ctypes.c_int] * 5
     library.la_saved_size.restype = ctypes.c_size_t
     library.la_hvp.argtypes = int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4
     library.la_hvp.restype = ctypes.c_int

@@ -65,7 +65,7 @@ template <class E> struct Layout {
 
 /* out[i][k][:] = sum_{t < T} X[i][t][:] * Y[k][t][:]  for i < I, k < K */
 template <class E>
-void gram(const Layout<E> &s, int T, int I, int Kc, const E *X, const E *Y, E *out) {
+void gram(const Layout<E> &s, int T, int I, int Kc, const E *X, const E *Y, E *__restrict__ out) {
     const int W = s.W;
     for (int i = 0; i < I; i++)
         for (int k = 0; k < Kc; k++) {
@@ -80,7 +80,7 @@ void gram(const Layout<E> &s, int T, int I, int Kc, const E *X, const E *Y, E *o
 
 /* out[i][k][:] = sum_j M(i, j) * S[j][k][:], M shared by the tile, indexed through strides */
 template <class E>
-void left_mul(int W, int I, int J, int Kc, const E *M, int si, int sj, const E *S, E *out) {
+void left_mul(int W, int I, int J, int Kc, const E *M, int si, int sj, const E *S, E *__restrict__ out) {
     for (int i = 0; i < I; i++)
         for (int k = 0; k < Kc; k++) {
             E *o = out + ((size_t)i * Kc + k) * W;
@@ -95,7 +95,8 @@ void left_mul(int W, int I, int J, int Kc, const E *M, int si, int sj, const E *
 
 /* out[i][m][:] = scale * sum_k S[i][k][:] * M(k, m) */
 template <class E>
-void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int sm, float scale, E *out) {
+void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int sm, float scale,
+               E *__restrict__ out) {
     for (int i = 0; i < I; i++)
         for (int m = 0; m < Mn; m++) {
             E *o = out + ((size_t)i * Mn + m) * W;
@@ -153,18 +154,23 @@ void last_layer(const Layout<E> &s, const E *Z, const E *p, const E *Qc, E *v, E
     right_mul(W, 1, s.r, s.r, sv, Qc, s.r, 1, 1.0f / s.n, kv);
 }
 
-/* Forward through every layer; Zs (L layouts) receives each layer's input; yhat has W entries. */
+/* What the backward pass reads: each layer's input Z (L layouts), then S, PS and K of each hidden
+ * layer (3 (L-1) matrices of D x r). */
+template <class E> size_t saved_size(const Layout<E> &s) { return s.L * s.size() + 3 * (s.L - 1) * s.mat(); }
+
+/* Forward through every layer, filling ``saved`` (saved_size elements); yhat has W entries. */
 template <class E>
-bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *Zs, E *yhat) {
+bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat) {
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, L = s.L;
-    E *work = allocate<E>(3 * s.mat() + (size_t)(s.n + 2 * r) * W);
+    E *work = allocate<E>((size_t)(s.n + 2 * r) * W);
     if (!work) return false;
-    E *S = work, *PS = S + s.mat(), *Km = PS + s.mat(), *v = Km + s.mat();
-    E *sv = v + (size_t)s.n * W, *kv = sv + (size_t)r * W;
+    E *v = work, *sv = v + (size_t)s.n * W, *kv = sv + (size_t)r * W;
+    E *Zs = saved, *mats = saved + L * s.size();
     const size_t size = s.size();
     for (int l = 0; l < L - 1; l++) {
         const E *Z = Zs + l * size;
         E *Zn = Zs + (l + 1) * size;
+        E *S = mats + 3 * l * s.mat(), *PS = S + s.mat(), *Km = PS + s.mat();
         layer_kernel(s, Z, P + l * D * D, Qc + l * r * r, S, PS, Km);
         std::memcpy(Zn, Z, sizeof(E) * size);
         for (int i = 0; i < D; i++)
@@ -191,12 +197,13 @@ bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *Zs, E *yhat) {
 
 /* Backward from gy = dLoss/dyhat; dZ receives dLoss/dZ0; dP and dQc are accumulated into. */
 template <class E>
-bool tile_backward(const Layout<E> &s, const E *Zs, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc) {
+bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc) {
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
     const size_t size = s.size(), mat = s.mat();
-    E *work = allocate<E>(7 * mat + (size_t)(2 * n + 6 * r) * W + size);
+    E *work = allocate<E>(4 * mat + (size_t)(2 * n + 6 * r) * W + size);
     if (!work) return false;
-    E *S = work, *PS = S + mat, *Km = PS + mat, *dK = Km + mat, *SQ = dK + mat, *T = SQ + mat;
+    const E *Zs = saved, *mats = saved + L * size;
+    E *dK = work, *SQ = dK + mat, *T = SQ + mat;
     E *dS = T + mat, *v = dS + mat, *dv = v + (size_t)n * W, *sv = dv + (size_t)n * W;
     E *kv = sv + (size_t)r * W, *g = kv + (size_t)r * W, *dk = g + (size_t)r * W;
     E *u = dk + (size_t)r * W, *tmp = u + (size_t)r * W, *G = tmp + (size_t)r * W;
@@ -258,8 +265,8 @@ bool tile_backward(const Layout<E> &s, const E *Zs, const E *P, const E *Qc, con
     for (int l = L - 2; l >= 0; l--) {
         Z = Zs + (size_t)l * size;
         const E *Pl = P + l * D * D, *Ql = Qc + l * r * r;
+        const E *S = mats + 3 * l * mat, *PS = S + mat, *Km = PS + mat;
         std::memcpy(G, dZ, sizeof(E) * size);
-        layer_kernel(s, Z, Pl, Ql, S, PS, Km);
         gram(s, N1, D, r, G, Z, dK);                     /* dK = G X^T */
         right_mul(W, D, r, r, S, Ql, r, 1, 1.0f, SQ);     /* SQ = S Qc */
         for (int i = 0; i < D; i++)                       /* dP = sum dK SQ^T / n */
@@ -337,10 +344,10 @@ int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const float *Z0,
     using E = Dual<K>;
     const Layout<E> s{W, D, N1, r, n, L};
     const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r, prompt = (size_t)D * N1;
-    E *buffer = allocate<E>(2 * (nP + nQ) + (L + 1) * s.size() + 2 * (size_t)W);
+    E *buffer = allocate<E>(2 * (nP + nQ) + saved_size(s) + s.size() + 2 * (size_t)W);
     if (!buffer) return 1;
     E *dP_ = buffer, *dQ_ = dP_ + nP, *Pd = dQ_ + nQ, *Qd = Pd + nP, *Zs = Qd + nQ;
-    E *dZ = Zs + L * s.size(), *yhat = dZ + s.size(), *gy = yhat + W;
+    E *dZ = Zs + saved_size(s), *yhat = dZ + s.size(), *gy = yhat + W;
     for (size_t e = 0; e < nP; e++) {  /* the tangents are the directions */
         Pd[e].v = P[e];
         for (int k = 0; k < directions; k++) Pd[e].t[k] = tP[(size_t)k * nP + e];
@@ -375,7 +382,9 @@ int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const float *Z0,
 
 extern "C" {
 
-size_t la_saved_size(int B, int D, int N1, int L) { return (size_t)tiles(B) * L * D * N1 * TILE; }
+size_t la_saved_size(int B, int D, int N1, int r, int L) {
+    return (size_t)tiles(B) * saved_size(Layout<float>{TILE, D, N1, r, 0, L});
+}
 
 int la_forward(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *P,
                const float *Qc, float *saved, float *yhat) {
@@ -385,9 +394,9 @@ int la_forward(int B, int D, int N1, int r, int n, int L, const float *Z0, const
     bool ok = true;
     for (int t = 0; t < tiles(B) && ok; t++) {
         const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
-        float *Zs = saved + (size_t)t * L * s.size();
-        gather(Z0, b0, count, D, N1, Zs);
-        ok = tile_forward(s, P, Qc, Zs, y);
+        float *tile_saved = saved + (size_t)t * saved_size(s);
+        gather(Z0, b0, count, D, N1, tile_saved);
+        ok = tile_forward(s, P, Qc, tile_saved, y);
         std::memcpy(yhat + b0, y, sizeof(float) * count);
     }
     std::free(y);
@@ -407,7 +416,7 @@ int la_backward(int B, int D, int N1, int r, int n, int L, const float *saved, c
         const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
         std::memset(g, 0, sizeof(float) * TILE);  /* padded prompts carry no gradient */
         std::memcpy(g, gy + b0, sizeof(float) * count);
-        ok = tile_backward(s, saved + (size_t)t * L * s.size(), P, Qc, g, tile, dP, dQc);
+        ok = tile_backward(s, saved + (size_t)t * saved_size(s), P, Qc, g, tile, dP, dQc);
         for (int c = 0; c < count; c++) {
             float *dst = dZ + (size_t)(b0 + c) * D * N1;
             for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
