@@ -155,7 +155,7 @@ def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list
     finished: dict[str, RunResult] = {}
     with cf.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
                                 initargs=(queue, stop)) as pool:
-        futures = {pool.submit(_train_in_worker, plan): plan for plan in plans}
+        futures = {pool.submit(_train_in_worker, plan): plan for plan in longest_first(plans)}
         pending = set(futures)
         while pending:
             try:
@@ -172,6 +172,15 @@ def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list
         _drain(queue, report)
     results = [finished.get(plan.key) or _not_run(plan) for plan in plans]
     return results, interrupted or any(r.status == "interrupted" for r in results)
+
+
+def longest_first(plans: list[RunPlan]) -> list[RunPlan]:
+    """Runs with more diagnostics start first, so that no worker is left with a long run at the end
+    while the others idle (a stable sort: otherwise the plan's order)."""
+    def diagnostics(plan: RunPlan) -> int:
+        return sum(spec.applies_to(plan.optimizer.label, plan.seed) for spec in plan.config.diagnostics)
+
+    return sorted(plans, key=diagnostics, reverse=True)
 
 
 def _outcome(future: cf.Future, plan: RunPlan) -> RunResult:
