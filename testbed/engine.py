@@ -155,14 +155,16 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
                   forward: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
     """One optimizer step on ``batch``; returns the minibatch loss and the gradient norm before
     clipping. A non-finite loss or gradient skips the update (the caller records divergence)."""
-    forward = forward or model
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     measured: dict[str, float] = {}
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=False)
-        loss = mse_loss(forward(batch.x, batch.y), batch.target)
-        loss.backward()
+        if forward is None and hasattr(model, "loss_backward"):
+            loss = model.loss_backward(batch.x, batch.y, batch.target)
+        else:
+            loss = mse_loss((forward or model)(batch.x, batch.y), batch.target)
+            loss.backward()
         for p in parameters:  # parameters the loss cannot reach get an exact zero gradient
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

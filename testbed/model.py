@@ -128,6 +128,34 @@ class LinearTransformer(nn.Module):
             return CompiledLinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
         return LinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n)
 
+    def loss_backward(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean squared error of the predictions, with its gradient accumulated into every
+        parameter's ``.grad`` (as ``loss.backward()`` would). For linear attention in float32 the
+        compiled kernel computes both in one pass over the batch, tile by tile."""
+        library = kernels.load() if self.config.attention == "linear" and self.use_kernel else None
+        P, Qc, r = self.kernel_matrices()
+        if library is None or P.dtype != torch.float32:
+            loss = mse_loss(self(x, y), target)
+            loss.backward()
+            return loss.detach()
+        Z0 = self.prompt(x, y)
+        B, D, N1 = Z0.shape
+        tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
+        loss, dP, dQc = torch.empty(()), torch.empty_like(P), torch.empty_like(Qc)
+        dZ = torch.empty_like(Z0) if Z0.requires_grad else None
+        status = library.la_loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
+                                      loss.data_ptr(), dZ.data_ptr() if dZ is not None else None,
+                                      dP.data_ptr(), dQc.data_ptr())
+        if status:
+            raise MemoryError("linear-attention kernel: out of memory")
+        # The rest of the graph (P from B, a feature map under Z0) is plain autograd.
+        roots, grads = [P, Qc], [dP, dQc]
+        if dZ is not None:
+            roots.append(Z0)
+            grads.append(dZ)
+        torch.autograd.backward(roots, grads)
+        return loss
+
     def kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """P (L, D, D), the core Qc (L, r, r) of Q and r: Q acts only on the first r rows of Z."""
         P, _ = self.attention_matrices()

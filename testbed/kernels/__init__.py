@@ -83,4 +83,6 @@ def load() -> ctypes.CDLL | None:
     library.la_saved_size.restype = ctypes.c_size_t
     library.la_hvp.argtypes = int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4
     library.la_hvp.restype = ctypes.c_int
+    library.la_loss_grad.argtypes = int_args + [pointer] * 8
+    library.la_loss_grad.restype = ctypes.c_int
     return library

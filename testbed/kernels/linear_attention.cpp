@@ -426,6 +426,40 @@ int la_backward(int B, int D, int N1, int r, int n, int L, const float *saved, c
     return ok ? 0 : 1;
 }
 
+/* The mean squared error of B prompts and its gradient in one pass: each tile's backward pass runs
+ * right after its forward pass (the loss of a prompt depends on that prompt alone), while the tile's
+ * intermediate values are still in cache. dZ may be null (no gradient for the prompts). */
+int la_loss_grad(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *target,
+                 const float *P, const float *Qc, float *loss, float *dZ, float *dP, float *dQc) {
+    const Layout<float> s{TILE, D, N1, r, n, L};
+    float *work = allocate<float>(saved_size(s) + s.size() + 2 * TILE);
+    if (!work) return 1;
+    float *saved = work, *tile = saved + saved_size(s), *y = tile + s.size(), *g = y + TILE;
+    std::memset(dP, 0, sizeof(float) * L * D * D);
+    std::memset(dQc, 0, sizeof(float) * L * r * r);
+    double total = 0.0;
+    bool ok = true;
+    for (int t = 0; t < tiles(B) && ok; t++) {
+        const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
+        gather(Z0, b0, count, D, N1, saved);
+        ok = tile_forward(s, P, Qc, saved, y);
+        for (int c = 0; c < TILE; c++) {  /* padded prompts carry no gradient */
+            const float error = c < count ? y[c] - target[b0 + c] : 0.0f;
+            total += (double)error * error;
+            g[c] = 2.0f * error / B;
+        }
+        ok = ok && tile_backward(s, saved, P, Qc, g, tile, dP, dQc);
+        if (dZ)
+            for (int c = 0; c < count; c++) {
+                float *dst = dZ + (size_t)(b0 + c) * D * N1;
+                for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
+            }
+    }
+    *loss = (float)(total / B);
+    std::free(work);
+    return ok ? 0 : 1;
+}
+
 /* Hessian-vector products H v_k (k < directions) of the mean squared error, in (P, Qc)
  * coordinates: tP (directions, L, D, D) and tQc (directions, L, r, r) in, HP and HQc out.
  * Z0: (B, D, N1) prompts; target: (B,) true query labels. */
