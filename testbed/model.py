@@ -142,7 +142,7 @@ class LinearTransformer(nn.Module):
         B, D, N1 = Z0.shape
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
         loss, dP, dQc = torch.empty(()), torch.empty_like(P), torch.empty_like(Qc)
-        dZ = torch.empty_like(Z0) if Z0.requires_grad else None
+        dZ = torch.empty(Z0.shape) if Z0.requires_grad else None  # contiguous, unlike Z0
         status = library.la_loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
                                       loss.data_ptr(), dZ.data_ptr() if dZ is not None else None,
                                       dP.data_ptr(), dQc.data_ptr())
