@@ -36,6 +36,7 @@ from testbed_std.diagnostics import (
     lower_median,
 )
 from testbed_std.spectra import lanczos_extremes
+from helpers import StepLosses
 
 PARAMETERIZATIONS = ("block_sparse", "full")
 
@@ -527,14 +528,6 @@ ALL_DIAGNOSTICS = [
     {"name": "sharpness", "options": {"every": 10, "iterations": 36}},  # = the parameter count
 ]
 
-
-class StepLosses:
-    def __init__(self) -> None:
-        self.losses: dict[str, list[float]] = {}
-
-    @hookimpl
-    def on_step_end(self, run, step, metrics):
-        self.losses.setdefault(f"{run.label}/seed-{run.seed}", []).append(metrics["loss"])
 
 
 @pytest.fixture(scope="module")

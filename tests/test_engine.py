@@ -18,6 +18,7 @@ from testbed import hookimpl
 from testbed.config import parse_config
 from testbed.experiment import RESULTS_FILE, run_experiment
 from testbed.plugins import load_plugins
+from helpers import StepLosses
 
 SGD = {"name": "sgd", "lr": 0.01}
 ADAM = {"name": "adam", "lr": 0.001}
@@ -54,16 +55,6 @@ def read_results(outcome) -> dict[str, Any]:
 def by_key(outcome) -> dict[str, Any]:
     return {r.key: r for r in outcome.results}
 
-
-class StepLosses:
-    """A plugin recording each run's training-loss sequence from on_step_end."""
-
-    def __init__(self) -> None:
-        self.losses: dict[str, list[float]] = {}
-
-    @hookimpl
-    def on_step_end(self, run, step, metrics):
-        self.losses.setdefault(f"{run.label}/seed-{run.seed}", []).append(metrics["loss"])
 
 
 class RaiseAt:

@@ -335,6 +335,14 @@ void gather(const float *Z, int b0, int count, int D, int N1, float *tile) {
     }
 }
 
+/* Copy a tile (D, N1, TILE) back to prompts b0..b0+count-1 of Z (B, D, N1): gather's inverse. */
+void scatter(const float *tile, int b0, int count, int D, int N1, float *Z) {
+    for (int c = 0; c < count; c++) {
+        float *dst = Z + (size_t)(b0 + c) * D * N1;
+        for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
+    }
+}
+
 /* Hessian-vector products of the mean squared error of B prompts for up to K directions at once,
  * W prompts at a time (W = 1 vectorizes over the K tangents; for K = 1, W > 1 over the prompts). */
 template <int K>
@@ -417,10 +425,7 @@ int la_backward(int B, int D, int N1, int r, int n, int L, const float *saved, c
         std::memset(g, 0, sizeof(float) * TILE);  /* padded prompts carry no gradient */
         std::memcpy(g, gy + b0, sizeof(float) * count);
         ok = tile_backward(s, saved + (size_t)t * saved_size(s), P, Qc, g, tile, dP, dQc);
-        for (int c = 0; c < count; c++) {
-            float *dst = dZ + (size_t)(b0 + c) * D * N1;
-            for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
-        }
+        scatter(tile, b0, count, D, N1, dZ);
     }
     std::free(tile);
     return ok ? 0 : 1;
@@ -449,11 +454,7 @@ int la_loss_grad(int B, int D, int N1, int r, int n, int L, const float *Z0, con
             g[c] = 2.0f * error / B;
         }
         ok = ok && tile_backward(s, saved, P, Qc, g, tile, dP, dQc);
-        if (dZ)
-            for (int c = 0; c < count; c++) {
-                float *dst = dZ + (size_t)(b0 + c) * D * N1;
-                for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
-            }
+        if (dZ) scatter(tile, b0, count, D, N1, dZ);
     }
     *loss = (float)(total / B);
     std::free(work);
