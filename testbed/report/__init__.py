@@ -1,0 +1,97 @@
+"""`testbed report`: turn experiment directories into a self-contained report directory.
+
+For every experiment: eval-loss curves, the gradient-noise histogram, R_med and directional
+smoothness along training, the generalized-smoothness scatter, and a results table; across
+experiments: the paper's claims checked on the data. Works on any experiment, not only the paper's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import figures
+from .claims import Claim, check_claims, condition_ratios, median_smoothness, noise_skewness
+from .data import Experiment, find_experiments
+from .render import Section, write
+
+
+def _results_table(experiment: Experiment) -> tuple[list[str], list[list[str]]]:
+    header = ["optimizer", "runs", "diverged", "final eval loss (mean)", "median directional smoothness"]
+    rows = []
+    for label in experiment.labels:
+        runs = experiment.runs_of(label)
+        final = experiment.mean_final(label)
+        smooth = median_smoothness(experiment, label)
+        rows.append([label, str(len(runs)), str(sum(r.status == "diverged" for r in runs)),
+                     "-" if final is None else f"{final:.4g}", "-" if smooth is None else f"{smooth:.4g}"])
+    return header, rows
+
+
+def _ratio_pair(experiment: Experiment) -> tuple[str, str] | None:
+    """The paper's SGD/Adam; for other experiments, the first optimizer over "adam" (or the last)."""
+    labels = experiment.labels
+    if len(labels) < 2:
+        return None
+    denominator = "adam" if "adam" in labels else labels[-1]
+    numerator = "sgd" if "sgd" in labels and denominator != "sgd" else next(l for l in labels if l != denominator)
+    return numerator, denominator
+
+
+def condition_table(experiment: Experiment, steps: tuple[int, ...]) -> tuple[list[str], list[list[str]]] | None:
+    pair = _ratio_pair(experiment)
+    if pair is None or not experiment.has("robust_condition_number/proxy"):
+        return None
+    ratios = condition_ratios(experiment, steps, *pair)
+    if not ratios:
+        return None
+    header = ["experiment"] + [f"step {s}" for s in steps]
+    row = [f"{experiment.name}: {pair[0]}/{pair[1]} R_med, mean (std) over seeds"]
+    row += [f"{ratios[s][0]:.2f} ({ratios[s][1]:.2f})" if s in ratios else "-" for s in steps]
+    return header, [row]
+
+
+def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]) -> Section:
+    section = Section(experiment.name)
+    task = experiment.config["task"]
+    model = experiment.config["model"]
+    section.paragraphs.append(
+        f"Task {task['name']} (d={task['d']}, n={task['n']}, options {task.get('options') or {}}); "
+        f"model L={model['layers']}, {model['parameterization']}, {model['attention']} attention; "
+        f"{experiment.config['train']['steps']} steps, batch {experiment.config['train']['batch_size']}, "
+        f"seeds {experiment.config['train']['seeds']}.")
+    section.tables.append(_results_table(experiment))
+    table = condition_table(experiment, steps)
+    if table:
+        section.tables.append(table)
+    skew = noise_skewness(experiment)
+    if skew is not None:
+        section.paragraphs.append(f"Gradient noise at initialization: mean skewness {skew:.2f} over the runs that measured it.")
+    stem = out / "figures" / experiment.name
+    candidates = [
+        (figures.loss_curves(experiment, stem.with_name(f"{experiment.name}-loss.png")),
+         "Eval loss on the fixed batch, mean over seeds (band: range over seeds), log scale"),
+        (figures.noise_histograms(experiment, stem.with_name(f"{experiment.name}-noise.png")),
+         "Density histogram of the gradient-noise norms ||g_k - g|| at initialization"),
+        (figures.diagnostic_curves(experiment, "robust_condition_number/proxy", "robust condition number R_med",
+                                   stem.with_name(f"{experiment.name}-rmed.png")),
+         "Robust condition number max|H_ii| / median|H_ii| along training, mean over seeds, log scale"),
+        (figures.diagnostic_curves(experiment, "directional_smoothness/value", "directional smoothness",
+                                   stem.with_name(f"{experiment.name}-ds.png"), log=False),
+         "Directional smoothness along the update actually taken, mean over seeds"),
+        (figures.smoothness_scatter(experiment, stem.with_name(f"{experiment.name}-gs.png")),
+         "log directional smoothness against log gradient norm, coloured by step"),
+    ]
+    section.figures += [(str(path.relative_to(out)), caption) for path, caption in candidates if path is not None]
+    return section
+
+
+def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...] = (750, 1250)) -> tuple[Path, list[Claim]]:
+    """Write report.md, index.html and figures/*.png under ``out`` for the experiments under
+    ``paths``; return the report directory and the claims."""
+    experiments = find_experiments(paths)
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    sections = [experiment_section(e, out, steps) for e in experiments]
+    claims = check_claims(experiments, steps)
+    write(out, "testbed report", sections, claims)
+    return out, claims

@@ -1,0 +1,239 @@
+"""The paper's claims (PAPER.md section 5), each checked on measured data: holds, does not hold,
+or not measured, with the numbers behind the verdict. Pure functions of loaded experiments."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+from .data import Experiment
+
+HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
+
+
+@dataclass(frozen=True)
+class Claim:
+    title: str
+    verdict: str
+    evidence: str
+
+
+def _pair(experiment: Experiment) -> tuple[str, str] | None:
+    """(SGD-like, Adam-like) labels: "sgd" and "adam" when present."""
+    labels = experiment.labels
+    if "sgd" in labels and "adam" in labels:
+        return "sgd", "adam"
+    return None
+
+
+def _verdict(results: list[bool]) -> str:
+    return UNMEASURED if not results else HOLDS if all(results) else FAILS
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def adam_beats_sgd(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        pair = _pair(e)
+        if pair is None or e.mean_final(pair[0]) is None or e.mean_final(pair[1]) is None:
+            continue
+        sgd, adam = e.mean_final(pair[0]), e.mean_final(pair[1])
+        results.append(adam < sgd)
+        evidence.append(f"{e.name}: Adam {_fmt(adam)} vs SGD {_fmt(sgd)} (SGD/Adam {sgd / adam:.2f})")
+    return Claim("Adam reaches a lower eval loss than SGD with momentum", _verdict(results), "; ".join(evidence))
+
+
+def noise_skewness(experiment: Experiment) -> float | None:
+    values = [r.value_at("gradient_noise/skewness", 0) for r in experiment.runs]
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def noise_heavy_tailed(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        skew = noise_skewness(e)
+        if skew is None:
+            continue
+        kurtosis = [r.value_at("gradient_noise/excess_kurtosis", 0) for r in e.runs]
+        kurtosis = statistics.fmean([k for k in kurtosis if k is not None])
+        results.append(skew > 0 and kurtosis > 0)
+        evidence.append(f"{e.name}: skewness {skew:.2f}, excess kurtosis {kurtosis:.2f}")
+    return Claim("Gradient noise at init is heavy-tailed (right-skewed, long tail)", _verdict(results),
+                 "; ".join(evidence))
+
+
+def noise_ordering(experiments: list[Experiment]) -> Claim:
+    by_task = {}
+    for e in experiments:
+        skew = noise_skewness(e)
+        if skew is not None and e.layers == 3:
+            by_task.setdefault(e.task, skew)
+    if not {"gamma", "gaussian", "spherical"} <= set(by_task):
+        return Claim("Noise is heavier with Gamma covariates, nearly Gaussian with spherical ones", UNMEASURED,
+                     f"needs noise measured on gamma, gaussian and spherical tasks (have: {sorted(by_task) or 'none'})")
+    gamma, gaussian, spherical = by_task["gamma"], by_task["gaussian"], by_task["spherical"]
+    return Claim("Noise is heavier with Gamma covariates, nearly Gaussian with spherical ones",
+                 _verdict([gamma > gaussian > spherical]),
+                 f"skewness: gamma {gamma:.2f} > gaussian {gaussian:.2f} > spherical {spherical:.2f}")
+
+
+def noise_depth(experiments: list[Experiment]) -> Claim:
+    shallow = [noise_skewness(e) for e in experiments if e.task == "gaussian" and e.layers in (2, 4)]
+    deep = [noise_skewness(e) for e in experiments if e.task == "gaussian" and e.layers in (6, 8)]
+    shallow, deep = [s for s in shallow if s is not None], [s for s in deep if s is not None]
+    if not shallow or not deep:
+        return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", UNMEASURED,
+                     "needs noise measured at L in {2, 4} and in {6, 8}")
+    return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", _verdict([min(deep) > max(shallow)]),
+                 f"skewness L=2,4: {', '.join(f'{s:.2f}' for s in shallow)}; L=6,8: {', '.join(f'{s:.2f}' for s in deep)}")
+
+
+def condition_ratios(experiment: Experiment, steps: tuple[int, ...], numerator: str, denominator: str,
+                     key: str = "robust_condition_number/proxy") -> dict[int, tuple[float, float, int]]:
+    """{step: (mean, std, seeds)} of numerator/denominator R_med, paired by seed."""
+    table = {}
+    for step in steps:
+        ratios = []
+        for run in experiment.runs_of(numerator):
+            partner = next((r for r in experiment.runs_of(denominator) if r.seed == run.seed), None)
+            top, bottom = run.value_at(key, step), partner.value_at(key, step) if partner else None
+            if top is not None and bottom:
+                ratios.append(top / bottom)
+        if ratios:
+            spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+            table[step] = (statistics.fmean(ratios), spread, len(ratios))
+    return table
+
+
+def condition_number(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        pair = _pair(e)
+        if pair is None:
+            continue
+        for step, (mean, std, count) in condition_ratios(e, steps, *pair).items():
+            results.append(mean > 1)
+            evidence.append(f"{e.name} step {step}: SGD/Adam R_med {mean:.2f} ({std:.2f}), {count} seeds")
+    return Claim("SGD's trajectory has a larger robust condition number than Adam's", _verdict(results),
+                 "; ".join(evidence))
+
+
+def median_smoothness(experiment: Experiment, label: str, start: int = 0) -> float | None:
+    medians = []
+    for run in experiment.runs_of(label):
+        steps, values = run.series("directional_smoothness/value")
+        values = [v for s, v in zip(steps, values) if s >= start]
+        if values:
+            medians.append(statistics.median(values))
+    return statistics.median(medians) if medians else None
+
+
+def smaller_smoothness(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        pair = _pair(e)
+        if pair is None:
+            continue
+        sgd, adam = median_smoothness(e, pair[0], start=250), median_smoothness(e, pair[1], start=250)
+        if sgd is None or adam is None:
+            continue
+        results.append(adam < sgd)
+        evidence.append(f"{e.name}: median DS from step 250, Adam {adam:.3g} vs SGD {sgd:.3g}")
+    return Claim("Adam's directional smoothness is smaller than SGD's", _verdict(results), "; ".join(evidence))
+
+
+def generalized_smoothness(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        for run in e.runs:
+            steps, values = run.series("generalized_smoothness/correlation")
+            if values:
+                slope = run.series("generalized_smoothness/slope")[1]
+                results.append(values[-1] > 0)
+                evidence.append(f"{e.name} {run.label} seed {run.seed}: correlation {values[-1]:.2f}"
+                                + (f", slope {slope[-1]:.2f}" if slope else ""))
+    return Claim("log gradient norm and log directional smoothness are positively correlated", _verdict(results),
+                 "; ".join(evidence))
+
+
+def _progress(experiment: Experiment, label: str) -> float | None:
+    """Final over initial eval loss, mean over completed runs: smaller = faster convergence."""
+    ratios = [r.eval_losses[-1] / r.eval_losses[0] for r in experiment.runs_of(label, completed=True)
+              if r.eval_losses and r.eval_losses[0] and r.eval_losses[-1] is not None]
+    return statistics.fmean(ratios) if ratios else None
+
+
+def spherical_vs_gamma(experiments: list[Experiment]) -> Claim:
+    title = "Spherical data: both converge much faster than with Gamma data; Adam's advantage does not shrink"
+    spherical = next((e for e in experiments if e.task == "spherical" and _pair(e)), None)
+    gamma = next((e for e in experiments if e.task == "gamma" and _pair(e) and e.layers == 3), None)
+    if spherical is None or gamma is None:
+        return Claim(title, UNMEASURED, "needs SGD and Adam on both spherical and gamma tasks")
+    checks, evidence = [], []
+    for label in ("sgd", "adam"):
+        s, g = _progress(spherical, label), _progress(gamma, label)
+        if s is None or g is None:
+            return Claim(title, UNMEASURED, f"no completed {label} runs")
+        checks.append(s < g)
+        evidence.append(f"{label} final/initial loss: spherical {s:.3g} vs gamma {g:.3g}")
+    advantage = {e.task: e.mean_final("sgd") / e.mean_final("adam") for e in (spherical, gamma)}
+    checks.append(advantage["spherical"] >= advantage["gamma"])
+    evidence.append(f"SGD/Adam final loss: spherical {advantage['spherical']:.2f} vs gamma {advantage['gamma']:.2f}")
+    return Claim(title, _verdict(checks), "; ".join(evidence))
+
+
+def depth(experiments: list[Experiment]) -> Claim:
+    title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
+    by_depth = sorted(((e.layers, e) for e in experiments if e.task == "gaussian" and _pair(e)
+                       and e.config["task"]["d"] == 5 and e.attention == "linear"
+                       and e.mean_final("sgd") and e.mean_final("adam")), key=lambda item: item[0])
+    depths = sorted({layers for layers, _ in by_depth})
+    if len(depths) < 2:
+        return Claim(title, UNMEASURED, "needs SGD and Adam on Gaussian data at two or more depths")
+    chosen = {layers: e for layers, e in by_depth}
+    sgd = [chosen[L].mean_final("sgd") for L in depths]
+    adam = [chosen[L].mean_final("adam") for L in depths]
+    gap = [s / a for s, a in zip(sgd, adam)]
+    checks = [all(b < a for a, b in zip(seq, seq[1:])) for seq in (sgd, adam)] + [all(b > a for a, b in zip(gap, gap[1:]))]
+    evidence = ", ".join(f"L={L}: SGD {s:.3g}, Adam {a:.3g}, SGD/Adam {g:.2f}" for L, s, a, g in zip(depths, sgd, adam, gap))
+    return Claim(title, _verdict(checks), evidence)
+
+
+def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
+    title = "Linear attention trains much faster than softmax attention (L = 3)"
+    linear = {e.task: e for e in experiments if e.attention == "linear" and e.layers == 3}
+    pairs = [(linear[e.task], e) for e in experiments if e.attention == "softmax" and e.layers == 3 and e.task in linear]
+    checks, evidence = [], []
+    for lin, soft in pairs:
+        for label in set(lin.labels) & set(soft.labels):
+            a, b = lin.mean_final(label), soft.mean_final(label)
+            if a is not None and b is not None:
+                checks.append(a < b)
+                evidence.append(f"{label} on {lin.task}: linear {a:.3g} vs softmax {b:.3g}")
+    return Claim(title, _verdict(checks), "; ".join(evidence) or "needs linear and softmax runs on the same task")
+
+
+def larger_model(experiments: list[Experiment]) -> Claim:
+    large = [e for e in experiments if e.config["task"]["d"] >= 20 and e.layers >= 8 and _pair(e)]
+    checks, evidence = [], []
+    for e in large:
+        sgd, adam = e.mean_final("sgd"), e.mean_final("adam")
+        if sgd is not None and adam is not None:
+            checks.append(adam < sgd)
+            evidence.append(f"{e.name}: Adam {adam:.3g} vs SGD {sgd:.3g}")
+    return Claim("A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)", _verdict(checks),
+                 "; ".join(evidence) or "needs SGD and Adam on a model with d >= 20 and L >= 8")
+
+
+def check_claims(experiments: list[Experiment], steps: tuple[int, ...] = (750, 1250)) -> list[Claim]:
+    checks: list[Callable[[list[Experiment]], Claim]] = [
+        adam_beats_sgd, noise_heavy_tailed, noise_ordering, noise_depth,
+        lambda es: condition_number(es, steps), smaller_smoothness, generalized_smoothness,
+        spherical_vs_gamma, depth, linear_vs_softmax, larger_model,
+    ]
+    return [check(experiments) for check in checks]

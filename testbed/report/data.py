@@ -1,0 +1,123 @@
+"""What a report reads: experiments from their results.json (curves, diagnostics, config) and, for
+gradient-noise histograms, the TensorBoard event files of their runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TestbedError
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class Run:
+    label: str
+    seed: int
+    status: str
+    final_eval_loss: float | None
+    eval_steps: list[int]
+    eval_losses: list[float | None]
+    diagnostics: dict[str, list[list[float]]]
+    run_dir: str
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """A diagnostic's (steps, values), non-finite values dropped."""
+        points = [(int(s), v) for s, v in self.diagnostics.get(key, []) if v is not None and math.isfinite(v)]
+        return [s for s, _ in points], [v for _, v in points]
+
+    def value_at(self, key: str, step: int) -> float | None:
+        for s, v in self.diagnostics.get(key, []):
+            if int(s) == step:
+                return v
+        return None
+
+
+@dataclass
+class Experiment:
+    name: str
+    directory: Path
+    config: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(r.label for r in self.runs))
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]["name"]
+
+    @property
+    def layers(self) -> int:
+        return self.config["model"]["layers"]
+
+    @property
+    def attention(self) -> str:
+        return self.config["model"]["attention"]
+
+    def runs_of(self, label: str, completed: bool = False) -> list[Run]:
+        return [r for r in self.runs if r.label == label and (not completed or r.status == "completed")]
+
+    def has(self, key: str) -> bool:
+        return any(key in r.diagnostics for r in self.runs)
+
+    def final_losses(self, label: str) -> list[float]:
+        return [r.final_eval_loss for r in self.runs_of(label, completed=True) if r.final_eval_loss is not None]
+
+    def mean_final(self, label: str) -> float | None:
+        values = self.final_losses(label)
+        return statistics.fmean(values) if values else None
+
+
+def load_experiment(directory: Path) -> Experiment:
+    path = directory / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TestbedError(f"cannot read {path}: {exc}") from None
+    experiment = Experiment(data.get("experiment", directory.name), directory, data["config"])
+    for run in data["runs"]:
+        # The run directory relative to the experiment's: results may have moved since the run.
+        run_dir = str(directory / run["label"] / f"seed-{run['seed']}")
+        experiment.runs.append(Run(run["label"], run["seed"], run["status"], run.get("final_eval_loss"),
+                                   run.get("eval_steps", []), run.get("eval_losses", []),
+                                   run.get("diagnostics", {}), run_dir))
+    return experiment
+
+
+def find_experiments(paths: list[str | Path]) -> list[Experiment]:
+    """Every experiment under the given directories (a directory holding results.json, or any
+    directory above such directories), in a stable order."""
+    found: list[Path] = []
+    for given in map(Path, paths):
+        if not given.is_dir():
+            raise TestbedError(f"{given}: not a directory")
+        matches = [given] if (given / RESULTS_FILE).exists() else sorted(p.parent for p in given.rglob(RESULTS_FILE))
+        if not matches:
+            raise TestbedError(f"{given}: no {RESULTS_FILE} found (run an experiment first)")
+        found += [m for m in matches if m not in found]
+    return [load_experiment(d) for d in found]
+
+
+def noise_histogram(run: Run, tag: str = "diag/gradient_noise/errors") -> tuple[list[float], list[float]] | None:
+    """(bucket edges, counts) of the first gradient-noise histogram in a run's event files: n+1
+    edges for n buckets (TensorBoard stores the right edges and the minimum)."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        STORE_EVERYTHING_SIZE_GUIDANCE,
+        EventAccumulator,
+    )
+
+    if not Path(run.run_dir).is_dir():
+        return None
+    accumulator = EventAccumulator(run.run_dir, size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    accumulator.Reload()
+    if tag not in accumulator.Tags().get("histograms", []):
+        return None
+    histogram = accumulator.Histograms(tag)[0].histogram_value
+    return [histogram.min, *histogram.bucket_limit], list(histogram.bucket)

@@ -1,0 +1,124 @@
+"""The report's figures, in the paper's style: one colour per optimizer, mean over seeds with a band
+(the range over seeds), log-scale losses. Each function writes one PNG and returns its path, or
+None when the experiment has nothing to show for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .data import Experiment, noise_histogram
+
+COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _band(axes, curves: list[tuple[list[int], list[float]]], colour: str, label: str) -> bool:
+    """Mean over seeds at the steps every seed has, with the min-max band."""
+    curves = [c for c in curves if c[0]]
+    if not curves:
+        return False
+    common = sorted(set.intersection(*(set(steps) for steps, _ in curves)))
+    if not common:
+        return False
+    values = np.array([[dict(zip(steps, vals))[s] for s in common] for steps, vals in curves], dtype=float)
+    axes.plot(common, values.mean(0), color=colour, label=f"{label} ({len(curves)} seeds)")
+    if len(curves) > 1:
+        axes.fill_between(common, values.min(0), values.max(0), color=colour, alpha=0.2, linewidth=0)
+    return True
+
+
+def loss_curves(experiment: Experiment, path: Path) -> Path | None:
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    drawn = False
+    for colour, label in zip(COLOURS, experiment.labels):
+        curves = []
+        for run in experiment.runs_of(label, completed=True):
+            points = [(s, v) for s, v in zip(run.eval_steps, run.eval_losses) if v is not None and v > 0]
+            curves.append(([s for s, _ in points], [v for _, v in points]))
+        drawn |= _band(axes, curves, colour, label)
+    if not drawn:
+        return None
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("eval loss (fixed batch)")
+    axes.set_title(f"{experiment.name}: eval loss, mean over seeds, band = range", fontsize=9)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path, log: bool = True) -> Path | None:
+    if not experiment.has(key):
+        return None
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    drawn = False
+    for colour, label in zip(COLOURS, experiment.labels):
+        curves = [run.series(key) for run in experiment.runs_of(label, completed=True)]
+        if log:
+            curves = [([s for s, v in zip(*c) if v > 0], [v for v in c[1] if v > 0]) for c in curves]
+        drawn |= _band(axes, curves, colour, label)
+    if not drawn:
+        return None
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.set_title(f"{experiment.name}: {ylabel}, mean over seeds, band = range", fontsize=9)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def noise_histograms(experiment: Experiment, path: Path) -> Path | None:
+    """The gradient-noise density histogram of the first run that measured it."""
+    for run in experiment.runs:
+        if "gradient_noise/skewness" not in run.diagnostics:
+            continue
+        histogram = noise_histogram(run)
+        if histogram is None:
+            continue
+        edges, counts = (np.asarray(a, dtype=float) for a in histogram)
+        width = np.diff(edges)
+        density = counts / (counts.sum() * np.where(width > 0, width, np.inf))
+        figure = Figure(figsize=(6, 4))
+        axes = figure.add_subplot()
+        axes.bar(edges[:-1], density, width=width, align="edge", color="tab:blue", alpha=0.85)
+        skew = run.value_at("gradient_noise/skewness", 0)
+        kurtosis = run.value_at("gradient_noise/excess_kurtosis", 0)
+        title = f"{experiment.name}: gradient noise at init ({run.label}, seed {run.seed})"
+        if skew is not None and kurtosis is not None:
+            title += f"\nskewness {skew:.2f}, excess kurtosis {kurtosis:.1f}"
+        axes.set_title(title, fontsize=9)
+        axes.set_xlabel(r"$\|g_k - g\|_2$")
+        axes.set_ylabel("density")
+        return _save(figure, path)
+    return None
+
+
+def smoothness_scatter(experiment: Experiment, path: Path) -> Path | None:
+    """log directional smoothness against log gradient norm, coloured by step (first run)."""
+    for run in experiment.runs:
+        steps_g, grads = run.series("generalized_smoothness/grad_norm")
+        steps_d, smooth = run.series("generalized_smoothness/directional_smoothness")
+        by_step = dict(zip(steps_d, smooth))
+        points = [(s, g, by_step[s]) for s, g in zip(steps_g, grads) if s in by_step and g > 0 and by_step[s] > 0]
+        if len(points) < 3:
+            continue
+        steps, g, ds = (np.array(c, dtype=float) for c in zip(*points))
+        figure = Figure(figsize=(6, 4))
+        axes = figure.add_subplot()
+        scatter = axes.scatter(np.log(g), np.log(ds), c=steps, s=4, cmap="viridis")
+        figure.colorbar(scatter, ax=axes, label="step")
+        axes.set_xlabel(r"$\log \|\nabla f(\theta_t)\|$")
+        axes.set_ylabel(r"$\log$ directional smoothness")
+        axes.set_title(f"{experiment.name}: generalized smoothness ({run.label}, seed {run.seed})", fontsize=9)
+        return _save(figure, path)
+    return None

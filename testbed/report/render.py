@@ -1,0 +1,66 @@
+"""Writing the report: report.md and an HTML page showing the same content with its figures."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .claims import Claim
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (relative path, caption)
+
+
+def to_markdown(title: str, sections: list[Section], claims: list[Claim]) -> str:
+    lines = [f"# {title}", ""]
+    lines += ["## Claims of the paper", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
+    lines += [f"| {c.title} | **{c.verdict}** | {c.evidence or '-'} |" for c in claims]
+    lines.append("")
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        for header, rows in section.tables:
+            lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines.append("")
+        for path, caption in section.figures:
+            lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+def to_html(title: str, sections: list[Section], claims: list[Claim]) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
+             ".holds{color:#176317}.does-not-hold{color:#a01010}.not-measured{color:#777}</style></head><body>",
+             f"<h1>{e(title)}</h1>", "<h2>Claims of the paper</h2>",
+             "<table><tr><th>claim</th><th>verdict</th><th>evidence</th></tr>"]
+    for c in claims:
+        css = c.verdict.replace(" ", "-")
+        parts.append(f"<tr><td>{e(c.title)}</td><td class='{css}'><b>{e(c.verdict)}</b></td>"
+                     f"<td>{e(c.evidence or '-')}</td></tr>")
+    parts.append("</table>")
+    for section in sections:
+        parts.append(f"<h2>{e(section.title)}</h2>")
+        parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
+        for header, rows in section.tables:
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+        for path, caption in section.figures:
+            parts.append(f"<figure><img src='{e(path)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write(out: Path, title: str, sections: list[Section], claims: list[Claim]) -> None:
+    (out / "report.md").write_text(to_markdown(title, sections, claims))
+    (out / "index.html").write_text(to_html(title, sections, claims))

@@ -1,0 +1,126 @@
+"""`testbed report` on a small synthetic log directory, and the claims logic on constructed data."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.tensorboard import SummaryWriter
+
+from testbed.cli import main
+from testbed.report import make_report
+from testbed.report.claims import FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, noise_ordering
+from testbed.report.data import Experiment, Run
+
+STEPS = [0, 250, 500, 750, 1000, 1250]
+
+
+def config(task="gamma", layers=3, d=5, attention="linear"):
+    return {"task": {"name": task, "d": d, "n": 20, "options": {}},
+            "model": {"layers": layers, "parameterization": "block_sparse", "attention": attention},
+            "train": {"steps": 1250, "batch_size": 1000, "seeds": [0, 1]}}
+
+
+def run_record(label, seed, final, proxy, smooth, extra=None):
+    diagnostics = {
+        "robust_condition_number/proxy": [[s, proxy * (1 + s / 1000)] for s in STEPS],
+        "directional_smoothness/value": [[s, smooth] for s in STEPS],
+        **(extra or {}),
+    }
+    return {"key": f"{label}/seed-{seed}", "label": label, "optimizer": label, "seed": seed, "status": "completed",
+            "final_eval_loss": final, "eval_steps": STEPS, "eval_losses": [1.0, 0.5, 0.3, 0.2, 0.15, final],
+            "diagnostics": diagnostics, "run_dir": "elsewhere"}
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    """One experiment: sgd and adam, 2 seeds, R_med, DS, noise (with its TensorBoard histogram) and
+    generalized smoothness."""
+    directory = tmp_path / "logs" / "synthetic"
+    noise = {"gradient_noise/skewness": [[0, 2.5]], "gradient_noise/excess_kurtosis": [[0, 9.0]]}
+    smoothness = {"generalized_smoothness/grad_norm": [[s, 0.1 * (s + 1)] for s in range(10)],
+                  "generalized_smoothness/directional_smoothness": [[s, 0.05 * (s + 1) ** 2] for s in range(10)],
+                  "generalized_smoothness/correlation": [[9, 0.99]]}
+    runs = [run_record("sgd", 0, 0.30, 4.0, 2.0, noise), run_record("sgd", 1, 0.32, 6.0, 3.0),
+            run_record("adam", 0, 0.20, 2.0, 0.1, smoothness), run_record("adam", 1, 0.22, 2.0, 0.2)]
+    directory.mkdir(parents=True)
+    (directory / "results.json").write_text(json.dumps({"experiment": "synthetic", "config": config(), "runs": runs}))
+    writer = SummaryWriter(str(directory / "sgd" / "seed-0"))
+    writer.add_histogram("diag/gradient_noise/errors", torch.tensor([0.1, 0.2, 0.2, 0.3, 0.9]), 0, bins=10)
+    writer.close()
+    return tmp_path / "logs"
+
+
+def test_report_writes_every_figure_and_a_correct_table(logdir, tmp_path):
+    out, claims = make_report([logdir], tmp_path / "report")
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == [f"synthetic-{kind}.png" for kind in ("ds", "gs", "loss", "noise", "rmed")]
+    assert all((out / "figures" / n).stat().st_size > 5000 for n in names)
+    markdown = (out / "report.md").read_text()
+    # R_med ratio sgd/adam at step 750: seed 0: 4*1.75 / (2*1.75) = 2, seed 1: 6/2 = 3 -> 2.50 (0.71)
+    assert "| synthetic: sgd/adam R_med, mean (std) over seeds | 2.50 (0.71) | 2.50 (0.71) |" in markdown
+    assert "| sgd | 2 | 0 | 0.31 | 2.5 |" in markdown  # mean final loss, median DS (medians 2 and 3)
+    assert "| adam | 2 | 0 | 0.21 | 0.15 |" in markdown
+    for name in names:
+        assert f"figures/{name}" in markdown and f"figures/{name}" in (out / "index.html").read_text()
+    verdicts = {c.title: c.verdict for c in claims}
+    assert verdicts["Adam reaches a lower eval loss than SGD with momentum"] == HOLDS
+    assert verdicts["SGD's trajectory has a larger robust condition number than Adam's"] == HOLDS
+    assert verdicts["Adam's directional smoothness is smaller than SGD's"] == HOLDS
+    assert verdicts["log gradient norm and log directional smoothness are positively correlated"] == HOLDS
+    assert verdicts["A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)"] == UNMEASURED
+
+
+def test_report_command(logdir, tmp_path):
+    result = CliRunner().invoke(main, ["report", str(logdir), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "holds" in result.output and (tmp_path / "r" / "index.html").exists()
+
+
+def test_report_on_a_directory_without_results(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.count("Error:") == 1 and "no results.json" in result.output
+
+
+def experiment(name, finals, cfg=None, extra=None):
+    e = Experiment(name, None, cfg or config())
+    for label, losses in finals.items():
+        for seed, loss in enumerate(losses):
+            e.runs.append(Run(label, seed, "completed", loss, [0, 100], [1.0, loss],
+                              (extra or {}).get(label, {}), "nowhere"))
+    return e
+
+
+def test_claim_that_holds_and_one_that_does_not():
+    holds = adam_beats_sgd([experiment("a", {"sgd": [0.3, 0.4], "adam": [0.1, 0.2]})])
+    fails = adam_beats_sgd([experiment("a", {"sgd": [0.3, 0.4], "adam": [0.1, 0.2]}),
+                            experiment("b", {"sgd": [0.1], "adam": [0.5]})])
+    assert holds.verdict == HOLDS and "SGD/Adam 2.33" in holds.evidence
+    assert fails.verdict == FAILS and "b: Adam 0.5 vs SGD 0.1" in fails.evidence
+    assert adam_beats_sgd([experiment("c", {"lion": [0.1]})]).verdict == UNMEASURED
+
+
+def test_noise_ordering_and_depth_claims():
+    def noisy(task, skew):
+        return experiment(task, {"sgd": [0.1]}, config(task),
+                          {"sgd": {"gradient_noise/skewness": [[0, skew]]}})
+    ordered = noise_ordering([noisy("gamma", 3.0), noisy("gaussian", 0.6), noisy("spherical", 0.2)])
+    unordered = noise_ordering([noisy("gamma", 0.1), noisy("gaussian", 0.6), noisy("spherical", 0.2)])
+    assert ordered.verdict == HOLDS and unordered.verdict == FAILS
+    deeper_better = [experiment(f"L{L}", {"sgd": [s], "adam": [a]}, config("gaussian", L))
+                     for L, s, a in ((2, 0.4, 0.3), (4, 0.3, 0.1), (8, 0.2, 0.02))]
+    assert depth(deeper_better).verdict == HOLDS
+    gap_shrinks = [experiment(f"L{L}", {"sgd": [s], "adam": [a]}, config("gaussian", L))
+                   for L, s, a in ((2, 0.4, 0.1), (4, 0.3, 0.2))]
+    result = depth(gap_shrinks)
+    assert result.verdict == FAILS and "L=2" in result.evidence
+
+
+def test_condition_ratios_pair_by_seed():
+    e = experiment("x", {"sgd": [0.1, 0.1], "adam": [0.1, 0.1]})
+    for run, value in zip(e.runs, (9.0, 3.0, 3.0, 1.0)):  # sgd seeds 0, 1; adam seeds 0, 1
+        run.diagnostics["robust_condition_number/proxy"] = [[750, value]]
+    mean, std, count = condition_ratios(e, (750,), "sgd", "adam")[750]
+    assert (mean, count) == (3.0, 2) and math.isclose(std, 0.0)
