@@ -12,7 +12,7 @@ import click
 from . import __version__
 from .config import apply_overrides, load_yaml, parse_config
 from .errors import TestbedError
-from .experiment import format_table, plan_runs, run_experiment
+from .experiment import Phase, describe_tuning, format_table, plan_pilots, plan_runs, run_experiment
 from .plugins import load_plugins
 from .progress import Progress
 from .registry import KINDS
@@ -54,14 +54,28 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
     plugins, config = _load_config(config_path, overrides)
     if workers is not None and workers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--workers")
-    plans = plan_runs(config, Path(logdir))
+    plans, pilots = plan_runs(config, Path(logdir)), plan_pilots(config, Path(logdir))
     click.echo(f"experiment {config.name}: {len(plans)} runs ({len(config.optimizers)} optimizers x "
                f"{len(config.train.seeds)} seeds), {config.train.steps} steps each, logs in {Path(logdir) / config.name}")
-    progress = Progress(len(plans), config.train.steps)
+    if pilots:
+        tuned = [spec.label for spec in config.optimizers if spec.tune is not None]
+        click.echo(f"learning-rate tuning first: {len(pilots)} pilot runs for {', '.join(tuned)}")
+    progress: Progress | None = None
+
+    def start_phase(phase: Phase) -> None:  # one progress display per phase
+        nonlocal progress
+        if progress is not None:
+            progress.close()
+        for tuning in phase.tuning.values():
+            click.echo(describe_tuning(tuning))
+        progress = Progress(len(phase.plans), phase.steps_per_run)
+
     try:
-        outcome = run_experiment(config, plugins, logdir, report=progress, workers=workers)
+        outcome = run_experiment(config, plugins, logdir, report=lambda event: progress and progress(event),
+                                 workers=workers, on_phase=start_phase)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     click.echo("")
     click.echo(format_table(outcome.summary()))
     click.echo("")

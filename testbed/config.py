@@ -35,11 +35,22 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class TuneSpec:
+    """Learning-rate tuning of one optimizer entry: each grid value is tried on short pilot runs and
+    the best by mean final eval loss is used for the experiment's runs (see experiment.py)."""
+
+    lr: tuple[float, ...]
+    steps: int | None = None  # pilot length; None: train.steps
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     name: str
     label: str
-    lr: float
+    lr: float  # with a tune section: a placeholder (the first grid value unless given) until tuned
     options: Mapping[str, Any] = field(default_factory=dict)
+    tune: TuneSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,11 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML-able data (saved with every run)."""
-        return _plain(dataclasses.asdict(self))
+        data = _plain(dataclasses.asdict(self))
+        for optimizer in data["optimizers"]:
+            if optimizer["tune"] is None:  # only tuned entries show a tune section
+                del optimizer["tune"]
+        return data
 
 
 def _plain(value: Any) -> Any:
@@ -121,7 +136,10 @@ EVAL_SCHEMA = {
     "seed": Option(99, "seed of the fixed evaluation batch", min=0),
 }
 TASK_KEYS = {"name", "d", "n", "options"}
-OPTIMIZER_KEYS = {"name", "label", "lr", "options"}
+OPTIMIZER_KEYS = {"name", "label", "lr", "options", "tune"}
+TUNE_KEYS = {"lr", "steps", "seeds"}
+TUNE_STEPS = Option(None, "pilot run length; null = train.steps", type=int, min=1, nullable=True)
+RESERVED_LABELS = {"tuning"}  # <experiment>/tuning/ holds the pilot runs
 DIAGNOSTIC_KEYS = {"name", "options", "seeds", "optimizers"}
 LR = Option(doc="learning rate", type=float, min=0.0)
 DIM = Option(doc="dimension or context length", type=int, min=1)
@@ -293,19 +311,45 @@ def _parse_optimizers(section: Any, registry: Registry) -> tuple[OptimizerSpec, 
         if "name" not in item or not isinstance(item["name"], str):
             raise ConfigError(f"{where}.name: an optimizer name is required")
         entry = registry.get("optimizer", item["name"], f"{where}.name")
-        if "lr" not in item:
-            raise ConfigError(f"{where}.lr: a learning rate is required")
-        lr = validate_options({"lr": LR}, {"lr": item["lr"]}, where)["lr"]
+        tune = _parse_tune(item.get("tune"), f"{where}.tune")
+        if "lr" in item:
+            lr = validate_options({"lr": LR}, {"lr": item["lr"]}, where)["lr"]
+        elif tune is not None:
+            lr = tune.lr[0]  # validation builds the optimizer once; tuning replaces it
+        else:
+            raise ConfigError(f"{where}.lr: a learning rate is required (or a tune section with an lr grid)")
         label = item.get("label", entry.name)
         if not isinstance(label, str) or not _LABEL.match(label):
             raise ConfigError(f"{where}.label: letters, digits, '_', '-' or '.' only, got {label!r}")
+        if label in RESERVED_LABELS:
+            raise ConfigError(f"{where}.label: {label!r} is reserved (the directory of the tuning pilot runs); "
+                              "choose another label")
         options = validate_options(entry.options, item.get("options"), f"{where}.options")
-        specs.append(OptimizerSpec(entry.name, label, lr, options))
+        specs.append(OptimizerSpec(entry.name, label, lr, options, tune))
     labels = [s.label for s in specs]
     duplicated = sorted({x for x in labels if labels.count(x) > 1})
     if duplicated:
         raise ConfigError(f"optimizers: label {duplicated[0]!r} is used twice; give each entry a distinct label")
     return tuple(specs)
+
+
+def _parse_tune(section: Any, where: str) -> TuneSpec | None:
+    """``tune: {lr: [grid], steps: N, seeds: [..] or k}``; null or absent: no tuning."""
+    if section is None:
+        return None
+    _reject_unknown(section, TUNE_KEYS, where)
+    grid = section.get("lr")
+    if grid is None:
+        raise ConfigError(f"{where}.lr: a grid of learning rates is required, e.g. [0.001, 0.01, 0.1]")
+    if not isinstance(grid, list) or not grid:
+        raise ConfigError(f"{where}.lr: expected a non-empty list of learning rates, got {grid!r}")
+    values = tuple(coerce_option(LR, value, f"{where}.lr[{i}]") for i, value in enumerate(grid))
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{where}.lr: grid values must be distinct, {repeated[0]!r} is given twice")
+    steps = coerce_option(TUNE_STEPS, section.get("steps"), f"{where}.steps")
+    seeds = _parse_seeds(section.get("seeds"), f"{where}.seeds")
+    return TuneSpec(values, steps, seeds)
 
 
 def _parse_diagnostics(section: Any, registry: Registry, labels: list[str]) -> tuple[DiagnosticSpec, ...]:

@@ -44,7 +44,7 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     """Execute one run and return its result; never raises for a diverged or failing run."""
     spec = plan.optimizer
     result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
-                       versions=_versions(plugins))
+                       lr=spec.lr, versions=_versions(plugins))
     Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
     logger = RunLogger(plan.run_dir)
     hook = plugins.manager.hook
@@ -82,6 +82,8 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger) -> RunContext:
     logger.config(config.to_dict())
     logger.hparams(_hparams(plan))
     logger.layout()
+    for tag, markdown in plan.texts:
+        logger.text(tag, markdown)
     context = RunContext(plan, model, optimizer, logger)
     eval_batch = task.sample(config.eval.batch_size, generator(config.eval.seed))
     diagnostics = [(spec.name, build_diagnostic(spec, registry)) for spec in config.diagnostics

@@ -1,5 +1,9 @@
 """An experiment: every (optimizer entry x seed) run, executed in parallel worker processes.
 
+Optimizer entries with a ``tune`` section first get their learning rate tuned (the paper's protocol:
+best of a grid per setting and optimizer): phase 1 runs short pilot runs for every grid value and
+pilot seed, the lr with the lowest mean final eval loss is kept, and phase 2 runs every seed with it.
+
 Workers are spawned processes with one torch thread each (two OpenMP threads fighting over two
 cores are slower than one thread each). They report progress through a queue and stop cleanly when
 the driver sets the stop event (Ctrl-C reaches only the driver; workers ignore SIGINT).
@@ -8,6 +12,8 @@ the driver sets the stop event (Ctrl-C reaches only the driver; workers ignore S
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -16,7 +22,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import yaml
@@ -25,9 +31,10 @@ from .config import ExperimentConfig
 from .engine import Report, train, write_json
 from .errors import TestbedError
 from .plugins import Plugins, load_plugins
-from .run import RunPlan, RunResult
+from .run import RunPlan, RunResult, format_lr
 
 RESULTS_FILE = "results.json"
+TUNING_DIR = "tuning"  # <experiment>/tuning/<label>/lr-<lr>/seed-<s>: the pilot runs
 
 
 @dataclass
@@ -44,11 +51,37 @@ class SummaryRow:
 
 
 @dataclass
+class Tuning:
+    """The learning-rate tuning of one optimizer entry: its pilot runs and the lr it chose."""
+
+    label: str
+    grid: tuple[float, ...]
+    steps: int
+    seeds: tuple[int, ...]
+    pilots: list[RunResult]
+    chosen_lr: float | None  # None: tuning was interrupted
+    note: str | None = None
+
+    def scores(self) -> dict[float, float]:
+        """Grid lr -> mean final eval loss over its pilots (inf: a pilot diverged, failed or did not run)."""
+        return {lr: pilot_score([p for p in self.pilots if p.lr == lr]) for lr in self.grid}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": list(self.grid), "steps": self.steps, "seeds": list(self.seeds),
+            "pilots": [{"lr": p.lr, "seed": p.seed, "status": p.status, "final_eval_loss": p.final_eval_loss}
+                       for p in self.pilots],
+            "chosen_lr": self.chosen_lr, "note": self.note,
+        }
+
+
+@dataclass
 class ExperimentOutcome:
     directory: Path
     status: str  # complete | interrupted
     wall_seconds: float
     results: list[RunResult] = field(default_factory=list)
+    tuning: dict[str, Tuning] = field(default_factory=dict)  # optimizer label -> its lr tuning
 
     def summary(self) -> list[SummaryRow]:
         return summarize(self.results)
@@ -78,39 +111,180 @@ def plan_runs(config: ExperimentConfig, logdir: Path) -> list[RunPlan]:
             for seed in config.train.seeds for spec in config.optimizers]
 
 
+def plan_pilots(config: ExperimentConfig, logdir: Path) -> list[RunPlan]:
+    """The pilot runs of learning-rate tuning: every tuned optimizer entry x grid lr x pilot seed.
+    A pilot's config is the experiment's with only that optimizer (at that lr), the pilot length and
+    seeds, and no diagnostics; its directory is <experiment>/tuning/<label>/lr-<lr>/seed-<s>."""
+    directory = logdir / config.name / TUNING_DIR
+    plans = []
+    for spec in config.optimizers:
+        if spec.tune is None:
+            continue
+        train = dataclasses.replace(config.train, steps=spec.tune.steps or config.train.steps,
+                                    seeds=spec.tune.seeds)
+        for lr in spec.tune.lr:
+            optimizer = dataclasses.replace(spec, lr=lr, tune=None)
+            pilot_config = dataclasses.replace(config, optimizers=(optimizer,), train=train, diagnostics=())
+            plans += [RunPlan(pilot_config, optimizer, seed,
+                              str(directory / spec.label / f"lr-{format_lr(lr)}" / f"seed-{seed}"), pilot=True)
+                      for seed in spec.tune.seeds]
+    return plans
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Handed to ``run_experiment``'s ``on_phase`` when a phase starts."""
+
+    name: str  # "tuning" (the pilot runs) or "main"
+    plans: list[RunPlan]
+    tuning: dict[str, Tuning]  # the finished tuning, by optimizer label (empty in the tuning phase)
+
+    @property
+    def steps_per_run(self) -> int:
+        return round(statistics.fmean(plan.config.train.steps for plan in self.plans)) if self.plans else 0
+
+
 def run_experiment(config: ExperimentConfig, plugins: Plugins, logdir: str | Path,
-                   report: Report = lambda event: None, workers: int | None = None) -> ExperimentOutcome:
-    """Run every run of ``config`` and write ``results.json``. Worker processes load the plugins
-    the way the driver did (entry points and $TESTBED_PLUGINS); in-process ``extra`` plugins
+                   report: Report = lambda event: None, workers: int | None = None,
+                   on_phase: Callable[[Phase], None] = lambda phase: None) -> ExperimentOutcome:
+    """Run every run of ``config`` (after the pilot runs of learning-rate tuning, if any optimizer
+    entry has a tune section) and write ``results.json``. ``report`` receives the engine events of
+    every run, pilots included; ``on_phase`` is called as each phase starts. Worker processes load the
+    plugins the way the driver did (entry points and $TESTBED_PLUGINS); in-process ``extra`` plugins
     therefore need ``workers=1``."""
     logdir = Path(logdir)
     directory = logdir / config.name
-    plans = plan_runs(config, logdir)
-    try:
-        _prepare(directory, plans, config)
-    except OSError as exc:
-        raise TestbedError(f"cannot prepare the log directory {str(directory)!r}: {exc}") from None
-    count = min(workers or config.workers or os.cpu_count() or 1, len(plans))
+    pilots, plans = plan_pilots(config, logdir), plan_runs(config, logdir)
+    _prepare(directory, pilots + plans, config)
+    workers = workers or config.workers
     started = time.perf_counter()
-    if count == 1:
-        results, interrupted = _run_in_process(plans, plugins, report)
+    tuning: dict[str, Tuning] = {}
+    interrupted = False
+    if pilots:
+        on_phase(Phase("tuning", pilots, {}))
+        pilot_results, interrupted = _execute(pilots, plugins, report, workers)
+        tuning = collect_tuning(config, pilot_results, interrupted)
+    if interrupted:  # during tuning: no main run starts
+        results = [_not_run(plan) for plan in plans]
+        for result in results:
+            if result.label in tuning:
+                result.lr = None  # never chosen
     else:
-        results, interrupted = _run_in_pool(plans, count, report)
+        if tuning:
+            plans = apply_tuning(plans, tuning)
+            _prepare(directory, plans, config, clean=False)  # their config.yaml now has the chosen lr
+        on_phase(Phase("main", plans, tuning))
+        results, interrupted = _execute(plans, plugins, report, workers)
     outcome = ExperimentOutcome(directory, "interrupted" if interrupted else "complete",
-                                time.perf_counter() - started, results)
+                                time.perf_counter() - started, results, tuning)
     write_results(outcome, config, plugins)
     return outcome
 
 
-def _prepare(directory: Path, plans: list[RunPlan], config: ExperimentConfig) -> None:
+def _execute(plans: list[RunPlan], plugins: Plugins, report: Report,
+             workers: int | None) -> tuple[list[RunResult], bool]:
+    count = min(workers or os.cpu_count() or 1, len(plans))
+    if count == 1:
+        return _run_in_process(plans, plugins, report)
+    return _run_in_pool(plans, count, report)
+
+
+def _prepare(directory: Path, plans: list[RunPlan], config: ExperimentConfig, clean: bool = True) -> None:
     """Start from clean run directories: stale event files would mix old and new curves, and a
-    stale results.json would look like the result of this attempt."""
-    (directory / RESULTS_FILE).unlink(missing_ok=True)
-    for plan in plans:
-        shutil.rmtree(plan.run_dir, ignore_errors=True)
-        Path(plan.run_dir).mkdir(parents=True)
-        (Path(plan.run_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    stale results.json would look like the result of this attempt. Each run directory gets the
+    config of its run; the experiment's directory gets the experiment's."""
+    try:
+        if clean:
+            (directory / RESULTS_FILE).unlink(missing_ok=True)
+            shutil.rmtree(directory / TUNING_DIR, ignore_errors=True)  # pilots of earlier attempts
+        for plan in plans:
+            if clean:
+                shutil.rmtree(plan.run_dir, ignore_errors=True)
+            Path(plan.run_dir).mkdir(parents=True, exist_ok=not clean)
+            (Path(plan.run_dir) / "config.yaml").write_text(yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+        (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    except OSError as exc:
+        raise TestbedError(f"cannot prepare the log directory {str(directory)!r}: {exc}") from None
+
+
+# ------------------------------------------------------------------ learning-rate tuning
+def pilot_score(pilots: Sequence[RunResult]) -> float:
+    """Mean final eval loss of one grid lr's pilots; +inf if any of them did not complete with a
+    finite loss (diverged, failed, interrupted) or there are none."""
+    losses = [p.final_eval_loss for p in pilots]
+    if not pilots or any(p.status != "completed" or loss is None or not math.isfinite(loss)
+                         for p, loss in zip(pilots, losses)):
+        return math.inf
+    return statistics.fmean(losses)
+
+
+def select_lr(scores: Mapping[float, float]) -> tuple[float, str | None]:
+    """The lr with the lowest score (ties: the smaller lr). A NaN score counts as +inf; if every
+    score is +inf the smallest lr is chosen, with the note "all pilots diverged"."""
+    if not scores:
+        raise ValueError("select_lr needs at least one grid value")
+    clean = {lr: (math.inf if math.isnan(score) else score) for lr, score in scores.items()}
+    best = min(sorted(clean), key=clean.__getitem__)  # min keeps the first (smallest) of equal scores
+    if math.isinf(clean[best]):
+        return min(clean), "all pilots diverged"
+    return best, None
+
+
+def collect_tuning(config: ExperimentConfig, pilots: list[RunResult], interrupted: bool) -> dict[str, Tuning]:
+    """Group the pilot results by optimizer label and choose each lr (none if interrupted)."""
+    tuning = {}
+    for spec in config.optimizers:
+        if spec.tune is None:
+            continue
+        own = [p for p in pilots if p.label == spec.label]
+        record = Tuning(spec.label, spec.tune.lr, spec.tune.steps or config.train.steps, spec.tune.seeds,
+                        own, None, "tuning interrupted" if interrupted else None)
+        if not interrupted:
+            record.chosen_lr, record.note = select_lr(record.scores())
+        tuning[spec.label] = record
+    return tuning
+
+
+def apply_tuning(plans: list[RunPlan], tuning: Mapping[str, Tuning]) -> list[RunPlan]:
+    """The main runs with each tuned optimizer's chosen lr, in the optimizer spec and in the config
+    the run logs, and the tuning table as the run's `tuning` text in TensorBoard."""
+    if not plans:
+        return plans
+    config = plans[0].config
+    chosen = lambda spec: (dataclasses.replace(spec, lr=tuning[spec.label].chosen_lr)  # noqa: E731
+                           if spec.label in tuning else spec)
+    resolved = dataclasses.replace(config, optimizers=tuple(chosen(spec) for spec in config.optimizers))
+    texts = {label: (("tuning", tuning_markdown(record)),) for label, record in tuning.items()}
+    return [dataclasses.replace(plan, config=resolved, optimizer=chosen(plan.optimizer),
+                                texts=plan.texts + texts.get(plan.optimizer.label, ()))
+            for plan in plans]
+
+
+def tuning_markdown(tuning: Tuning) -> str:
+    """The grid against the mean pilot final eval loss, the chosen lr marked (TensorBoard text)."""
+    seeds = ", ".join(map(str, tuning.seeds))
+    lines = [f"Learning rate tuned on pilot runs of {tuning.steps} steps (seeds {seeds}): "
+             "the grid value with the lowest mean final eval loss.", ""]
+    if tuning.note:
+        lines += [f"**{tuning.note}**", ""]
+    lines += ["| lr | mean pilot final eval loss | |", "| --- | --- | --- |"]
+    for lr, score in sorted(tuning.scores().items()):
+        loss = f"{score:.4e}" if math.isfinite(score) else "diverged or failed"
+        lines.append(f"| {format_lr(lr)} | {loss} | {'**chosen**' if lr == tuning.chosen_lr else ''} |")
+    return "\n".join(lines)
+
+
+def describe_tuning(tuning: Tuning) -> str:
+    """One line for the terminal: "tuned sgd: lr 0.05 (best of 10; pilot loss 1.2e-02)"."""
+    if tuning.chosen_lr is None:
+        return f"tuning {tuning.label}: interrupted"
+    score = tuning.scores()[tuning.chosen_lr]
+    detail = f"pilot loss {score:.1e}" if math.isfinite(score) else tuning.note
+    for status in ("diverged", "failed"):
+        count = sum(p.status == status for p in tuning.pilots)
+        if count and math.isfinite(score):
+            detail += f"; {count} of {len(tuning.pilots)} pilots {status}"
+    return f"tuned {tuning.label}: lr {format_lr(tuning.chosen_lr)} (best of {len(tuning.grid)}; {detail})"
 
 
 def _run_in_process(plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
@@ -190,7 +364,7 @@ def _outcome(future: cf.Future, plan: RunPlan) -> RunResult:
     if error is None:
         return future.result()
     return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, "failed", 0,
-                     plan.run_dir, 0.0, error=f"{type(error).__name__}: {error}")
+                     plan.run_dir, 0.0, lr=plan.optimizer.lr, error=f"{type(error).__name__}: {error}")
 
 
 def _drain(queue, report: Report) -> None:
@@ -204,7 +378,7 @@ def _drain(queue, report: Report) -> None:
 
 def _not_run(plan: RunPlan) -> RunResult:
     return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, "interrupted", 0,
-                     plan.run_dir, 0.0, error="not started")
+                     plan.run_dir, 0.0, lr=plan.optimizer.lr, error="not started")
 
 
 # ------------------------------------------------------------------ results
@@ -220,6 +394,7 @@ def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins:
         "config": config.to_dict(),
         "summary": [row.__dict__ for row in outcome.summary()],
         "runs": [r.__dict__ for r in outcome.results],
+        **({"tuning": {label: t.to_dict() for label, t in outcome.tuning.items()}} if outcome.tuning else {}),
     })
     return path
 

@@ -13,17 +13,28 @@ from .tblog import RunLogger
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 
 
+def format_lr(lr: float) -> str:
+    """A learning rate, compact but exact: 0.02, 1e-05, 1e+06 (the repr where %g would round)."""
+    short = f"{lr:g}"
+    return short if float(short) == lr else repr(lr)
+
+
 @dataclass(frozen=True)
 class RunPlan:
-    """One (optimizer entry x seed) of an experiment."""
+    """One (optimizer entry x seed) of an experiment, or one pilot run of learning-rate tuning."""
 
     config: ExperimentConfig
     optimizer: OptimizerSpec
     seed: int
     run_dir: str
+    pilot: bool = False  # a tuning pilot: config and optimizer are the pilot's (lr = one grid value)
+    texts: tuple[tuple[str, str], ...] = ()  # extra TensorBoard text entries (tag, markdown) at step 0
 
     @property
     def key(self) -> str:
+        """Unique within an experiment; mirrors the run directory below the experiment's."""
+        if self.pilot:
+            return f"tuning/{self.optimizer.label}/lr-{format_lr(self.optimizer.lr)}/seed-{self.seed}"
         return f"{self.optimizer.label}/seed-{self.seed}"
 
 
@@ -65,6 +76,7 @@ class RunResult:
     steps_done: int
     run_dir: str
     seconds: float
+    lr: float | None = None  # the learning rate the run used (after tuning, the chosen one)
     final_eval_loss: float | None = None
     best_eval_loss: float | None = None
     diverged_at: int | None = None
