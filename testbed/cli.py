@@ -142,6 +142,61 @@ def list_command(kind: str) -> None:
 
 
 @main.command()
+@click.argument("directories", nargs=-1, required=True, metavar="DIR...")
+@click.option("--out", default="report", show_default=True, help="Directory to write the report into.")
+@click.option("--steps", default="750,1250", show_default=True,
+              help="Steps of the R_med ratio table, comma-separated (the paper's: 750 and 1250).")
+def report(directories: tuple[str, ...], out: str, steps: str) -> None:
+    """Write a report (report.md, index.html, figures) for the experiments under DIR..."""
+    from .report import make_report
+
+    try:
+        table_steps = tuple(int(s) for s in steps.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers", param_hint="--steps") from None
+    directory, claims = make_report(list(directories), out, table_steps)
+    for claim in claims:
+        click.echo(f"{claim.verdict:>13}  {claim.title}")
+    click.echo(f"report: {directory / 'report.md'} and {directory / 'index.html'}")
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="A shrunk profile of every experiment: minutes, not hours.")
+@click.option("--out", default="reproduction", show_default=True, help="Directory for the runs and the report.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
+@click.option("--suite", default=None, help="Directory of experiment files (default: the repository's examples/paper).")
+def reproduce(quick: bool, out: str, workers: int | None, suite: str | None) -> None:
+    """Run the paper's suite (examples/paper) and write the report with the claims checked."""
+    from .reproduce import SUITE
+    from .reproduce import reproduce as run_suite
+
+    plugins = load_plugins()
+    plugins.require_healthy()
+    progress: Progress | None = None
+
+    def start(config) -> Progress:
+        nonlocal progress
+        if progress is not None:
+            progress.close()
+        runs = len(config.optimizers) * len(config.train.seeds)
+        click.echo(f"experiment {config.name}: {runs} runs, {config.train.steps} steps each")
+        progress = Progress(runs, config.train.steps)
+        return progress
+
+    try:
+        outcomes, directory, claims = run_suite(plugins, out, quick=quick, workers=workers, on_experiment=start,
+                                                suite=Path(suite) if suite else SUITE)
+    finally:
+        if progress is not None:
+            progress.close()
+    seconds = sum(o.wall_seconds for o in outcomes)
+    click.echo(f"{len(outcomes)} experiments in {seconds:.0f} s")
+    for claim in claims:
+        click.echo(f"{claim.verdict:>13}  {claim.title}")
+    click.echo(f"report: {directory / 'report.md'} and {directory / 'index.html'}")
+
+
+@main.command()
 @click.option("--budget", default=2.0, show_default=True, help="Seconds of timed steps per side and round.")
 @click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
 @click.option("--noise-samples", default=10_000, show_default=True,

@@ -85,13 +85,14 @@ def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]
     return section
 
 
-def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...] = (750, 1250)) -> tuple[Path, list[Claim]]:
+def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...] = (750, 1250),
+                smoothness_from: int = 250) -> tuple[Path, list[Claim]]:
     """Write report.md, index.html and figures/*.png under ``out`` for the experiments under
     ``paths``; return the report directory and the claims."""
     experiments = find_experiments(paths)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     sections = [experiment_section(e, out, steps) for e in experiments]
-    claims = check_claims(experiments, steps)
+    claims = check_claims(experiments, steps, smoothness_from)
     write(out, "testbed report", sections, claims)
     return out, claims

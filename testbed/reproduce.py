@@ -1,0 +1,80 @@
+"""`testbed reproduce`: run the paper's suite (examples/paper/*.yaml), then the report.
+
+The full profile is the paper's protocol as the suite's files state it. The quick profile shrinks
+every experiment (steps, batch, seeds, tuning grids and diagnostic budgets) so that the whole suite
+finishes in minutes on 2 cores: a smoke test of the pipeline, not a reproduction.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ExperimentConfig, load_yaml, parse_config
+from .errors import TestbedError
+from .experiment import ExperimentOutcome, run_experiment
+from .plugins import Plugins
+from .report import make_report
+from .report.claims import Claim
+
+SUITE = Path(__file__).resolve().parent.parent / "examples" / "paper"
+
+# The quick profile: caps on the training section, and fixed evaluation and diagnostic budgets.
+QUICK_TRAIN = {"steps": 150, "batch_size": 200}
+QUICK_EVAL = {"every": 50, "batch_size": 200}
+QUICK_DIAGNOSTICS = {
+    "gradient_noise": {"samples": 100, "full_batch": 1000},
+    "robust_condition_number": {"every": 50, "stop": 101},
+    "directional_smoothness": {"every": 25},
+    "generalized_smoothness": {"stop": 50},
+    "sharpness": {"every": 50, "iterations": 10},
+}
+QUICK_TUNING = {"steps": 30, "seeds": [0]}
+
+
+def quick_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    train = raw.setdefault("train", {})
+    for key, cap in QUICK_TRAIN.items():
+        train[key] = min(int(train.get(key, cap)), cap)
+    seeds = train.get("seeds", [0])
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    train["seeds"] = seeds[:2]  # seeds 0 and 1 (diagnostics the paper measures on seed 1 keep their run)
+    raw["eval"] = {**raw.get("eval", {}), **QUICK_EVAL}
+    for entry in raw.get("optimizers", []):
+        if isinstance(entry, dict) and isinstance(entry.get("tune"), dict):
+            grid = list(entry["tune"].get("lr", []))
+            entry["tune"] = {**entry["tune"], **QUICK_TUNING,
+                             "lr": sorted({grid[0], grid[len(grid) // 2], grid[-1]}) if grid else grid}
+    for entry in raw.get("diagnostics", []) or []:
+        if isinstance(entry, dict) and entry.get("name") in QUICK_DIAGNOSTICS:
+            entry["options"] = {**(entry.get("options") or {}), **QUICK_DIAGNOSTICS[entry["name"]]}
+    return raw
+
+
+def suite_configs(plugins: Plugins, suite: Path = SUITE, quick: bool = False) -> list[ExperimentConfig]:
+    """Every experiment of the suite, validated before anything runs."""
+    files = sorted(Path(suite).glob("*.yaml"))
+    if not files:
+        raise TestbedError(f"no experiment files in {suite}")
+    configs = []
+    for path in files:
+        raw = load_yaml(path)
+        configs.append(parse_config(quick_profile(raw) if quick else raw, plugins.registry, default_name=path.stem))
+    return configs
+
+
+def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: int | None = None,
+              suite: Path = SUITE, on_experiment: Callable[[ExperimentConfig], Any] = lambda config: None,
+              ) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
+    out = Path(out)
+    configs = suite_configs(plugins, suite, quick)
+    outcomes = []
+    for config in configs:
+        report = on_experiment(config) or (lambda event: None)
+        outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers))
+    # The quick profile is too short for the paper's table steps and the DS window from step 250.
+    steps = (50, 100) if quick else (750, 1250)
+    directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250)
+    return outcomes, directory, claims

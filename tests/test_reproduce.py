@@ -1,0 +1,50 @@
+"""`testbed reproduce`: every suite file validates in both profiles; a --quick smoke run of one
+experiment through to the report."""
+
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from testbed.cli import main
+from testbed.reproduce import SUITE, quick_profile, suite_configs
+
+
+def test_the_suite_validates_in_both_profiles(registry):
+    from testbed.plugins import load_plugins
+
+    plugins = load_plugins()
+    full, quick = suite_configs(plugins), suite_configs(plugins, quick=True)
+    names = {c.name.removeprefix("paper_") for c in full}
+    assert {"setting1", "setting2", "setting3", "spherical", "softmax", "larger_model", "nonlinear",
+            "depth_L2", "depth_L8", "generalized_smoothness_setting1"} <= names
+    assert [c.name for c in quick] == [c.name for c in full]
+    for small, large in zip(quick, full):
+        assert small.train.steps <= min(150, large.train.steps)
+        assert len(small.train.seeds) <= 2
+
+
+def test_quick_profile_shrinks_budgets_and_keeps_seed_one():
+    raw = {"train": {"steps": 10000, "batch_size": 1000, "seeds": 6},
+           "optimizers": [{"name": "sgd", "tune": {"lr": [0.1, 0.2, 0.3, 0.4], "steps": 2000}}],
+           "diagnostics": [{"name": "gradient_noise", "seeds": [1]}, {"name": "robust_condition_number"}]}
+    quick = quick_profile(raw)
+    assert quick["train"] == {"steps": 150, "batch_size": 200, "seeds": [0, 1]}
+    assert quick["optimizers"][0]["tune"] == {"lr": [0.1, 0.3, 0.4], "steps": 30, "seeds": [0]}
+    assert quick["diagnostics"][0]["options"] == {"samples": 100, "full_batch": 1000}
+    assert raw["train"]["steps"] == 10000  # the input is left alone
+
+
+def test_reproduce_quick_smoke(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(SUITE / "setting1.yaml", suite)
+    result = CliRunner().invoke(main, ["reproduce", "--quick", "--suite", str(suite), "--out", str(tmp_path / "out"),
+                                       "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    report = Path(tmp_path / "out" / "report")
+    assert (report / "index.html").exists()
+    assert (tmp_path / "out" / "runs" / "paper_setting1" / "results.json").exists()
+    assert {p.name for p in (report / "figures").iterdir()} >= {
+        f"paper_setting1-{kind}.png" for kind in ("loss", "noise", "rmed", "ds")}
+    assert "holds  Adam reaches a lower eval loss than SGD with momentum" in result.output
