@@ -201,7 +201,7 @@ def test_plugins():
     assert "optimizers  (testbed 0.1.0, testbed_std.optimizers)" in out
     assert "tasks  (testbed 0.1.0, testbed_std.tasks)" in out
     assert "optimizers: adam, adamw, sgd, torch" in out
-    assert "tasks: anisotropic, gamma, gaussian, spherical, student_t" in out
+    assert "tasks: anisotropic, gamma, gaussian, nonlinear, spherical, student_t" in out
     assert "FAILED" not in out
 
 
@@ -355,7 +355,7 @@ def test_plugins_lists_a_broken_plugin_and_the_others(plugin_module):
     failure = out.splitlines()[line + 1]
     assert "FAILED" in failure and "RuntimeError: boom: a dependency is missing" in failure
     assert "optimizers: adam, adamw, sgd, torch" in out  # the others still load
-    assert "tasks: anisotropic, gamma, gaussian, spherical, student_t" in out
+    assert "tasks: anisotropic, gamma, gaussian, nonlinear, spherical, student_t" in out
 
     rows = {row["name"]: row for row in json.loads(invoke("plugins", "--json").stdout)}
     assert rows["broken_test_plugin"]["error"] == "RuntimeError: boom: a dependency is missing"
