@@ -15,7 +15,8 @@ from testbed.registry import Registry
 from testbed_std import tasks
 
 D, N = 5, 20
-NAMES = ["gaussian", "spherical", "gamma", "student_t", "anisotropic"]
+NAMES = ["gaussian", "spherical", "gamma", "student_t", "anisotropic", "nonlinear"]
+LINEAR = [name for name in NAMES if name != "nonlinear"]  # labels linear in x itself
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_each_prompt_draws_its_own_w_and_x(registry):
     assert not torch.allclose(w[0], w[1])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", LINEAR)
 def test_noiseless_labels_are_exactly_linear(registry, name):
     batch = make(registry, name).sample(200, gen())
     w, res = fit(batch)
@@ -222,6 +223,98 @@ def test_anisotropic_without_rotation_is_diagonal(registry):
     assert torch.equal(task.U, torch.eye(D))
     expected = torch.diag(torch.tensor(spectrum, dtype=torch.float64))
     assert torch.allclose(empirical_cov(task), expected, atol=0.04)
+
+
+# --- nonlinear teacher -----------------------------------------------------------------------------
+
+
+def test_nonlinear_teacher_is_fixed_by_seed(registry):
+    a, b = make(registry, "nonlinear", teacher_seed=3), make(registry, "nonlinear", teacher_seed=3)
+    ya, yb = a.sample(16, gen(5)).y, b.sample(16, gen(5)).y
+    assert torch.equal(ya, yb)  # same seed, same generator state: identical labels
+    c = make(registry, "nonlinear", teacher_seed=4)
+    assert not torch.equal(a.W1, c.W1)
+    assert not torch.allclose(c.sample(16, gen(5)).y, ya)  # same x and w, another teacher
+    # The teacher draws nothing from the sampling stream.
+    assert torch.equal(c.sample(16, gen(5)).x, a.sample(16, gen(5)).x)
+    # Sampling does not move the teacher: the same phi for train and eval.
+    w1 = a.W1.clone()
+    a.sample(10, gen())
+    assert torch.equal(a.W1, w1)
+
+
+def test_nonlinear_teacher_uses_nn_linear_init_law(registry):
+    task = make(registry, "nonlinear", hidden=400, teacher_seed=1)
+    assert task.W1.shape == (400, D) and task.b1.shape == (400,)
+    assert task.W2.shape == (D, 400) and task.b2.shape == (D,)
+    for t, fan_in in ((task.W1, D), (task.b1, D), (task.W2, 400), (task.b2, 400)):
+        bound = 1 / math.sqrt(fan_in)
+        assert t.dtype == torch.float32 and t.abs().max().item() <= bound
+    # 2000 weights of W1 (and of W2) against U(-bound, bound).
+    for t, fan_in in ((task.W1, D), (task.W2, 400)):
+        bound = 1 / math.sqrt(fan_in)
+        law = scipy.stats.uniform(-bound, 2 * bound)
+        assert scipy.stats.kstest(t.flatten().double().numpy(), law.cdf).pvalue > 0.01
+
+
+def test_nonlinear_phi_is_a_relu_mlp(registry):
+    task = make(registry, "nonlinear", hidden=7, teacher_seed=2)
+    layer1, layer2 = torch.nn.Linear(D, 7), torch.nn.Linear(7, D)
+    with torch.no_grad():
+        layer1.weight.copy_(task.W1), layer1.bias.copy_(task.b1)
+        layer2.weight.copy_(task.W2), layer2.bias.copy_(task.b2)
+    x = torch.randn(3, 4, D, generator=gen())
+    with torch.no_grad():
+        assert torch.allclose(task.phi(x), layer2(torch.relu(layer1(x))), atol=1e-6)
+
+
+def fit_on(features: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt least squares of y on the given features: (coefficients (B, d), residuals (B, n+1))."""
+    f, y = features.double(), y.double().unsqueeze(-1)
+    w = torch.linalg.lstsq(f, y).solution
+    return w.squeeze(-1), (y - f @ w).squeeze(-1)
+
+
+def test_nonlinear_labels_are_linear_in_phi_not_in_x(registry):
+    task = make(registry, "nonlinear")
+    assert (task.hidden, task.teacher_seed) == (10, 0)
+    batch = task.sample(500, gen())
+    feats = task.phi(batch.x)
+    w, res = fit_on(feats, batch.y)
+    scale = feats.double().norm(dim=(1, 2)) * w.norm(dim=-1)
+    assert (res.norm(dim=-1) <= 1e-5 * scale).all()  # exactly <w, phi(x)> up to float32 round-off
+    # The recovered w is the prompt's own N(0, I) draw: recompute it from the same stream.
+    g = gen()
+    x = task.covariates(500, g)
+    w_true = torch.randn(500, D, 1, generator=g).squeeze(-1)
+    assert torch.equal(x, batch.x)
+    assert torch.allclose(w.float(), w_true, atol=1e-3)
+    # Not linear in x: the least-squares fit on x leaves a clearly non-zero residual in every prompt.
+    _, res_x = fit_on(batch.x, batch.y)
+    rel = res_x.norm(dim=-1) / batch.y.double().norm(dim=-1)
+    assert rel.median().item() > 0.3 and (rel > 0.05).all()  # measured: median 0.68, min 0.20
+
+
+def test_nonlinear_label_noise(registry):
+    s = 0.3
+    task = make(registry, "nonlinear", label_noise=s)
+    batch = task.sample(4000, gen())
+    _, res = fit_on(task.phi(batch.x), batch.y)
+    s_hat = math.sqrt(res.pow(2).sum().item() / (res.shape[0] * (N + 1 - D)))
+    assert s_hat == pytest.approx(s, rel=0.02)
+
+
+def test_nonlinear_option_validation(registry):
+    options = registry.entries["task"]["nonlinear"].options
+    assert validate_options(options, None, "task") == {"hidden": 10, "teacher_seed": 0, "label_noise": 0.0}
+    assert validate_options(options, {"hidden": 30.0}, "task")["hidden"] == 30
+    for bad in ({"hidden": 0}, {"hidden": 2.5}, {"hidden": True}, {"teacher_seed": -1}, {"teacher_seed": "a"},
+                {"label_noise": -0.1}, {"hiden": 5}):
+        with pytest.raises(ConfigError):
+            validate_options(options, bad, "task")
+    for bad in ({"hidden": 0}, {"hidden": 2.0}, {"teacher_seed": -1}):
+        with pytest.raises(ValueError, match="must be an integer"):
+            tasks.NonlinearTask(D, N, **bad)
 
 
 # --- validation ----------------------------------------------------------------------------------

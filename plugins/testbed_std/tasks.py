@@ -2,7 +2,8 @@
 
 Every task shares the label law: each prompt draws its own ``w ~ N(0, I_d)`` and labels
 ``y_i = <w, x_i> (+ N(0, label_noise^2))`` for its ``n`` context tokens and its query; a task only
-says how its ``n+1`` covariates are drawn. All randomness comes from the generator handed to
+says how its ``n+1`` covariates are drawn (and, for ``nonlinear``, which fixed features ``phi(x)``
+the labels are linear in: ``y_i = <w, phi(x_i)>``). All randomness comes from the generator handed to
 ``sample`` (the engine owns every stream), and the tensors live on that generator's device.
 """
 
@@ -35,13 +36,17 @@ class LinearRegressionTask(Task):
         """Covariates of ``batch_size`` prompts, shape ``(B, n+1, d)``, float32."""
         raise NotImplementedError
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the labels are linear in, shape ``(B, n+1, d)``: ``x`` itself unless overridden."""
+        return x
+
     def _randn(self, *shape: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         x = self.covariates(batch_size, generator)
         w = self._randn(batch_size, self.d, 1, generator=generator)
-        y = torch.bmm(x, w).squeeze(-1)  # (B, n+1): one batched matmul, the hot path
+        y = torch.bmm(self.features(x), w).squeeze(-1)  # (B, n+1): one batched matmul, the hot path
         if self.label_noise > 0:  # no draw at all when noiseless: keeps the default stream minimal
             y = y + self.label_noise * self._randn(batch_size, self.n + 1, generator=generator)
         return Batch(x, y)
@@ -181,6 +186,50 @@ class AnisotropicTask(LinearRegressionTask):
         return z @ self._transform
 
 
+class NonlinearTask(GaussianTask):
+    """x ~ N(0, I_d), labels ``y = <w, phi(x)>`` with a fixed random ReLU teacher MLP phi: d -> hidden -> d.
+
+    The model still sees ``x``, not ``phi(x)``. The teacher is drawn once, at construction, from its
+    own generator seeded with ``teacher_seed`` (the same phi for train and eval, independent of the
+    sampling streams), with ``nn.Linear``'s default law: weights and biases U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)), drawn in the order W1, b1, W2, b2.
+    """
+
+    def __init__(
+        self, d: int, n: int, hidden: int = 10, teacher_seed: int = 0, label_noise: float = 0.0
+    ) -> None:
+        super().__init__(d, n, label_noise)
+        for name, value, low in (("hidden", hidden, 1), ("teacher_seed", teacher_seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.hidden, self.teacher_seed = hidden, teacher_seed
+        g = torch.Generator().manual_seed(teacher_seed)
+
+        def uniform(*shape: int, fan_in: int) -> torch.Tensor:
+            bound = 1.0 / math.sqrt(fan_in)
+            return (2.0 * torch.rand(shape, generator=g, dtype=torch.float32) - 1.0) * bound
+
+        # Row-vector convention: phi(x) = relu(x W1^T + b1) W2^T + b2, with nn.Linear's weight shapes.
+        self.W1, self.b1 = uniform(hidden, d, fan_in=d), uniform(hidden, fan_in=d)
+        self.W2, self.b2 = uniform(d, hidden, fan_in=hidden), uniform(d, fan_in=hidden)
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher on the last axis of ``x`` (any leading shape), on ``x``'s device and dtype."""
+        if self.W1.device != x.device:  # move once to the sampling device, then reuse
+            teacher = (self.W1, self.b1, self.W2, self.b2)
+            self.W1, self.b1, self.W2, self.b2 = (t.to(x.device) for t in teacher)
+        w1, b1, w2, b2 = (t.to(x.dtype) for t in (self.W1, self.b1, self.W2, self.b2))  # no-op for float32
+        return torch.relu(x @ w1.T + b1) @ w2.T + b2
+
+    features = phi
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(d={self.d}, n={self.n}, hidden={self.hidden}, "
+            f"teacher_seed={self.teacher_seed}, label_noise={self.label_noise})"
+        )
+
+
 def _random_orthogonal(d: int, seed: int) -> torch.Tensor:
     """A Haar-distributed orthogonal matrix (float64) from a generator seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)
@@ -229,6 +278,16 @@ def register_tasks(register) -> None:
             ),
             "rotation": Option(True, "Rotate the eigenbasis by a fixed random orthogonal U (else U = I)."),
             "rotation_seed": Option(0, "Seed of the generator that draws U once per task.", min=0),
+            **LABEL_NOISE,
+        },
+    )
+    register(
+        "nonlinear",
+        NonlinearTask,
+        doc="x ~ N(0, I_d), labels <w, phi(x)> with a fixed random ReLU teacher MLP phi: d -> hidden -> d.",
+        options={
+            "hidden": Option(10, "Hidden width of the teacher MLP (the paper's 5-10-5 for d = 5).", min=1),
+            "teacher_seed": Option(0, "Seed of the generator that draws the teacher once per task.", min=0),
             **LABEL_NOISE,
         },
     )
