@@ -82,9 +82,15 @@ def noise_ordering(experiments: list[Experiment]) -> Claim:
                  f"skewness: gamma {gamma:.2f} > gaussian {gaussian:.2f} > spherical {spherical:.2f}")
 
 
+def _setting1_shape(e: Experiment) -> bool:
+    """Gaussian data with d = 5, n = 20 and linear attention: the depth study's family."""
+    task = e.config["task"]
+    return e.task == "gaussian" and task["d"] == 5 and task["n"] == 20 and e.attention == "linear"
+
+
 def noise_depth(experiments: list[Experiment]) -> Claim:
-    shallow = [noise_skewness(e) for e in experiments if e.task == "gaussian" and e.layers in (2, 4)]
-    deep = [noise_skewness(e) for e in experiments if e.task == "gaussian" and e.layers in (6, 8)]
+    shallow = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (2, 4)]
+    deep = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (6, 8)]
     shallow, deep = [s for s in shallow if s is not None], [s for s in deep if s is not None]
     if not shallow or not deep:
         return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", UNMEASURED,
@@ -189,8 +195,7 @@ def spherical_vs_gamma(experiments: list[Experiment]) -> Claim:
 
 def depth(experiments: list[Experiment]) -> Claim:
     title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
-    by_depth = sorted(((e.layers, e) for e in experiments if e.task == "gaussian" and _pair(e)
-                       and e.config["task"]["d"] == 5 and e.attention == "linear"
+    by_depth = sorted(((e.layers, e) for e in experiments if _setting1_shape(e) and _pair(e)
                        and e.mean_final("sgd") and e.mean_final("adam")), key=lambda item: item[0])
     depths = sorted({layers for layers, _ in by_depth})
     if len(depths) < 2:
@@ -206,8 +211,12 @@ def depth(experiments: list[Experiment]) -> Claim:
 
 def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
     title = "Linear attention trains much faster than softmax attention (L = 3)"
-    linear = {e.task: e for e in experiments if e.attention == "linear" and e.layers == 3}
-    pairs = [(linear[e.task], e) for e in experiments if e.attention == "softmax" and e.layers == 3 and e.task in linear]
+    def key(e: Experiment) -> tuple:
+        task = e.config["task"]
+        return task["name"], task["d"], task["n"], e.layers
+
+    linear = {key(e): e for e in experiments if e.attention == "linear" and e.layers == 3}
+    pairs = [(linear[key(e)], e) for e in experiments if e.attention == "softmax" and e.layers == 3 and key(e) in linear]
     checks, evidence = [], []
     for lin, soft in pairs:
         for label in set(lin.labels) & set(soft.labels):
