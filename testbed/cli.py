@@ -99,7 +99,9 @@ def validate(config_path: str, overrides: tuple[str, ...], show: bool) -> None:
 
     _, config = _load_config(config_path, overrides)
     runs = len(config.optimizers) * len(config.train.seeds)
-    click.echo(f"{config_path}: valid; experiment {config.name}, {runs} runs")
+    pilots = len(plan_pilots(config, Path(".")))
+    tuning = f" after {pilots} learning-rate pilot runs" if pilots else ""
+    click.echo(f"{config_path}: valid; experiment {config.name}, {runs} runs{tuning}")
     if show:
         click.echo(yaml.safe_dump(config.to_dict(), sort_keys=False))
 

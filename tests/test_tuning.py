@@ -318,3 +318,11 @@ def test_cli_run_prints_the_tuned_lr_and_the_table(tmp_path):
     assert "run tuning/sgd/lr-0.05/seed-0 completed" in result.output  # pilots show in the progress
     assert result.output.index("tuned sgd:") < result.output.index("run sgd/seed-0 completed")
     assert (tmp_path / "runs" / "exp" / "tuning" / "sgd" / "lr-0.05" / "seed-0").is_dir()
+
+
+def test_validate_counts_the_pilot_runs(tmp_path):
+    config = tmp_path / "tuned.yaml"
+    config.write_text(yaml.safe_dump(raw_config()))
+    result = CliRunner().invoke(main, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "experiment exp, 4 runs after 3 learning-rate pilot runs" in result.output  # 3 grid values x seed 0
