@@ -12,7 +12,8 @@ import click
 from . import __version__
 from .config import apply_overrides, load_yaml, parse_config
 from .errors import TestbedError
-from .experiment import Phase, describe_tuning, format_table, plan_pilots, plan_runs, run_experiment
+from .experiment import Phase, format_table, plan_runs, run_experiment
+from .tuning import describe_tuning, plan_pilots
 from .plugins import load_plugins
 from .progress import Progress
 from .registry import KINDS

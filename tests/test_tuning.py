@@ -20,7 +20,8 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from testbed import ConfigError, hookimpl
 from testbed.cli import main
 from testbed.config import TuneSpec, parse_config
-from testbed.experiment import RESULTS_FILE, plan_pilots, plan_runs, run_experiment, select_lr
+from testbed.experiment import RESULTS_FILE, plan_runs, run_experiment
+from testbed.tuning import plan_pilots, select_lr
 from testbed.plugins import load_plugins
 from testbed.run import format_lr
 
