@@ -35,6 +35,28 @@ def _load_config(path: str, overrides: tuple[str, ...]):
     return plugins, parse_config(raw, plugins.registry, default_name=Path(path).stem)
 
 
+class PhaseProgress:
+    """A progress display per phase of an experiment (learning-rate pilots, then the main runs)."""
+
+    def __init__(self) -> None:
+        self.display: Progress | None = None
+
+    def start(self, phase: Phase) -> None:
+        self.close()
+        for tuning in phase.tuning.values():
+            click.echo(describe_tuning(tuning))
+        self.display = Progress(len(phase.plans), phase.steps_per_run)
+
+    def __call__(self, event: dict) -> None:
+        if self.display is not None:
+            self.display(event)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
+            self.display = None
+
+
 SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a config value, e.g. --set train.steps=500 (repeatable).")
 
@@ -61,22 +83,11 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
     if pilots:
         tuned = [spec.label for spec in config.optimizers if spec.tune is not None]
         click.echo(f"learning-rate tuning first: {len(pilots)} pilot runs for {', '.join(tuned)}")
-    progress: Progress | None = None
-
-    def start_phase(phase: Phase) -> None:  # one progress display per phase
-        nonlocal progress
-        if progress is not None:
-            progress.close()
-        for tuning in phase.tuning.values():
-            click.echo(describe_tuning(tuning))
-        progress = Progress(len(phase.plans), phase.steps_per_run)
-
+    progress = PhaseProgress()
     try:
-        outcome = run_experiment(config, plugins, logdir, report=lambda event: progress and progress(event),
-                                 workers=workers, on_phase=start_phase)
+        outcome = run_experiment(config, plugins, logdir, report=progress, workers=workers, on_phase=progress.start)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     click.echo("")
     click.echo(format_table(outcome.summary()))
     click.echo("")
@@ -175,23 +186,18 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None) -> 
 
     plugins = load_plugins()
     plugins.require_healthy()
-    progress: Progress | None = None
+    progress = PhaseProgress()
 
-    def start(config) -> Progress:
-        nonlocal progress
-        if progress is not None:
-            progress.close()
+    def start(config) -> None:
         runs = len(config.optimizers) * len(config.train.seeds)
         click.echo(f"experiment {config.name}: {runs} runs, {config.train.steps} steps each")
-        progress = Progress(runs, config.train.steps)
-        return progress
 
     try:
         outcomes, directory, claims = run_suite(plugins, out, quick=quick, workers=workers, on_experiment=start,
+                                                report=progress, on_phase=progress.start,
                                                 suite=Path(suite) if suite else SUITE)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     seconds = sum(o.wall_seconds for o in outcomes)
     click.echo(f"{len(outcomes)} experiments in {seconds:.0f} s")
     for claim in claims:

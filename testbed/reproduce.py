@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from .config import ExperimentConfig, load_yaml, parse_config
 from .errors import TestbedError
-from .experiment import ExperimentOutcome, run_experiment
+from .engine import Report
+from .experiment import ExperimentOutcome, Phase, run_experiment
 from .plugins import Plugins
 from .report import make_report
 from .report.claims import Claim
@@ -67,13 +68,18 @@ def suite_configs(plugins: Plugins, suite: Path = SUITE, quick: bool = False) ->
 
 def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: int | None = None,
               suite: Path = SUITE, on_experiment: Callable[[ExperimentConfig], Any] = lambda config: None,
+              report: Report = lambda event: None, on_phase: Callable[[Phase], None] = lambda phase: None,
               ) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
+    """Run every experiment of ``suite`` (all validated first), then the report of all of them.
+    ``on_experiment`` is called as each experiment starts; ``report`` and ``on_phase`` are handed
+    to ``run_experiment``."""
     out = Path(out)
     configs = suite_configs(plugins, suite, quick)
     outcomes = []
     for config in configs:
-        report = on_experiment(config) or (lambda event: None)
-        outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers))
+        on_experiment(config)
+        outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers,
+                                       on_phase=on_phase))
     # The quick profile is too short for the paper's table steps and the DS window from step 250.
     steps = (50, 100) if quick else (750, 1250)
     directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250)
