@@ -44,7 +44,7 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     """Execute one run and return its result; never raises for a diverged or failing run."""
     spec = plan.optimizer
     result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
-                       lr=spec.lr, versions=_versions(plugins))
+                       lr=spec.lr, versions=versions(plugins))
     Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
     logger = RunLogger(plan.run_dir)
     hook = plugins.manager.hook
@@ -214,7 +214,8 @@ def _hparams(plan: RunPlan) -> dict[str, Any]:
     return values
 
 
-def _versions(plugins: Plugins) -> dict[str, str]:
+def versions(plugins: Plugins) -> dict[str, str]:
+    """Versions of testbed, torch and every loaded plugin: the provenance saved with results."""
     return {"testbed": __version__, "torch": torch.__version__, **plugins.versions()}
 
 

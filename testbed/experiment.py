@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from .config import ExperimentConfig
-from .engine import Report, train, write_json
+from .engine import Report, train, versions, write_json
 from .errors import TestbedError
 from .plugins import Plugins, load_plugins
 from .run import RunPlan, RunResult
@@ -256,14 +256,12 @@ def _not_run(plan: RunPlan) -> RunResult:
 
 # ------------------------------------------------------------------ results
 def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins: Plugins) -> Path:
-    from . import __version__
-
     path = outcome.directory / RESULTS_FILE
     write_json(path, {
         "experiment": config.name,
         "status": outcome.status,
         "wall_seconds": outcome.wall_seconds,
-        "versions": {"testbed": __version__, "torch": torch.__version__, **plugins.versions()},
+        "versions": versions(plugins),
         "config": config.to_dict(),
         "summary": [row.__dict__ for row in outcome.summary()],
         "runs": [r.__dict__ for r in outcome.results],

@@ -123,7 +123,7 @@ class LinearTransformer(nn.Module):
         if self.config.attention != "linear" or not self.use_kernel:
             return self.autograd_forward(x, y)
         P, Qc, r = self.kernel_matrices()
-        library = kernels.load() if P.dtype == torch.float32 else None
+        library = self._compiled_kernel()
         if library is not None:
             return CompiledLinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
         return LinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n)
@@ -132,12 +132,12 @@ class LinearTransformer(nn.Module):
         """The mean squared error of the predictions, with its gradient accumulated into every
         parameter's ``.grad`` (as ``loss.backward()`` would). For linear attention in float32 the
         compiled kernel computes both in one pass over the batch, tile by tile."""
-        library = kernels.load() if self.config.attention == "linear" and self.use_kernel else None
-        P, Qc, r = self.kernel_matrices()
-        if library is None or P.dtype != torch.float32:
+        library = self._compiled_kernel()
+        if library is None:
             loss = mse_loss(self(x, y), target)
             loss.backward()
             return loss.detach()
+        P, Qc, r = self.kernel_matrices()
         Z0 = self.prompt(x, y)
         B, D, N1 = Z0.shape
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
@@ -155,6 +155,14 @@ class LinearTransformer(nn.Module):
             grads.append(dZ)
         torch.autograd.backward(roots, grads)
         return loss
+
+    def _compiled_kernel(self):
+        """The compiled kernel when it covers this model (linear attention in float32), else None."""
+        if self.config.attention != "linear" or not self.use_kernel:
+            return None
+        if any(p.dtype != torch.float32 for p in self.parameters()):
+            return None
+        return kernels.load()
 
     def kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """P (L, D, D), the core Qc (L, r, r) of Q and r: Q acts only on the first r rows of Z."""
