@@ -4,15 +4,18 @@ becomes one message on stderr and exit code 1 (in ``TestbedGroup.invoke``)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .config import apply_overrides, load_yaml, parse_config
+from .config import apply_overrides, load_yaml
 from .errors import TestbedError
-from .experiment import Phase, format_table, plan_runs, run_experiment
+from .executors import EXECUTORS, make_executor
+from .experiment import Phase, format_table, run_sweep
+from .sweep import expand
 from .tuning import describe_tuning, plan_pilots
 from .plugins import load_plugins
 from .progress import Progress
@@ -28,11 +31,11 @@ class TestbedGroup(click.Group):
             ctx.exit(1)
 
 
-def _load_config(path: str, overrides: tuple[str, ...]):
+def _load_sweep(path: str, overrides: tuple[str, ...]):
     plugins = load_plugins()
     plugins.require_healthy()
     raw = apply_overrides(load_yaml(path), list(overrides))
-    return plugins, parse_config(raw, plugins.registry, default_name=Path(path).stem)
+    return plugins, expand(raw, plugins.registry, default_name=Path(path).stem)
 
 
 class PhaseProgress:
@@ -45,7 +48,10 @@ class PhaseProgress:
         self.close()
         for tuning in phase.tuning.values():
             click.echo(describe_tuning(tuning))
-        self.display = Progress(len(phase.plans), phase.steps_per_run)
+        if phase.cached or phase.resumed:
+            click.echo(f"{phase.name}: {phase.cached} runs already done (not run again), "
+                       f"{phase.resumed} resume from a checkpoint")
+        self.display = Progress(len(phase.plans), phase.steps_per_run) if phase.plans else None
 
     def __call__(self, event: dict) -> None:
         if self.display is not None:
@@ -71,27 +77,48 @@ def main() -> None:
 @click.argument("config_path", metavar="CONFIG")
 @SET_OPTION
 @click.option("--logdir", default="runs", show_default=True, help="Root of the TensorBoard log directories.")
-@click.option("--workers", type=int, default=None, help="Worker processes (default: config, else one per core).")
-def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int | None) -> None:
-    """Run an experiment: every optimizer entry x seed of CONFIG."""
-    plugins, config = _load_config(config_path, overrides)
-    if workers is not None and workers < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--workers")
-    plans, pilots = plan_runs(config, Path(logdir)), plan_pilots(config, Path(logdir))
-    click.echo(f"experiment {config.name}: {len(plans)} runs ({len(config.optimizers)} optimizers x "
-               f"{len(config.train.seeds)} seeds), {config.train.steps} steps each, logs in {Path(logdir) / config.name}")
-    if pilots:
-        tuned = [spec.label for spec in config.optimizers if spec.tune is not None]
-        click.echo(f"learning-rate tuning first: {len(pilots)} pilot runs for {', '.join(tuned)}")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Parallel runs (default: config, else one per core; with ray: the cluster's CPUs).")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="local worker processes, or Ray tasks (pip install 'testbed[ray]').")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="With --executor ray: join this cluster ('auto': the one on this machine); default: start one.")
+@click.option("--force", is_flag=True, help="Run again runs that are already done.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (runs, what is done, estimated time) and stop.")
+def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int | None, executor: str,
+        address: str | None, force: bool, dry_run: bool) -> None:
+    """Run an experiment or a sweep: every point x optimizer entry x seed of CONFIG."""
+    plugins, sweep = _load_sweep(config_path, overrides)
+    if address is not None and executor != "ray":
+        raise click.BadParameter("only with --executor ray", param_hint="--address")
+    runner = make_executor(executor, workers or sweep.points[0].config.workers, address)
+    if dry_run:
+        from .dryrun import describe, estimate_seconds, plan_states
+
+        states = plan_states(sweep, plugins, Path(logdir), force)
+        capacity = workers or sweep.points[0].config.workers or (os.cpu_count() or 1)
+        seconds = estimate_seconds(states, plugins, capacity)
+        for line in describe(sweep, states, seconds, capacity):
+            click.echo(line)
+        return
+    _describe_plan(sweep, Path(logdir))
     progress = PhaseProgress()
     try:
-        outcome = run_experiment(config, plugins, logdir, report=progress, workers=workers, on_phase=progress.start)
+        outcome = run_sweep(sweep, plugins, logdir, report=progress, on_phase=progress.start, force=force,
+                            executor=runner)
     finally:
         progress.close()
+    if outcome.executed == 0:
+        click.echo(f"nothing to run: all {outcome.cached} runs are already done (--force runs them again)")
+    for experiment in outcome.experiments:
+        click.echo("")
+        if sweep.swept:
+            click.echo(experiment.directory.name)
+        click.echo(format_table(experiment.summary()))
     click.echo("")
-    click.echo(format_table(outcome.summary()))
-    click.echo("")
-    click.echo(f"{outcome.status} in {outcome.wall_seconds:.1f} s; results: {outcome.directory / 'results.json'}")
+    click.echo(f"{outcome.status} in {outcome.wall_seconds:.1f} s ({outcome.executed} runs executed, "
+               f"{outcome.resumed} of them resumed; {outcome.cached} already done); "
+               f"results: {_results_path(outcome, sweep)}")
     click.echo(f"TensorBoard: tensorboard --logdir {outcome.directory}")
     if outcome.status == "interrupted":
         sys.exit(130)
@@ -99,6 +126,25 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
         failed = next(r for r in outcome.results if r.status == "failed")
         click.echo(f"Error: run {failed.key} failed: {failed.error}", err=True)
         sys.exit(1)
+
+
+def _describe_plan(sweep, logdir: Path) -> None:
+    config = sweep.points[0].config
+    runs = sum(len(p.config.optimizers) * len(p.config.train.seeds) for p in sweep.points)
+    pilots = sum(len(plan_pilots(p.config, logdir / p.directory)) for p in sweep.points)
+    if sweep.swept:
+        click.echo(f"sweep {sweep.name}: {len(sweep.points)} points over {', '.join(sweep.keys)}; {runs} runs, "
+                   f"logs in {logdir / sweep.name}")
+    else:
+        click.echo(f"experiment {config.name}: {runs} runs ({len(config.optimizers)} optimizers x "
+                   f"{len(config.train.seeds)} seeds), {config.train.steps} steps each, logs in {logdir / config.name}")
+    if pilots:
+        tuned = sorted({spec.label for p in sweep.points for spec in p.config.optimizers if spec.tune is not None})
+        click.echo(f"learning-rate tuning first: {pilots} pilot runs for {', '.join(tuned)}")
+
+
+def _results_path(outcome, sweep) -> Path:
+    return outcome.directory / ("sweep.json" if sweep.swept else "results.json")
 
 
 @main.command()
@@ -109,13 +155,17 @@ def validate(config_path: str, overrides: tuple[str, ...], show: bool) -> None:
     """Check CONFIG without running anything."""
     import yaml
 
-    _, config = _load_config(config_path, overrides)
-    runs = len(config.optimizers) * len(config.train.seeds)
-    pilots = len(plan_pilots(config, Path(".")))
+    _, sweep = _load_sweep(config_path, overrides)
+    runs = sum(len(p.config.optimizers) * len(p.config.train.seeds) for p in sweep.points)
+    pilots = sum(len(plan_pilots(p.config, Path("."))) for p in sweep.points)
     tuning = f" after {pilots} learning-rate pilot runs" if pilots else ""
-    click.echo(f"{config_path}: valid; experiment {config.name}, {runs} runs{tuning}")
+    what = f"sweep {sweep.name} of {len(sweep.points)} points" if sweep.swept else f"experiment {sweep.name}"
+    click.echo(f"{config_path}: valid; {what}, {runs} runs{tuning}")
     if show:
-        click.echo(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        for point in sweep.points:
+            if sweep.swept:
+                click.echo(f"# point {point.directory}")
+            click.echo(yaml.safe_dump(point.config.to_dict(), sort_keys=False))
 
 
 @main.command("plugins")

@@ -71,6 +71,7 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     seeds: tuple[int, ...] = (0,)
     log_every: int = 1
+    checkpoint_every: int | None = 1000
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ TRAIN_SCHEMA = {
                              min=0.0, min_exclusive=True, nullable=True),
     "seeds": Option(None, "list of seeds, or a count k meaning seeds 0..k-1", type=object, nullable=True),
     "log_every": Option(1, "log train/ and optim/ scalars every k steps", min=1),
+    "checkpoint_every": Option(1000, "save a resumable checkpoint every k steps (and at an interruption); "
+                               "null = only at an interruption", min=1, nullable=True),
 }
 EVAL_SCHEMA = {
     "every": Option(50, "evaluate on the fixed eval batch every k steps (and at the last step)", min=1),
@@ -192,39 +195,45 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
-        keys = [k for k in path.strip().split(".") if k]
-        if not keys:
-            raise ConfigError(f"--set {item!r}: empty key")
-        node: Any = raw
-        for i, key in enumerate(keys):
-            last = i == len(keys) - 1
-            where = ".".join(keys[: i + 1])
-            if isinstance(node, list):
-                index = _list_index(node, key, where)
-                if last:
-                    node[index] = value
-                else:
-                    node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[key] = value
-                else:
-                    node = node.setdefault(key, {})
-            else:
-                raise ConfigError(f"--set {item!r}: {'.'.join(keys[:i])} is not a mapping or list")
+        set_path(raw, path, value, f"--set {item!r}")
     return raw
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
+    """Set the value at a dotted ``path`` of raw config data in place (missing mappings are made;
+    list items by index or by optimizer label/name). ``source`` names the setting in errors."""
+    keys = [k for k in str(path).strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"{source}: empty key")
+    node: Any = raw
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        where = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            index = _list_index(node, key, f"{source}: {where}")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"{source}: {'.'.join(keys[:i])} is not a mapping or list")
 
 
 def _list_index(items: list, key: str, where: str) -> int:
     if key.lstrip("-").isdigit():
         index = int(key)
         if not -len(items) <= index < len(items):
-            raise ConfigError(f"--set {where}: index out of range (the list has {len(items)} items)")
+            raise ConfigError(f"{where}: index out of range (the list has {len(items)} items)")
         return index
     for index, element in enumerate(items):
         if isinstance(element, dict) and key in (element.get("label"), element.get("name")):
             return index
-    raise ConfigError(f"--set {where}: no list item labelled or named {key!r}")
+    raise ConfigError(f"{where}: no list item labelled or named {key!r}")
 
 
 def parse_config(raw: Mapping[str, Any], registry: Registry, default_name: str = "experiment") -> ExperimentConfig:

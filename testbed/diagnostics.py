@@ -114,6 +114,14 @@ class Diagnostic:
         """Called once when the run ends (at its last step): emit anything aggregated."""
         return []
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint saves so that a resumed run measures as if never stopped: by default
+        every attribute (override for state that cannot be pickled)."""
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
 
 # ------------------------------------------------------------------ the probe
 @dataclass
@@ -235,6 +243,14 @@ class DiagnosticRunner:
     def __init__(self, diagnostics: list[tuple[str, Diagnostic]], probe: Probe, logger) -> None:
         self.diagnostics, self.probe, self.logger = diagnostics, probe, logger
         self.disabled: set[str] = set()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"disabled": sorted(self.disabled), "diagnostics": {n: d.state_dict() for n, d in self.diagnostics}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.disabled = set(state["disabled"])
+        for name, diagnostic in self.diagnostics:
+            diagnostic.load_state_dict(state["diagnostics"][name])
 
     def _due(self, step: int, update: bool) -> list[tuple[str, Diagnostic]]:
         return [(name, d) for name, d in self.diagnostics

@@ -7,6 +7,7 @@ batch is drawn once from its own seed (default 99). Nothing here touches torch's
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
+from . import __version__, checkpoint
 from .config import build_diagnostic, build_optimizer, build_task, needs_closure
 from .diagnostics import DiagnosticRunner, Probe
 from .model import LinearTransformer, mse_loss
@@ -41,49 +42,62 @@ def generator(seed: int) -> torch.Generator:
 
 def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lambda: False,
           report: Report = lambda event: None) -> RunResult:
-    """Execute one run and return its result; never raises for a diverged or failing run."""
+    """Execute one run and return its result; never raises for a diverged or failing run. A run
+    with an id checkpoints every ``train.checkpoint_every`` steps and when stopped, and goes on from
+    its checkpoint when its directory has one for the same id."""
     spec = plan.optimizer
+    run_dir = Path(plan.run_dir)
     result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
-                       lr=spec.lr, versions=versions(plugins))
-    Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
+                       lr=spec.lr, versions=versions(plugins), run_id=plan.run_id or None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = checkpoint.load(run_dir, plan.run_id) if plan.run_id else None
+    if resume is not None:
+        checkpoint.rewind_event_files(run_dir, resume.event_files)
     logger = RunLogger(plan.run_dir)
     hook = plugins.manager.hook
     context: RunContext | None = None
     started = time.perf_counter()
-    report({"event": "start", "key": plan.key, "steps": plan.config.train.steps})
+    report({"event": "start", "key": plan.key, "steps": plan.config.train.steps,
+            "resumed_from": None if resume is None else resume.step})
     try:
-        context = _start(plan, plugins, logger)
+        context = _start(plan, plugins, logger, resume, result)
+        context.extra["attempt_started"] = started
         hook.on_run_start(run=context)
-        _loop(context, plugins, result, should_stop, report)
+        _loop(context, plugins, result, should_stop, report, first_step=1 if resume is None else resume.step + 1)
     except KeyboardInterrupt:
         result.status = "interrupted"
     except Exception as exc:  # a plugin's bug must not take the experiment down
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
-        (Path(plan.run_dir) / "error.txt").write_text(traceback.format_exc())
+        (run_dir / "error.txt").write_text(traceback.format_exc())
     finally:
-        result.seconds = time.perf_counter() - started
+        result.seconds += time.perf_counter() - started
         _finish(result, logger)
         try:
             if context is not None:  # on_run_end pairs with on_run_start
                 hook.on_run_end(run=context, status=result.status)
         finally:
             logger.close()
-            write_json(Path(plan.run_dir) / "summary.json", result.__dict__)
+            if result.status in ("completed", "diverged"):
+                checkpoint.remove(run_dir)  # finished: summary.json is the cache from now on
+            write_json(run_dir / "summary.json", result.__dict__)
             report({"event": "end", "key": plan.key, "status": result.status})
     return result
 
 
-def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger) -> RunContext:
-    """Build the run's task, model, optimizer, streams and fixed eval batch; log its metadata."""
+def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoint.Checkpoint | None,
+           result: RunResult) -> RunContext:
+    """Build the run's task, model, optimizer, streams and fixed eval batch; log its metadata (a
+    resumed run logged it before); restore the checkpoint's state if resuming."""
     config, registry = plan.config, plugins.registry
     task = build_task(config.task, registry)
     model = LinearTransformer(config.model, task.d, task.n, generator(stream_seed(plan.seed, "init")))
     optimizer = build_optimizer(plan.optimizer, registry, model.parameters())
-    logger.config(config.to_dict())
-    logger.hparams(_hparams(plan))
-    logger.layout()
-    for tag, markdown in plan.texts:
-        logger.text(tag, markdown)
+    if resume is None:
+        logger.config(config.to_dict())
+        logger.hparams(_hparams(plan))
+        logger.layout()
+        for tag, markdown in plan.texts:
+            logger.text(tag, markdown)
     context = RunContext(plan, model, optimizer, logger)
     eval_batch = task.sample(config.eval.batch_size, generator(config.eval.seed))
     diagnostics = [(spec.name, build_diagnostic(spec, registry)) for spec in config.diagnostics
@@ -95,17 +109,51 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger) -> RunContext:
         closure_needed=needs_closure(plan.optimizer, registry),
         diagnostics=DiagnosticRunner(diagnostics, Probe.of(model, task, eval_batch, config.train.batch_size,
                                                             plan.seed), logger),
+        resumed_from=None if resume is None else resume.step,
     )
+    if resume is not None:
+        _restore(context, resume, result)
     return context
 
 
+def _restore(context: RunContext, resume: checkpoint.Checkpoint, result: RunResult) -> None:
+    context.model.load_state_dict(resume.model)
+    context.optimizer.load_state_dict(resume.optimizer)
+    context.extra["data_stream"].set_state(resume.data_stream)
+    context.extra["diagnostics"].load_state_dict(resume.diagnostics)
+    checkpoint.set_global_random_state(resume.global_random)
+    for name, value in resume.result.items():
+        setattr(result, name, value)
+    result.resumed_from = [*result.resumed_from, resume.step]
+
+
+def _save_checkpoint(context: RunContext, result: RunResult, step: int) -> None:
+    run_dir = Path(context.plan.run_dir)
+    context.logger.flush()  # the logger position is the event files' size after this flush
+    checkpoint.save(run_dir, checkpoint.Checkpoint(
+        context.plan.run_id, step, context.model.state_dict(), context.optimizer.state_dict(),
+        context.extra["data_stream"].get_state(), checkpoint.global_random_state(),
+        context.extra["diagnostics"].state_dict(),
+        {**{name: copy.deepcopy(getattr(result, name)) for name in CHECKPOINTED_RESULT_FIELDS},
+         # result.seconds holds earlier attempts only; train() adds this one's at the end
+         "seconds": result.seconds + time.perf_counter() - context.extra["attempt_started"]},
+        checkpoint.event_file_sizes(run_dir)))
+
+
+# What a run has accumulated by a step; the rest of its result is rebuilt by the resumed run.
+CHECKPOINTED_RESULT_FIELDS = ("steps_done", "eval_steps", "eval_losses", "diagnostics",
+                              "diagnostic_errors", "resumed_from")
+
+
 def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
-          report: Report) -> None:
-    """The training loop: a fresh batch, one step, logging, evaluation and diagnostics."""
+          report: Report, first_step: int = 1) -> None:
+    """The training loop: a fresh batch, one step, logging, evaluation, diagnostics, checkpoints.
+    ``first_step`` > 1 goes on from a restored checkpoint at ``first_step - 1``."""
     config, model, optimizer, logger = context.config, context.model, context.optimizer, context.logger
     task, data_stream, eval_batch = (context.extra[k] for k in ("task", "data_stream", "eval_batch"))
     diagnostics: DiagnosticRunner = context.extra["diagnostics"]
     hook = plugins.manager.hook
+    every = config.train.checkpoint_every if context.plan.run_id else None
 
     def evaluate(step: int) -> float:
         with torch.no_grad():
@@ -116,11 +164,16 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
         report({"event": "eval", "key": context.plan.key, "step": step, "loss": loss})
         return loss
 
-    evaluate(0)
-    diagnostics.at_point(model, 0, result)
-    last_time, last_step = time.perf_counter(), 0
+    def save(step: int) -> None:
+        if context.plan.run_id:
+            _save_checkpoint(context, result, step)
+
+    if first_step == 1:
+        evaluate(0)
+        diagnostics.at_point(model, 0, result)
+    last_time, last_step = time.perf_counter(), first_step - 1
     try:
-        for step in range(1, config.train.steps + 1):
+        for step in range(first_step, config.train.steps + 1):
             batch = task.sample(config.train.batch_size, data_stream)
             before = diagnostics.before_update(model, step - 1)
             measured = training_step(model, optimizer, batch, config.train.clip_grad_norm,
@@ -146,10 +199,14 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
                 result.status, result.diverged_at = "diverged", step
                 return
             if should_stop():
+                save(step)
                 result.status = "interrupted"
                 return
+            if every and step % every == 0 and step < config.train.steps:
+                save(step)
     finally:
-        diagnostics.finish(model, result.steps_done, result)
+        if result.status != "interrupted":
+            diagnostics.finish(model, result.steps_done, result)
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,

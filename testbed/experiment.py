@@ -1,35 +1,36 @@
-"""An experiment: every (optimizer entry x seed) run, executed in parallel worker processes.
+"""An experiment, or a sweep of experiments: every (point x optimizer entry x seed) run, on an executor.
 
 Optimizer entries with a ``tune`` section first get their learning rate tuned (the paper's protocol:
 best of a grid per setting and optimizer): phase 1 runs short pilot runs for every grid value and
 pilot seed, the lr with the lowest mean final eval loss is kept, and phase 2 runs every seed with it.
+Both phases take the runs of every sweep point at once, so the executor stays busy.
 
-Workers are spawned processes with one torch thread each (two OpenMP threads fighting over two
-cores are slower than one thread each). They report progress through a queue and stop cleanly when
-the driver sets the stop event (Ctrl-C reaches only the driver; workers ignore SIGINT).
+Each run has an id (``cache.run_id``). A run already finished under the same id is not run again
+(``force`` runs it again); a run with a checkpoint under the same id goes on from it; two sweep
+points that share a run (a grid over Adam's lr leaves the SGD runs unchanged) run it once, and the
+second point gets a copy of its directory.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing as mp
-import os
 import shutil
-import signal
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import torch
 import yaml
 
+from . import checkpoint
+from .cache import finished_result, run_id
 from .config import ExperimentConfig
-from .engine import Report, train, versions, write_json
+from .engine import Report, versions, write_json
 from .errors import TestbedError
-from .plugins import Plugins, load_plugins
+from .executors import Executor, LocalExecutor, failed
+from .plugins import Plugins
 from .run import RunPlan, RunResult
+from .sweep import Point, Sweep, SweepPoint
 from .tuning import TUNING_DIR, Tuning, apply_tuning, collect_tuning, plan_pilots
 
 RESULTS_FILE = "results.json"
@@ -77,188 +78,204 @@ def summarize(results: list[RunResult]) -> list[SummaryRow]:
     return rows
 
 
-def plan_runs(config: ExperimentConfig, logdir: Path) -> list[RunPlan]:
-    """Seed-major order, so that a partial experiment has every optimizer for its first seeds."""
-    directory = logdir / config.name
-    return [RunPlan(config, spec, seed, str(directory / spec.label / f"seed-{seed}"))
+def plan_runs(config: ExperimentConfig, directory: Path) -> list[RunPlan]:
+    """The runs of one experiment, in ``directory``/<label>/seed-<s>. Seed-major order, so that a
+    partial experiment has every optimizer for its first seeds."""
+    return [RunPlan(config, spec, seed, str(Path(directory) / spec.label / f"seed-{seed}"))
             for seed in config.train.seeds for spec in config.optimizers]
 
 
 @dataclass(frozen=True)
 class Phase:
-    """Handed to ``run_experiment``'s ``on_phase`` when a phase starts."""
+    """Handed to ``run_sweep``'s ``on_phase`` when a phase starts."""
 
     name: str  # "tuning" (the pilot runs) or "main"
-    plans: list[RunPlan]
+    plans: list[RunPlan]  # the runs this phase executes (resumed ones included)
     tuning: dict[str, Tuning]  # the finished tuning, by optimizer label (empty in the tuning phase)
+    cached: int = 0  # runs of this phase already done, not run again
+    resumed: int = 0  # runs of ``plans`` that go on from a checkpoint
 
     @property
     def steps_per_run(self) -> int:
         return round(statistics.fmean(plan.config.train.steps for plan in self.plans)) if self.plans else 0
 
 
+@dataclass
+class SweepOutcome:
+    directory: Path
+    status: str  # complete | interrupted
+    wall_seconds: float
+    experiments: list[ExperimentOutcome]
+    executed: int = 0  # runs executed in this invocation (pilots included)
+    cached: int = 0  # runs found done and not run again
+    resumed: int = 0
+
+    @property
+    def results(self) -> list[RunResult]:
+        return [r for e in self.experiments for r in e.results]
+
+
 def run_experiment(config: ExperimentConfig, plugins: Plugins, logdir: str | Path,
                    report: Report = lambda event: None, workers: int | None = None,
-                   on_phase: Callable[[Phase], None] = lambda phase: None) -> ExperimentOutcome:
-    """Run every run of ``config`` (after the pilot runs of learning-rate tuning, if any optimizer
-    entry has a tune section) and write ``results.json``. ``report`` receives the engine events of
-    every run, pilots included; ``on_phase`` is called as each phase starts. Worker processes load the
-    plugins the way the driver did (entry points and $TESTBED_PLUGINS); in-process ``extra`` plugins
-    therefore need ``workers=1``."""
+                   on_phase: Callable[[Phase], None] = lambda phase: None, force: bool = False,
+                   executor: Executor | None = None) -> ExperimentOutcome:
+    """One experiment (a sweep of one point) in ``logdir``/<name>; see ``run_sweep``."""
+    sweep = Sweep(config.name, (SweepPoint(Point(), config, config.name),), swept=False)
+    return run_sweep(sweep, plugins, logdir, report, workers, on_phase, force, executor).experiments[0]
+
+
+def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report = lambda event: None,
+              workers: int | None = None, on_phase: Callable[[Phase], None] = lambda phase: None,
+              force: bool = False, executor: Executor | None = None) -> SweepOutcome:
+    """Run every run of every point (after the learning-rate pilots, if any optimizer entry has a
+    tune section) and write each point's ``results.json`` (and ``sweep.json`` for a sweep).
+    ``report`` receives the engine events of every run, pilots included; ``on_phase`` is called as
+    each phase starts. Local worker processes load the plugins the way the driver did (entry points
+    and $TESTBED_PLUGINS); in-process ``extra`` plugins therefore need ``workers=1``."""
     logdir = Path(logdir)
-    directory = logdir / config.name
-    pilots, plans = plan_pilots(config, logdir), plan_runs(config, logdir)
-    _prepare(directory, pilots + plans, config)
-    workers = workers or config.workers
+    points = [(p, logdir / p.directory) for p in sweep.points]
+    executor = executor or LocalExecutor(workers or sweep.points[0].config.workers)
+    for p, directory in points:
+        _prepare_experiment(directory, p.config)
     started = time.perf_counter()
-    tuning: dict[str, Tuning] = {}
+    counts = {"executed": 0, "cached": 0, "resumed": 0}
+    pilots = {p.directory: _identify(plan_pilots(p.config, d), plugins) for p, d in points}
+    for p, directory in points:
+        _prune_pilots(directory, pilots[p.directory])
+    tunings: dict[str, dict[str, Tuning]] = {p.directory: {} for p, _ in points}
     interrupted = False
-    if pilots:
-        on_phase(Phase("tuning", pilots, {}))
-        pilot_results, interrupted = _execute(pilots, plugins, report, workers)
-        tuning = collect_tuning(config, pilot_results, interrupted)
+    if any(pilots.values()):
+        done, interrupted = _run_phase("tuning", [x for plans in pilots.values() for x in plans], {}, plugins,
+                                       executor, report, on_phase, force, counts)
+        for p, _ in points:
+            tunings[p.directory] = collect_tuning(p.config, [done[x.run_dir] for x in pilots[p.directory]],
+                                                  interrupted)
+    mains = {p.directory: plan_runs(p.config, d) for p, d in points}
     if interrupted:  # during tuning: no main run starts
-        results = [_not_run(plan) for plan in plans]
-        for result in results:
-            if result.label in tuning:
-                result.lr = None  # never chosen
+        results = {x.run_dir: _never_chosen(x, tunings[p.directory]) for p, _ in points
+                   for x in mains[p.directory]}
     else:
-        if tuning:
-            plans = apply_tuning(plans, tuning)
-            _prepare(directory, plans, config, clean=False)  # their config.yaml now has the chosen lr
-        on_phase(Phase("main", plans, tuning))
-        results, interrupted = _execute(plans, plugins, report, workers)
-    outcome = ExperimentOutcome(directory, "interrupted" if interrupted else "complete",
-                                time.perf_counter() - started, results, tuning)
-    write_results(outcome, config, plugins)
+        mains = {p.directory: _identify(apply_tuning(mains[p.directory], tunings[p.directory]), plugins)
+                 for p, _ in points}
+        merged = {label: t for tuning in tunings.values() for label, t in tuning.items()}
+        results, interrupted = _run_phase("main", [x for plans in mains.values() for x in plans], merged,
+                                          plugins, executor, report, on_phase, force, counts)
+    wall = time.perf_counter() - started
+    experiments = []
+    for p, directory in points:
+        outcome = ExperimentOutcome(directory, "interrupted" if interrupted else "complete", wall,
+                                    [results[x.run_dir] for x in mains[p.directory]], tunings[p.directory])
+        write_results(outcome, p.config, plugins, p.point, sweep.name if sweep.swept else None)
+        experiments.append(outcome)
+    outcome = SweepOutcome(logdir / sweep.name, "interrupted" if interrupted else "complete", wall, experiments,
+                           **counts)
+    if sweep.swept:
+        write_sweep(outcome, sweep)
     return outcome
 
 
-def _execute(plans: list[RunPlan], plugins: Plugins, report: Report,
-             workers: int | None) -> tuple[list[RunResult], bool]:
-    count = min(workers or os.cpu_count() or 1, len(plans))
-    if count == 1:
-        return _run_in_process(plans, plugins, report)
-    return _run_in_pool(plans, count, report)
+def _identify(plans: list[RunPlan], plugins: Plugins) -> list[RunPlan]:
+    return [replace(plan, run_id=run_id(plan, plugins)) for plan in plans]
 
 
-def _prepare(directory: Path, plans: list[RunPlan], config: ExperimentConfig, clean: bool = True) -> None:
-    """Start from clean run directories: stale event files would mix old and new curves, and a
-    stale results.json would look like the result of this attempt. Each run directory gets the
-    config of its run; the experiment's directory gets the experiment's."""
+def _never_chosen(plan: RunPlan, tuning: dict[str, Tuning]) -> RunResult:
+    result = _interrupted(plan)
+    if result.label in tuning:
+        result.lr = None
+    return result
+
+
+def _run_phase(name: str, plans: list[RunPlan], tuning: dict[str, Tuning], plugins: Plugins, executor: Executor,
+               report: Report, on_phase: Callable[[Phase], None], force: bool,
+               counts: dict[str, int]) -> tuple[dict[str, RunResult], bool]:
+    """Execute what ``plans`` still need: each distinct run id once, finished runs not at all (unless
+    ``force``). Returns every plan's result by ``run_dir``, and whether it was interrupted."""
+    results: dict[str, RunResult] = {}
+    first: dict[str, RunPlan] = {}  # run id -> the plan that executes it
+    to_run: list[RunPlan] = []
+    for plan in plans:
+        cached = None if force else finished_result(plan)
+        if cached is not None:
+            results[plan.run_dir] = cached
+        elif plan.run_id not in first:
+            first[plan.run_id] = plan
+            to_run.append(plan)
+    resumed = [plan for plan in to_run if not force and checkpoint.has_checkpoint(Path(plan.run_dir), plan.run_id)]
+    _prepare_runs(to_run, keep={plan.run_dir for plan in resumed})
+    counts["cached"] += len(results)
+    counts["executed"] += len(to_run)
+    counts["resumed"] += len(resumed)
+    on_phase(Phase(name, to_run, tuning, cached=len(results), resumed=len(resumed)))
+    executed, interrupted = executor.execute(to_run, plugins, report) if to_run else ([], False)
+    by_id = {plan.run_id: result for plan, result in zip(to_run, executed)}
+    for plan in plans:
+        if plan.run_dir in results:
+            continue
+        result = by_id[plan.run_id]
+        if plan is not first[plan.run_id]:
+            result = _copy_run(first[plan.run_id], plan, result)
+        results[plan.run_dir] = result
+    return results, interrupted
+
+
+def _copy_run(source: RunPlan, target: RunPlan, result: RunResult) -> RunResult:
+    """A sweep point's copy of a run another point executed (same id)."""
+    if result.status in ("completed", "diverged"):
+        shutil.rmtree(target.run_dir, ignore_errors=True)
+        shutil.copytree(source.run_dir, target.run_dir)
+        (Path(target.run_dir) / "config.yaml").write_text(yaml.safe_dump(target.config.to_dict(), sort_keys=False))
+    return replace(result, key=target.key, run_dir=target.run_dir)
+
+
+def _prepare_experiment(directory: Path, config: ExperimentConfig) -> None:
+    """The experiment's config.yaml; a stale results.json would look like the result of this
+    attempt, so it goes first."""
     try:
-        if clean:
-            (directory / RESULTS_FILE).unlink(missing_ok=True)
-            shutil.rmtree(directory / TUNING_DIR, ignore_errors=True)  # pilots of earlier attempts
-        for plan in plans:
-            if clean:
-                shutil.rmtree(plan.run_dir, ignore_errors=True)
-            Path(plan.run_dir).mkdir(parents=True, exist_ok=not clean)
-            (Path(plan.run_dir) / "config.yaml").write_text(yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / RESULTS_FILE).unlink(missing_ok=True)
         (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     except OSError as exc:
         raise TestbedError(f"cannot prepare the log directory {str(directory)!r}: {exc}") from None
 
 
-def _run_in_process(plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    results: list[RunResult] = []
+def _prune_pilots(directory: Path, pilots: list[RunPlan]) -> None:
+    """Remove pilot runs of earlier attempts that this one does not plan (another grid or seeds):
+    TensorBoard would show them beside the current ones."""
+    planned = {Path(plan.run_dir) for plan in pilots}
+    for run_dir in (directory / TUNING_DIR).glob("*/*/*"):
+        if run_dir.is_dir() and run_dir not in planned:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
+
+
+def _prepare_runs(plans: list[RunPlan], keep: set[str]) -> None:
+    """Fresh run directories for the runs about to start (stale event files would mix old and new
+    curves), except those resuming from a checkpoint; each gets the config of its run."""
     try:
         for plan in plans:
-            try:
-                result = train(plan, plugins, report=report)
-            except KeyboardInterrupt:
-                result = _not_run(plan)
-            results.append(result)
-            if result.status == "interrupted":
-                break
-    finally:
-        torch.set_num_threads(threads)
-    done = {r.key for r in results}
-    results += [_not_run(p) for p in plans if p.key not in done]
-    return results, any(r.status == "interrupted" for r in results)
+            run_dir = Path(plan.run_dir)
+            if plan.run_dir not in keep:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+    except OSError as exc:
+        raise TestbedError(f"cannot prepare the log directory {plans[0].run_dir!r}: {exc}") from None
 
 
-# ------------------------------------------------------------------ worker processes
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(queue, stop) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
-    torch.set_num_threads(1)
-    _WORKER.update(queue=queue, stop=stop, plugins=load_plugins())
-
-
-def _train_in_worker(plan: RunPlan) -> RunResult:
-    queue, stop = _WORKER["queue"], _WORKER["stop"]
-    return train(plan, _WORKER["plugins"], should_stop=stop.is_set, report=queue.put)
-
-
-def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list[RunResult], bool]:
-    context = mp.get_context("spawn")
-    queue, stop = context.Queue(), context.Event()
-    interrupted = False
-    finished: dict[str, RunResult] = {}
-    with cf.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
-                                initargs=(queue, stop)) as pool:
-        futures = {pool.submit(_train_in_worker, plan): plan for plan in longest_first(plans)}
-        pending = set(futures)
-        while pending:
-            try:
-                done, pending = cf.wait(pending, timeout=0.2)
-                _drain(queue, report)
-                for future in done:
-                    plan = futures[future]
-                    finished[plan.key] = _outcome(future, plan)
-            except KeyboardInterrupt:
-                interrupted = True
-                stop.set()
-                for future in pending:
-                    future.cancel()
-        _drain(queue, report)
-    results = [finished.get(plan.key) or _not_run(plan) for plan in plans]
-    return results, interrupted or any(r.status == "interrupted" for r in results)
-
-
-def longest_first(plans: list[RunPlan]) -> list[RunPlan]:
-    """Runs with more diagnostics start first, so that no worker is left with a long run at the end
-    while the others idle (a stable sort: otherwise the plan's order)."""
-    def diagnostics(plan: RunPlan) -> int:
-        return sum(spec.applies_to(plan.optimizer.label, plan.seed) for spec in plan.config.diagnostics)
-
-    return sorted(plans, key=diagnostics, reverse=True)
-
-
-def _outcome(future: cf.Future, plan: RunPlan) -> RunResult:
-    if future.cancelled():
-        return _not_run(plan)
-    error = future.exception()
-    if error is None:
-        return future.result()
-    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, "failed", 0,
-                     plan.run_dir, 0.0, lr=plan.optimizer.lr, error=f"{type(error).__name__}: {error}")
-
-
-def _drain(queue, report: Report) -> None:
-    while True:
-        try:
-            event = queue.get_nowait()
-        except Exception:  # queue.Empty, or a queue closed under us
-            return
-        report(event)
-
-
-def _not_run(plan: RunPlan) -> RunResult:
-    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, "interrupted", 0,
-                     plan.run_dir, 0.0, lr=plan.optimizer.lr, error="not started")
+def _interrupted(plan: RunPlan) -> RunResult:
+    result = failed(plan, "not started")
+    result.status = "interrupted"
+    return result
 
 
 # ------------------------------------------------------------------ results
-def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins: Plugins) -> Path:
+def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins: Plugins,
+                  point: Point = Point(), sweep: str | None = None) -> Path:
     path = outcome.directory / RESULTS_FILE
     write_json(path, {
-        "experiment": config.name,
+        "experiment": config.name if sweep is None else f"{sweep}/{outcome.directory.name}",
+        **({"sweep": sweep, "point": point.as_dict()} if sweep is not None else {}),
         "status": outcome.status,
         "wall_seconds": outcome.wall_seconds,
         "versions": versions(plugins),
@@ -266,6 +283,19 @@ def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins:
         "summary": [row.__dict__ for row in outcome.summary()],
         "runs": [r.__dict__ for r in outcome.results],
         **({"tuning": {label: t.to_dict() for label, t in outcome.tuning.items()}} if outcome.tuning else {}),
+    })
+    return path
+
+
+def write_sweep(outcome: SweepOutcome, sweep: Sweep) -> Path:
+    """``sweep.json`` at the sweep's root: its keys and every point with its directory and status."""
+    path = outcome.directory / "sweep.json"
+    write_json(path, {
+        "sweep": sweep.name,
+        "status": outcome.status,
+        "keys": sweep.keys,
+        "points": [{"point": p.point.as_dict(), "directory": Path(p.directory).name, "status": e.status}
+                   for p, e in zip(sweep.points, outcome.experiments)],
     })
     return path
 

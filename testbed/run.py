@@ -29,6 +29,7 @@ class RunPlan:
     run_dir: str
     pilot: bool = False  # a tuning pilot: config and optimizer are the pilot's (lr = one grid value)
     texts: tuple[tuple[str, str], ...] = ()  # extra TensorBoard text entries (tag, markdown) at step 0
+    run_id: str = ""  # set by the driver (cache.run_id); "" = no identity, so no checkpoints
 
     @property
     def key(self) -> str:
@@ -86,3 +87,5 @@ class RunResult:
     diagnostics: dict[str, list[list[float]]] = field(default_factory=dict)  # "name/tag": [[step, value]]
     diagnostic_errors: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+    resumed_from: list[int] = field(default_factory=list)  # the checkpoint step of each resume

@@ -85,6 +85,9 @@ class RunLogger:
     def layout(self) -> None:
         self.writer.add_custom_scalars(CUSTOM_SCALARS)
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()

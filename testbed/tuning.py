@@ -42,11 +42,11 @@ class Tuning:
         }
 
 
-def plan_pilots(config: ExperimentConfig, logdir: Path) -> list[RunPlan]:
+def plan_pilots(config: ExperimentConfig, directory: Path) -> list[RunPlan]:
     """The pilot runs of learning-rate tuning: every tuned optimizer entry x grid lr x pilot seed.
     A pilot's config is the experiment's with only that optimizer (at that lr), the pilot length and
-    seeds, and no diagnostics; its directory is <experiment>/tuning/<label>/lr-<lr>/seed-<s>."""
-    directory = logdir / config.name / TUNING_DIR
+    seeds, and no diagnostics; its directory is <experiment directory>/tuning/<label>/lr-<lr>/seed-<s>."""
+    directory = Path(directory) / TUNING_DIR
     plans = []
     for spec in config.optimizers:
         if spec.tune is None:

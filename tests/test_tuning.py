@@ -93,13 +93,13 @@ def test_pilots_are_short_runs_without_diagnostics(tmp_path):
     raw = raw_config(optimizers=[{"name": "sgd", "tune": {"lr": [0.01, 0.05], "steps": 10, "seeds": 2}}], seeds=1)
     raw["diagnostics"] = [{"name": "block_norms"}]
     config = parse_config(raw, load_plugins().registry)
-    pilots = plan_pilots(config, tmp_path)
+    pilots = plan_pilots(config, tmp_path / "exp")
     assert [(p.optimizer.lr, p.seed) for p in pilots] == [(0.01, 0), (0.01, 1), (0.05, 0), (0.05, 1)]
     assert all(p.pilot and p.config.diagnostics == () and p.config.train.steps == 10 for p in pilots)
     assert all(p.config.optimizers == (p.optimizer,) and p.optimizer.tune is None for p in pilots)
     assert pilots[3].run_dir == str(tmp_path / "exp" / "tuning" / "sgd" / "lr-0.05" / "seed-1")
     assert pilots[3].key == "tuning/sgd/lr-0.05/seed-1"
-    assert [p.key for p in plan_runs(config, tmp_path)] == ["sgd/seed-0"]  # the main runs only
+    assert [p.key for p in plan_runs(config, tmp_path / "exp")] == ["sgd/seed-0"]  # the main runs only
 
     outcome = run(raw, tmp_path)
     (pilot_summary,) = [p for p in outcome.tuning["sgd"].pilots if p.lr == 0.05 and p.seed == 1]
