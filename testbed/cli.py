@@ -91,7 +91,6 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
     plugins, sweep = _load_sweep(config_path, overrides)
     if address is not None and executor != "ray":
         raise click.BadParameter("only with --executor ray", param_hint="--address")
-    runner = make_executor(executor, workers or sweep.points[0].config.workers, address)
     if dry_run:
         from .dryrun import describe, estimate_seconds, plan_states
 
@@ -101,6 +100,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
         for line in describe(sweep, states, seconds, capacity):
             click.echo(line)
         return
+    runner = make_executor(executor, workers or sweep.points[0].config.workers, address)
     _describe_plan(sweep, Path(logdir))
     progress = PhaseProgress()
     try:
@@ -108,6 +108,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
                             executor=runner)
     finally:
         progress.close()
+        runner.close()
     if outcome.executed == 0:
         click.echo(f"nothing to run: all {outcome.cached} runs are already done (--force runs them again)")
     for experiment in outcome.experiments:

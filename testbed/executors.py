@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from .engine import Report, train
+from .errors import TestbedError
 from .plugins import Plugins, load_plugins
 from .run import RunPlan, RunResult
 
@@ -38,17 +39,18 @@ class Executor(Protocol):
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
         """Run ``plans``; return their results in order and whether the user interrupted."""
 
+    def close(self) -> None:
+        """Release what the executor started (a local Ray instance)."""
+
 
 def make_executor(name: str, workers: int | None = None, address: str | None = None) -> Executor:
     if name == "local":
-        if address is not None:
-            raise ValueError("--address is for --executor ray")
         return LocalExecutor(workers)
     if name == "ray":
         from .ray_executor import RayExecutor
 
         return RayExecutor(address, workers)
-    raise ValueError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
+    raise TestbedError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
 
 
 class LocalExecutor:
@@ -65,6 +67,9 @@ class LocalExecutor:
         if count <= 1:
             return _run_in_process(plans, plugins, report)
         return _run_in_pool(plans, count, report)
+
+    def close(self) -> None:
+        pass
 
 
 def _run_in_process(plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:

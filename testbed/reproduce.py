@@ -66,6 +66,17 @@ def suite_configs(plugins: Plugins, suite: Path = SUITE, quick: bool = False) ->
     return configs
 
 
+def relative_cost(config: ExperimentConfig) -> float:
+    """A rough cost, to run cheap experiments first: an interrupted suite (its finished runs are
+    kept and not run again) then has most experiments done. Steps x prompts x the d^2 n of a
+    layer x layers, over every run and pilot."""
+    runs = len(config.optimizers) * len(config.train.seeds)
+    pilots = sum(len(s.tune.lr) * len(s.tune.seeds) * (s.tune.steps or config.train.steps) / config.train.steps
+                 for s in config.optimizers if s.tune is not None)
+    size = config.train.batch_size * config.task.d ** 2 * config.task.n * config.model.layers
+    return (runs + pilots) * config.train.steps * size
+
+
 def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: int | None = None,
               suite: Path = SUITE, on_experiment: Callable[[ExperimentConfig], Any] = lambda config: None,
               report: Report = lambda event: None, on_phase: Callable[[Phase], None] = lambda phase: None,
@@ -74,7 +85,7 @@ def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: i
     ``on_experiment`` is called as each experiment starts; ``report`` and ``on_phase`` are handed
     to ``run_experiment``."""
     out = Path(out)
-    configs = suite_configs(plugins, suite, quick)
+    configs = sorted(suite_configs(plugins, suite, quick), key=relative_cost)
     outcomes = []
     for config in configs:
         on_experiment(config)
