@@ -267,8 +267,9 @@ def _hparams(plan: RunPlan) -> dict[str, Any]:
     values: dict[str, Any] = {"optimizer": plan.optimizer.label, "optimizer_name": plan.optimizer.name,
                               "lr": plan.optimizer.lr, "seed": plan.seed}
     for key, value in plan.optimizer.options.items():
-        values[f"options.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return values
+        values[f"options.{key}"] = value
+    values.update(plan.swept())  # a sweep point's keys, e.g. task.n
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
 def versions(plugins: Plugins) -> dict[str, str]:

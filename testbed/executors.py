@@ -99,8 +99,8 @@ def _run_in_process(plans: list[RunPlan], plugins: Plugins, report: Report) -> t
         torch.set_num_threads(threads)
         if handler is not None:
             signal.signal(signal.SIGINT, handler)
-    done = {r.key for r in results}
-    results += [not_run(p) for p in plans if p.key not in done]
+    done = {r.run_dir for r in results}
+    results += [not_run(p) for p in plans if p.run_dir not in done]
     return results, stop.is_set() or any(r.status == "interrupted" for r in results)
 
 
@@ -133,14 +133,14 @@ def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list
                 _drain(queue, report)
                 for future in done:
                     plan = futures[future]
-                    finished[plan.key] = _outcome(future, plan)
+                    finished[plan.run_dir] = _outcome(future, plan)
             except KeyboardInterrupt:
                 interrupted = True
                 stop.set()
                 for future in pending:
                     future.cancel()
         _drain(queue, report)
-    results = [finished.get(plan.key) or not_run(plan) for plan in plans]
+    results = [finished.get(plan.run_dir) or not_run(plan) for plan in plans]  # run_dir: unique in a sweep
     return results, interrupted or any(r.status == "interrupted" for r in results)
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from . import checkpoint
 from .cache import finished_result, run_id
-from .config import ExperimentConfig
+from .config import ExperimentConfig, OptimizerSpec
 from .engine import Report, versions, write_json
 from .errors import TestbedError
 from .executors import Executor, LocalExecutor, failed
@@ -78,11 +78,22 @@ def summarize(results: list[RunResult]) -> list[SummaryRow]:
     return rows
 
 
-def plan_runs(config: ExperimentConfig, directory: Path) -> list[RunPlan]:
+def plan_runs(config: ExperimentConfig, directory: Path, point: Point = Point()) -> list[RunPlan]:
     """The runs of one experiment, in ``directory``/<label>/seed-<s>. Seed-major order, so that a
-    partial experiment has every optimizer for its first seeds."""
-    return [RunPlan(config, spec, seed, str(Path(directory) / spec.label / f"seed-{seed}"))
+    partial experiment has every optimizer for its first seeds. Each run carries the values of
+    ``point`` that apply to it (not another optimizer entry's)."""
+    return [RunPlan(config, spec, seed, str(Path(directory) / spec.label / f"seed-{seed}"),
+                    point=tuple((k, v) for k, v in point.values if applies_to(k, spec, config)))
             for seed in config.train.seeds for spec in config.optimizers]
+
+
+def applies_to(key: str, spec: OptimizerSpec, config: ExperimentConfig) -> bool:
+    """Whether a swept key can change this optimizer entry's runs: any key but another entry's."""
+    parts = key.split(".")
+    if parts[0] != "optimizers" or len(parts) < 2:
+        return True
+    index = config.optimizers.index(spec)
+    return parts[1] in (spec.label, spec.name, str(index), str(index - len(config.optimizers)))
 
 
 @dataclass(frozen=True)
@@ -150,7 +161,7 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
         for p, _ in points:
             tunings[p.directory] = collect_tuning(p.config, [done[x.run_dir] for x in pilots[p.directory]],
                                                   interrupted)
-    mains = {p.directory: plan_runs(p.config, d) for p, d in points}
+    mains = {p.directory: plan_runs(p.config, d, p.point) for p, d in points}
     if interrupted:  # during tuning: no main run starts
         results = {x.run_dir: _never_chosen(x, tunings[p.directory]) for p, _ in points
                    for x in mains[p.directory]}

@@ -14,6 +14,7 @@ actor that running tasks poll about once a second, so they stop at a step bounda
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -95,8 +96,11 @@ class RayExecutor:
             options.update(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
                            object_store_memory=LOCAL_OBJECT_STORE_BYTES)
             self.started_here = True
+        if self.address not in (None, "auto"):
+            _check_reachable(self.address)
         try:
-            ray.init(address=self.address, **options)
+            # "local": a new instance even if `ray start` runs a cluster on this machine
+            ray.init(address=self.address or "local", **options)
         except Exception as exc:  # ConnectionError, or a bad address
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             raise TestbedError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
@@ -137,6 +141,16 @@ class RayExecutor:
     def close(self) -> None:
         if self.started_here and ray.is_initialized():
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once on an address nothing listens on (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.removeprefix("ray://") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TestbedError(f"cannot start or join the Ray cluster at {address}: nothing answers there ({exc})") from None
 
 
 def _outcome(ref, plan: RunPlan) -> RunResult:

@@ -30,6 +30,10 @@ class RunPlan:
     pilot: bool = False  # a tuning pilot: config and optimizer are the pilot's (lr = one grid value)
     texts: tuple[tuple[str, str], ...] = ()  # extra TensorBoard text entries (tag, markdown) at step 0
     run_id: str = ""  # set by the driver (cache.run_id); "" = no identity, so no checkpoints
+    point: tuple[tuple[str, Any], ...] = ()  # the sweep point's (key, value)s that apply to this run
+
+    def swept(self) -> dict[str, Any]:
+        return dict(self.point)
 
     @property
     def key(self) -> str:
