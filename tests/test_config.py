@@ -355,6 +355,8 @@ def test_load_yaml_missing_file(tmp_path):
 def test_examples_validate(registry):
     from pathlib import Path
 
+    from testbed.sweep import expand
+
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
     assert examples
     for path in examples:
@@ -362,8 +364,8 @@ def test_examples_validate(registry):
         names = {o["name"] for o in raw["optimizers"]}
         if not names <= set(registry.entries["optimizer"]):
             continue  # needs a plugin that is not installed here (lion)
-        config = parse_config(raw, registry, default_name=path.stem)
-        assert config.name == path.stem
+        sweep = expand(raw, registry, default_name=path.stem)
+        assert sweep.name == path.stem and all(p.config.name == path.stem for p in sweep.points)
 
 
 @pytest.mark.parametrize("bad", [".", ".."])

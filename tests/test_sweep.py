@@ -221,3 +221,28 @@ def test_each_run_logs_the_swept_keys_that_apply_to_it(registry, tmp_path):
         assert ("optimizers.adam.lr" in values) == (result.label == "adam")
         if result.label == "adam":
             assert values["optimizers.adam.lr"].number_value == result.lr
+
+
+# ------------------------------------------------------------------ the report of a sweep
+def test_report_of_a_sweep_has_sensitivity_curves_and_the_best_configuration(write_yaml, tmp_path):
+    import statistics
+
+    from testbed.report import make_report
+
+    logdir = tmp_path / "runs"
+    run_cli(write_yaml(swept()), "--logdir", logdir, "--workers", 1)
+    out, _ = make_report([logdir], tmp_path / "report")
+    assert (out / "figures" / "tiny-lr-sensitivity.png").stat().st_size > 10_000
+    finals: dict[tuple[str, float], list[float]] = {}
+    for path in (logdir / "tiny").rglob("results.json"):
+        for r in json.loads(path.read_text())["runs"]:
+            finals.setdefault((r["label"], r["lr"]), []).append(r["final_eval_loss"])
+    text = (out / "report.md").read_text()
+    assert "## sweep tiny" in text and "3 points over optimizers.sgd.lr, optimizers.adam.lr" in text
+    for label in ("sgd", "adam"):
+        lr, values = min(((lr, v) for (l, lr), v in finals.items() if l == label),
+                         key=lambda item: statistics.fmean(item[1]))
+        row = f"| {label} | optimizers.{label}.lr={lr} | {lr:g} | {statistics.fmean(values):.4g} " \
+              f"({statistics.stdev(values):.2g}) | 2 | 0 | 3 |"
+        assert row in text
+    assert "## tiny/" not in text  # points are summarized by the sweep, not one section each

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import figures
+from . import figures, sweeps
 from .claims import Claim, check_claims, condition_ratios, median_smoothness, noise_skewness
 from .data import Experiment, find_experiments
 from .render import Section, write
@@ -85,6 +85,20 @@ def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]
     return section
 
 
+def sweep_section(name: str, points: list[Experiment], out: Path) -> Section:
+    section = Section(f"sweep {name}")
+    keys = list(dict.fromkeys(k for p in points for k in p.point))
+    section.paragraphs.append(f"{len(points)} points over {', '.join(keys)}; the best configuration of each "
+                              "optimizer by mean final eval loss over seeds (a configuration with a diverged "
+                              "seed wins only if all have one).")
+    section.tables.append(sweeps.best_table(points))
+    figure = sweeps.sensitivity_curves(name, points, out / "figures" / f"{name}-lr-sensitivity.png")
+    if figure is not None:
+        section.figures.append((str(figure.relative_to(out)),
+                                "Final eval loss against the learning rate, mean over seeds (band: range), log-log"))
+    return section
+
+
 def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...] = (750, 1250),
                 smoothness_from: int = 250) -> tuple[Path, list[Claim]]:
     """Write report.md, index.html and figures/*.png under ``out`` for the experiments under
@@ -92,7 +106,13 @@ def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...]
     experiments = find_experiments(paths)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    sections = [experiment_section(e, out, steps) for e in experiments]
-    claims = check_claims(experiments, steps, smoothness_from)
+    single = [e for e in experiments if e.sweep is None]
+    swept: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        if experiment.sweep is not None:
+            swept.setdefault(experiment.sweep, []).append(experiment)
+    sections = [sweep_section(name, points, out) for name, points in swept.items()]
+    sections += [experiment_section(e, out, steps) for e in single]
+    claims = check_claims(single, steps, smoothness_from)
     write(out, "testbed report", sections, claims)
     return out, claims

@@ -25,6 +25,7 @@ class Run:
     eval_losses: list[float | None]
     diagnostics: dict[str, list[list[float]]]
     run_dir: str
+    lr: float | None = None
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """A diagnostic's (steps, values), non-finite values dropped."""
@@ -44,6 +45,8 @@ class Experiment:
     directory: Path
     config: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
+    sweep: str | None = None  # the sweep this experiment is a point of
+    point: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -81,13 +84,14 @@ def load_experiment(directory: Path) -> Experiment:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise TestbedError(f"cannot read {path}: {exc}") from None
-    experiment = Experiment(data.get("experiment", directory.name), directory, data["config"])
+    experiment = Experiment(data.get("experiment", directory.name), directory, data["config"],
+                            sweep=data.get("sweep"), point=data.get("point") or {})
     for run in data["runs"]:
         # The run directory relative to the experiment's: results may have moved since the run.
         run_dir = str(directory / run["label"] / f"seed-{run['seed']}")
         experiment.runs.append(Run(run["label"], run["seed"], run["status"], run.get("final_eval_loss"),
                                    run.get("eval_steps", []), run.get("eval_losses", []),
-                                   run.get("diagnostics", {}), run_dir))
+                                   run.get("diagnostics", {}), run_dir, run.get("lr")))
     return experiment
 
 
