@@ -111,11 +111,12 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
         runner.close()
     if outcome.executed == 0:
         click.echo(f"nothing to run: all {outcome.cached} runs are already done (--force runs them again)")
-    for experiment in outcome.experiments:
-        click.echo("")
-        if sweep.swept:
-            click.echo(experiment.directory.name)
-        click.echo(format_table(experiment.summary()))
+    click.echo("")
+    if sweep.swept:
+        rows = [(e.directory.name, row) for e in outcome.experiments for row in e.summary()]
+        click.echo(format_table([row for _, row in rows], points=[point for point, _ in rows]))
+    else:
+        click.echo(format_table(outcome.experiments[0].summary()))
     click.echo("")
     click.echo(f"{outcome.status} in {outcome.wall_seconds:.1f} s ({outcome.executed} runs executed, "
                f"{outcome.resumed} of them resumed; {outcome.cached} already done); "

@@ -94,7 +94,7 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoin
     optimizer = build_optimizer(plan.optimizer, registry, model.parameters())
     if resume is None:
         logger.config(config.to_dict())
-        logger.hparams(_hparams(plan))
+        logger.hparams(hparams_of(plan))
         logger.layout()
         for tag, markdown in plan.texts:
             logger.text(tag, markdown)
@@ -263,7 +263,7 @@ def _finish(result: RunResult, logger: RunLogger) -> None:
     logger.end_session(result.status)
 
 
-def _hparams(plan: RunPlan) -> dict[str, Any]:
+def hparams_of(plan: RunPlan) -> dict[str, Any]:
     values: dict[str, Any] = {"optimizer": plan.optimizer.label, "optimizer_name": plan.optimizer.name,
                               "lr": plan.optimizer.lr, "seed": plan.seed}
     for key, value in plan.optimizer.options.items():

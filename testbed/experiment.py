@@ -25,12 +25,13 @@ import yaml
 from . import checkpoint
 from .cache import finished_result, run_id
 from .config import ExperimentConfig, OptimizerSpec
-from .engine import Report, versions, write_json
+from .engine import Report, hparams_of, versions, write_json
 from .errors import TestbedError
 from .executors import Executor, LocalExecutor, failed
 from .plugins import Plugins
 from .run import RunPlan, RunResult
 from .sweep import Point, Sweep, SweepPoint
+from .tblog import write_hparams_config
 from .tuning import TUNING_DIR, Tuning, apply_tuning, collect_tuning, plan_pilots
 
 RESULTS_FILE = "results.json"
@@ -168,6 +169,7 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
     else:
         mains = {p.directory: _identify(apply_tuning(mains[p.directory], tunings[p.directory]), plugins)
                  for p, _ in points}
+        _declare_hparams(logdir / sweep.name, [x for plans in mains.values() for x in plans])
         merged = {label: t for tuning in tunings.values() for label, t in tuning.items()}
         results, interrupted = _run_phase("main", [x for plans in mains.values() for x in plans], merged,
                                           plugins, executor, report, on_phase, force, counts)
@@ -183,6 +185,14 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
     if sweep.swept:
         write_sweep(outcome, sweep)
     return outcome
+
+
+def _declare_hparams(directory: Path, plans: list[RunPlan]) -> None:
+    columns: dict = {}
+    for plan in plans:
+        for key, value in hparams_of(plan).items():
+            columns.setdefault(key, value)
+    write_hparams_config(directory, columns)
 
 
 def _identify(plans: list[RunPlan], plugins: Plugins) -> list[RunPlan]:
@@ -311,14 +321,18 @@ def write_sweep(outcome: SweepOutcome, sweep: Sweep) -> Path:
     return path
 
 
-def format_table(rows: list[SummaryRow]) -> str:
-    """The results table printed at the end of `testbed run`."""
+def format_table(rows: list[SummaryRow], points: list[str] | None = None) -> str:
+    """The results table printed at the end of `testbed run`; with ``points`` (one per row), a
+    sweep's table with the point of each row first."""
     header = ("optimizer", "runs", "final eval loss (mean ± std)", "best eval loss", "diverged", "failed")
+    if points is not None:
+        header = ("point", *header)
     lines = [header]
-    for row in rows:
+    for i, row in enumerate(rows):
         final = "-" if row.final_mean is None else f"{row.final_mean:.4e} ± {row.final_std:.1e}"
         best = "-" if row.best_mean is None else f"{row.best_mean:.4e}"
-        lines.append((row.label, str(row.runs), final, best, f"{row.diverged}/{row.runs}", str(row.failed)))
+        cells = (row.label, str(row.runs), final, best, f"{row.diverged}/{row.runs}", str(row.failed))
+        lines.append(cells if points is None else (points[i], *cells))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))

@@ -8,6 +8,7 @@ selects by optimizer and seed. HParams are written into the same directory (not 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
@@ -43,6 +44,19 @@ CUSTOM_SCALARS = {
 }
 
 
+def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
+    """The HParams dashboard's columns for every run below ``directory`` (the union of the runs'
+    hparams, with a sample value each, and the metrics), in an event file of its own at the top:
+    runs of different optimizers or sweep points have different keys, and TensorBoard shows only
+    the columns of the one experiment summary it finds. An earlier attempt's file is replaced."""
+    for old in directory.glob("events.out.tfevents.*"):
+        old.unlink()
+    experiment, _, _ = hparams(dict(columns), HPARAM_METRICS)
+    writer = SummaryWriter(log_dir=str(directory))
+    writer._get_file_writer().add_summary(experiment)
+    writer.close()
+
+
 class RunLogger:
     """Writes one run's scalars, text and hparams; a thin, convention-keeping SummaryWriter."""
 
@@ -67,11 +81,10 @@ class RunLogger:
         self.text("config", "\n".join("    " + line for line in body.splitlines()))
 
     def hparams(self, values: Mapping[str, Any]) -> None:
-        """The run's hparams; its session ends with the real status in ``end_session``."""
-        experiment, session_start, _ = hparams(dict(values), HPARAM_METRICS)
-        file_writer = self.writer._get_file_writer()
-        for summary in (experiment, session_start):
-            file_writer.add_summary(summary)
+        """The run's hparams (its session start); the session ends with the real status in
+        ``end_session``. The columns are declared once for all runs: ``write_hparams_config``."""
+        _, session_start, _ = hparams(dict(values), HPARAM_METRICS)
+        self.writer._get_file_writer().add_summary(session_start)
 
     def end_session(self, status: str) -> None:
         # torch's hparams() always reports success; build the session end with the real status.

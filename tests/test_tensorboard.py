@@ -67,8 +67,13 @@ def expected_run_dirs(logdir: Path) -> set[Path]:
 def test_one_directory_per_run_and_no_sub_runs(experiment):
     logdir, data, _ = experiment
     with_events = {Path(root) for root, _, files in os.walk(logdir) if any(EVENT_FILE in f for f in files)}
-    assert with_events == expected_run_dirs(logdir)
-    for run_dir in with_events:
+    assert with_events == expected_run_dirs(logdir) | {logdir / NAME}  # the root: the HParams columns only
+    root = load(logdir / NAME)
+    assert set(root.PluginTagToContent("hparams")) == {"_hparams_/experiment"}
+    info = plugin_data_pb2.HParamsPluginData.FromString(root.PluginTagToContent("hparams")["_hparams_/experiment"])
+    assert {m.name.tag for m in info.experiment.metric_infos} == {"eval/loss", "eval/best_loss"}
+    assert {"optimizer", "lr", "seed", "options.momentum", "options.betas"} <= {h.name for h in info.experiment.hparam_infos}
+    for run_dir in with_events - {logdir / NAME}:
         assert len([f for f in os.listdir(run_dir) if EVENT_FILE in f]) == 1, run_dir
         assert (run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()
     assert {Path(r["run_dir"]) for r in data["runs"]} == expected_run_dirs(logdir)
@@ -116,15 +121,12 @@ def test_config_text_hparams_and_custom_scalar_layout(experiment):
         assert f"name: {NAME}" in body and "steps: 25" in body
 
         hparams = accumulator.PluginTagToContent("hparams")
-        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+        assert "_hparams_/session_start_info" in hparams
         start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
         values = start.session_start_info.hparams
         assert values["optimizer"].string_value == run["label"]
         assert values["seed"].number_value == run["seed"]
         assert values["lr"].number_value == pytest.approx(LRS[run["label"]])
-        experiment_info = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"])
-        metrics = {m.name.tag for m in experiment_info.experiment.metric_infos}
-        assert "eval/loss" in metrics
 
         assert "custom_scalars__config__" in accumulator.PluginTagToContent("custom_scalars")
         (layout_event,) = accumulator.Tensors("custom_scalars__config__")
@@ -164,7 +166,7 @@ def _start_server(logdir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
 
 def test_tensorboard_server_serves_the_runs(experiment, tmp_path):
     logdir, data, _ = experiment
-    expected = {f"{NAME}/{label}/seed-{seed}" for label in LRS for seed in SEEDS}
+    expected = {f"{NAME}/{label}/seed-{seed}" for label in LRS for seed in SEEDS} | {NAME}
     server, base = _start_server(logdir, tmp_path / "tensorboard.log")
     try:
         runs: list[str] = []
@@ -195,3 +197,52 @@ def test_tensorboard_server_serves_the_runs(experiment, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _post_json(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.loads(response.read().decode())
+
+
+def test_hparams_dashboard_lists_every_run_of_a_sweep_with_its_swept_keys(tmp_path):
+    from testbed.experiment import run_sweep
+    from testbed.sweep import expand
+
+    plugins = load_plugins()
+    raw = {
+        "name": "sw", "task": {"name": "gaussian", "d": 3, "n": 10}, "model": {"layers": 2},
+        "optimizers": [{"name": "sgd", "lr": 0.01}, {"name": "adam", "lr": 0.001}],
+        "train": {"steps": 10, "batch_size": 32, "seeds": 1}, "eval": {"every": 5, "batch_size": 64},
+        "sweep": {"grid": {"task.n": [6, 10]}, "zip": {"optimizers.adam.lr": [0.001, 0.01]}},
+    }
+    outcome = run_sweep(expand(raw, plugins.registry), plugins, tmp_path / "runs", workers=1)
+    expected = {Path(r.run_dir).relative_to(tmp_path / "runs" / "sw").as_posix(): r for r in outcome.results}
+    assert len(expected) == 8
+    server, base = _start_server(tmp_path / "runs" / "sw", tmp_path / "tensorboard.log")
+    try:
+        deadline, groups = time.monotonic() + 60, []
+        body = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_UNKNOWN",
+                                                          "STATUS_RUNNING"],
+                "colParams": [], "startIndex": 0, "sliceSize": 100}
+        while time.monotonic() < deadline and len(groups) < len(expected):
+            try:
+                groups = _post_json(f"{base}/data/plugin/hparams/session_groups", body)["sessionGroups"]
+            except (urllib.error.URLError, ConnectionError, TimeoutError, KeyError):
+                groups = []
+            time.sleep(0.5)
+        assert {g["name"] for g in groups} == set(expected), (tmp_path / "tensorboard.log").read_text()
+        columns = _post_json(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+        assert {"task.n", "optimizers.adam.lr", "lr", "optimizer"} <= {h["name"] for h in columns["hparamInfos"]}
+        for group in groups:
+            result = expected[group["name"]]
+            assert group["hparams"]["task.n"] == float(group["name"].split("task.n=")[1].split(",")[0])
+            assert group["hparams"]["lr"] == pytest.approx(result.lr)
+            metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+            assert metrics["eval/loss"] == pytest.approx(result.final_eval_loss, rel=1e-6)
+            assert metrics["eval/best_loss"] == pytest.approx(result.best_eval_loss, rel=1e-6)
+            assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
