@@ -231,7 +231,9 @@ def report(directories: tuple[str, ...], out: str, steps: str) -> None:
 @click.option("--out", default="reproduction", show_default=True, help="Directory for the runs and the report.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
 @click.option("--suite", default=None, help="Directory of experiment files (default: the repository's examples/paper).")
-def reproduce(quick: bool, out: str, workers: int | None, suite: str | None) -> None:
+@click.option("--force", is_flag=True, help="Run again runs that are already done (by default an interrupted "
+                                            "reproduction goes on where it stopped).")
+def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool) -> None:
     """Run the paper's suite (examples/paper) and write the report with the claims checked."""
     from .reproduce import SUITE
     from .reproduce import reproduce as run_suite
@@ -247,7 +249,7 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None) -> 
     try:
         outcomes, directory, claims = run_suite(plugins, out, quick=quick, workers=workers, on_experiment=start,
                                                 report=progress, on_phase=progress.start,
-                                                suite=Path(suite) if suite else SUITE)
+                                                suite=Path(suite) if suite else SUITE, force=force)
     finally:
         progress.close()
     seconds = sum(o.wall_seconds for o in outcomes)

@@ -80,17 +80,18 @@ def relative_cost(config: ExperimentConfig) -> float:
 def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: int | None = None,
               suite: Path = SUITE, on_experiment: Callable[[ExperimentConfig], Any] = lambda config: None,
               report: Report = lambda event: None, on_phase: Callable[[Phase], None] = lambda phase: None,
-              ) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
+              force: bool = False) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
     """Run every experiment of ``suite`` (all validated first), then the report of all of them.
     ``on_experiment`` is called as each experiment starts; ``report`` and ``on_phase`` are handed
-    to ``run_experiment``."""
+    to ``run_experiment``. Runs already done (an earlier, interrupted reproduction) are not run
+    again unless ``force``; checkpointed ones go on from their checkpoint."""
     out = Path(out)
     configs = sorted(suite_configs(plugins, suite, quick), key=relative_cost)
     outcomes = []
     for config in configs:
         on_experiment(config)
         outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers,
-                                       on_phase=on_phase))
+                                       on_phase=on_phase, force=force))
     # The quick profile is too short for the paper's table steps and the DS window from step 250.
     steps = (50, 100) if quick else (750, 1250)
     directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250)

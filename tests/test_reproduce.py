@@ -1,6 +1,7 @@
 """`testbed reproduce`: every suite file validates in both profiles; a --quick smoke run of one
 experiment through to the report."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,11 @@ def test_reproduce_quick_smoke(tmp_path):
     assert {p.name for p in (report / "figures").iterdir()} >= {
         f"paper_setting1-{kind}.png" for kind in ("loss", "noise", "rmed", "ds")}
     assert "holds  Adam reaches a lower eval loss than SGD with momentum" in result.output
+    # Started again, a reproduction goes on where it stopped: here nothing is left to run.
+    before = (tmp_path / "out" / "runs" / "paper_setting1" / "results.json").read_text()
+    again = CliRunner().invoke(main, ["reproduce", "--quick", "--suite", str(suite), "--out", str(tmp_path / "out"),
+                                      "--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert "main: 4 runs already done (not run again), 0 resume from a checkpoint" in again.output
+    after = json.loads((tmp_path / "out" / "runs" / "paper_setting1" / "results.json").read_text())
+    assert [r["eval_losses"] for r in after["runs"]] == [r["eval_losses"] for r in json.loads(before)["runs"]]
