@@ -110,12 +110,18 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(queue, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
     torch.set_num_threads(1)
-    _WORKER.update(queue=queue, stop=stop, plugins=load_plugins())
+    _WORKER.update(queue=queue, stop=stop, plugins=load_plugins(), driver=os.getppid())
 
 
 def _train_in_worker(plan: RunPlan) -> RunResult:
-    queue, stop = _WORKER["queue"], _WORKER["stop"]
-    return train(plan, _WORKER["plugins"], should_stop=stop.is_set, report=queue.put)
+    queue, stop, driver = _WORKER["queue"], _WORKER["stop"], _WORKER["driver"]
+
+    def should_stop() -> bool:
+        # A killed driver leaves its workers running: they stop too (with a checkpoint), so that a
+        # new attempt never shares a run directory with an orphan.
+        return stop.is_set() or os.getppid() != driver
+
+    return train(plan, _WORKER["plugins"], should_stop=should_stop, report=queue.put)
 
 
 def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list[RunResult], bool]:

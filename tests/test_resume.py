@@ -164,3 +164,22 @@ def test_ctrl_c_checkpoints_at_a_step_and_the_next_run_goes_on_from_it(tmp_path,
     assert got["sgd/seed-0"]["resumed_from"] == [stopped["steps_done"]]
     for key in want:
         assert got[key]["eval_losses"] == want[key]["eval_losses"], key
+
+
+def test_workers_of_a_killed_driver_stop_with_a_checkpoint(tmp_path):
+    """kill -9 of the driver alone: its worker processes notice and stop at a step, checkpointed."""
+    path, logdir = config(tmp_path, steps=3000, checkpoint_every=None), tmp_path / "runs"
+    process = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(path), "--logdir", str(logdir),
+                                "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dirs = [logdir / "tiny" / label / "seed-0" for label in ("sgd", "adam")]
+    deadline = time.monotonic() + 120
+    while not all(list(d.glob(EVENT_FILE_PREFIX + "*")) for d in run_dirs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()  # the driver only
+    process.wait()
+    deadline = time.monotonic() + 60
+    while not all((d / "summary.json").exists() for d in run_dirs) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a worker writes its summary after its checkpoint, as it stops
+    assert all((d / CHECKPOINT_FILE).exists() for d in run_dirs)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
+    assert all(s["status"] == "interrupted" and 0 < s["steps_done"] < 3000 for s in summaries)
