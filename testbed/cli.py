@@ -46,7 +46,7 @@ class PhaseProgress:
 
     def start(self, phase: Phase) -> None:
         self.close()
-        for tuning in phase.tuning.values():
+        for tuning in phase.tuning:
             click.echo(describe_tuning(tuning))
         if phase.cached or phase.resumed:
             click.echo(f"{phase.name}: {phase.cached} runs already done (not run again), "

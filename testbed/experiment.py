@@ -103,7 +103,7 @@ class Phase:
 
     name: str  # "tuning" (the pilot runs) or "main"
     plans: list[RunPlan]  # the runs this phase executes (resumed ones included)
-    tuning: dict[str, Tuning]  # the finished tuning, by optimizer label (empty in the tuning phase)
+    tuning: tuple[Tuning, ...]  # the finished tunings of every point (none in the tuning phase)
     cached: int = 0  # runs of this phase already done, not run again
     resumed: int = 0  # runs of ``plans`` that go on from a checkpoint
 
@@ -157,7 +157,7 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
     tunings: dict[str, dict[str, Tuning]] = {p.directory: {} for p, _ in points}
     interrupted = False
     if any(pilots.values()):
-        done, interrupted = _run_phase("tuning", [x for plans in pilots.values() for x in plans], {}, plugins,
+        done, interrupted = _run_phase("tuning", [x for plans in pilots.values() for x in plans], (), plugins,
                                        executor, report, on_phase, force, counts)
         for p, _ in points:
             tunings[p.directory] = collect_tuning(p.config, [done[x.run_dir] for x in pilots[p.directory]],
@@ -170,7 +170,7 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
         mains = {p.directory: _identify(apply_tuning(mains[p.directory], tunings[p.directory]), plugins)
                  for p, _ in points}
         _declare_hparams(logdir / sweep.name, [x for plans in mains.values() for x in plans])
-        merged = {label: t for tuning in tunings.values() for label, t in tuning.items()}
+        merged = tuple(t for tuning in tunings.values() for t in tuning.values())
         results, interrupted = _run_phase("main", [x for plans in mains.values() for x in plans], merged,
                                           plugins, executor, report, on_phase, force, counts)
     wall = time.perf_counter() - started
@@ -206,7 +206,7 @@ def _never_chosen(plan: RunPlan, tuning: dict[str, Tuning]) -> RunResult:
     return result
 
 
-def _run_phase(name: str, plans: list[RunPlan], tuning: dict[str, Tuning], plugins: Plugins, executor: Executor,
+def _run_phase(name: str, plans: list[RunPlan], tuning: tuple[Tuning, ...], plugins: Plugins, executor: Executor,
                report: Report, on_phase: Callable[[Phase], None], force: bool,
                counts: dict[str, int]) -> tuple[dict[str, RunResult], bool]:
     """Execute what ``plans`` still need: each distinct run id once, finished runs not at all (unless

@@ -188,7 +188,7 @@ def test_interruption_during_tuning_stops_everything(tmp_path):
 def test_report_and_phases_cover_pilots_and_main_runs(tmp_path):
     events, phases = [], []
     run(raw_config(seeds=1), tmp_path, report=events.append,
-        on_phase=lambda phase: phases.append((phase.name, len(phase.plans), phase.steps_per_run, set(phase.tuning))))
+        on_phase=lambda phase: phases.append((phase.name, len(phase.plans), phase.steps_per_run, {t.label for t in phase.tuning})))
     assert phases == [("tuning", 3, 30, set()), ("main", 2, 30, {"sgd"})]
     ended = [e["key"] for e in events if e["event"] == "end"]
     assert ended == ["tuning/sgd/lr-1e-06/seed-0", "tuning/sgd/lr-0.05/seed-0", "tuning/sgd/lr-1e+06/seed-0",
