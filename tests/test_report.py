@@ -116,6 +116,13 @@ def test_noise_ordering_and_depth_claims():
                    for L, s, a in ((2, 0.4, 0.1), (4, 0.3, 0.2))]
     result = depth(gap_shrinks)
     assert result.verdict == FAILS and "L=2" in result.evidence
+    # With tuned depth-study experiments at two depths or more, a fixed-rate one (L = 3) is left out.
+    tuned = [experiment(f"L{L}", {"sgd": [s], "adam": [a]}, {**config("gaussian", L), "optimizers": [
+        {"name": "sgd", "tune": {"lr": [0.1]}}, {"name": "adam", "tune": {"lr": [0.1]}}]})
+        for L, s, a in ((2, 0.4, 0.3), (4, 0.3, 0.1))]
+    fixed = experiment("L3", {"sgd": [0.01], "adam": [0.001]}, config("gaussian", 3))
+    result = depth(tuned + [fixed])
+    assert result.verdict == HOLDS and "L=3" not in result.evidence
 
 
 def test_condition_ratios_pair_by_seed():
@@ -124,3 +131,24 @@ def test_condition_ratios_pair_by_seed():
         run.diagnostics["robust_condition_number/proxy"] = [[750, value]]
     mean, std, count = condition_ratios(e, (750,), "sgd", "adam")[750]
     assert (mean, count) == (3.0, 2) and math.isclose(std, 0.0)
+
+
+def test_condition_gap_claims_on_constructed_ratios():
+    from testbed.report.claims import condition_gap_depth, condition_gap_heavy_tails
+
+    def with_ratio(name, cfg, ratio):
+        e = experiment(name, {"sgd": [0.1], "adam": [0.1]}, cfg)
+        e.runs[0].diagnostics["robust_condition_number/proxy"] = [[750, ratio], [1250, ratio]]
+        e.runs[1].diagnostics["robust_condition_number/proxy"] = [[750, 1.0], [1250, 1.0]]
+        return e
+
+    heavier = [with_ratio("s3", config("gamma"), 3.0), with_ratio("s1", config("gaussian"), 1.5)]
+    assert condition_gap_heavy_tails(heavier, (750, 1250)).verdict == HOLDS
+    lighter = [with_ratio("s3", config("gamma"), 1.2), with_ratio("s1", config("gaussian"), 1.5)]
+    result = condition_gap_heavy_tails(lighter, (750, 1250))
+    assert result.verdict == FAILS and "gamma 1.20, gaussian 1.50" in result.evidence
+    growing = [with_ratio(f"L{L}", config("gaussian", L), r) for L, r in ((2, 1.1), (4, 2.0), (8, 4.0))]
+    assert condition_gap_depth(growing, (750, 1250)).verdict == HOLDS
+    shrinking = [with_ratio(f"L{L}", config("gaussian", L), r) for L, r in ((2, 2.0), (4, 1.0))]
+    assert condition_gap_depth(shrinking, (750, 1250)).verdict == FAILS
+    assert condition_gap_depth(growing[:1], (750, 1250)).verdict == UNMEASURED

@@ -129,6 +129,37 @@ def condition_number(experiments: list[Experiment], steps: tuple[int, ...]) -> C
                  "; ".join(evidence))
 
 
+def _mean_ratio(e: Experiment, steps: tuple[int, ...]) -> float | None:
+    """SGD/Adam R_med averaged over the table's steps (each step's ratio is a mean over seeds)."""
+    pair = _pair(e)
+    ratios = condition_ratios(e, steps, *pair) if pair else {}
+    return statistics.fmean(mean for mean, _, _ in ratios.values()) if ratios else None
+
+
+def condition_gap_heavy_tails(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    title = "The R_med gap (SGD/Adam) is larger with heavy-tailed (Gamma) covariates than Gaussian ones"
+    ratio = lambda task: next((r for e in experiments if e.task == task and e.layers == 3  # noqa: E731
+                               and e.config["task"]["n"] == 20 and (r := _mean_ratio(e, steps)) is not None), None)
+    gamma, gaussian = ratio("gamma"), ratio("gaussian")
+    if gamma is None or gaussian is None:
+        return Claim(title, UNMEASURED, "needs R_med for SGD and Adam on gamma and gaussian tasks (L = 3, n = 20)")
+    return Claim(title, _verdict([gamma > gaussian]),
+                 f"SGD/Adam R_med, mean over steps {', '.join(map(str, steps))}: gamma {gamma:.2f}, gaussian {gaussian:.2f}")
+
+
+def condition_gap_depth(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    title = "The R_med gap (SGD/Adam) grows with the number of layers"
+    family = [e for e in experiments if _setting1_shape(e) and _mean_ratio(e, steps) is not None]
+    if len({e.layers for e in family if _tuned(e)}) >= 2:
+        family = [e for e in family if _tuned(e)]
+    by_depth = {e.layers: _mean_ratio(e, steps) for e in sorted(family, key=lambda e: e.layers)}
+    if len(by_depth) < 2:
+        return Claim(title, UNMEASURED, "needs R_med for SGD and Adam on Gaussian data at two or more depths")
+    ratios = list(by_depth.values())
+    return Claim(title, _verdict([all(b > a for a, b in zip(ratios, ratios[1:]))]),
+                 ", ".join(f"L={L}: {r:.2f}" for L, r in by_depth.items()))
+
+
 def median_smoothness(experiment: Experiment, label: str, start: int = 0) -> float | None:
     medians = []
     for run in experiment.runs_of(label):
@@ -193,10 +224,18 @@ def spherical_vs_gamma(experiments: list[Experiment]) -> Claim:
     return Claim(title, _verdict(checks), "; ".join(evidence))
 
 
+def _tuned(e: Experiment) -> bool:
+    return any(o.get("tune") for o in e.config.get("optimizers", []))
+
+
 def depth(experiments: list[Experiment]) -> Claim:
     title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
-    by_depth = sorted(((e.layers, e) for e in experiments if _setting1_shape(e) and _pair(e)
-                       and e.mean_final("sgd") and e.mean_final("adam")), key=lambda item: item[0])
+    family = [e for e in experiments if _setting1_shape(e) and _pair(e) and e.mean_final("sgd") and e.mean_final("adam")]
+    # The depth study tunes each depth's learning rates: compare its experiments with each other,
+    # not with fixed-rate ones (Setting 1 at L = 3), when it has two depths or more.
+    if len({e.layers for e in family if _tuned(e)}) >= 2:
+        family = [e for e in family if _tuned(e)]
+    by_depth = sorted(((e.layers, e) for e in family), key=lambda item: item[0])
     depths = sorted({layers for layers, _ in by_depth})
     if len(depths) < 2:
         return Claim(title, UNMEASURED, "needs SGD and Adam on Gaussian data at two or more depths")
@@ -244,7 +283,8 @@ def check_claims(experiments: list[Experiment], steps: tuple[int, ...] = (750, 1
     """Every claim; R_med ratios at ``steps``, directional smoothness from step ``smoothness_from``."""
     checks: list[Callable[[list[Experiment]], Claim]] = [
         adam_beats_sgd, noise_heavy_tailed, noise_ordering, noise_depth,
-        lambda es: condition_number(es, steps), lambda es: smaller_smoothness(es, smoothness_from),
+        lambda es: condition_number(es, steps), lambda es: condition_gap_heavy_tails(es, steps),
+        lambda es: condition_gap_depth(es, steps), lambda es: smaller_smoothness(es, smoothness_from),
         generalized_smoothness,
         spherical_vs_gamma, depth, linear_vs_softmax, larger_model,
     ]
