@@ -28,6 +28,7 @@ from .sweep import Sweep
 from .tuning import apply_tuning, collect_tuning, plan_pilots
 
 TIMED_STEPS = 5
+MAX_LISTED = 40  # runs listed one per line; a large sweep's plan ends with a count of the rest
 
 
 @dataclass
@@ -120,11 +121,13 @@ def describe(sweep: Sweep, states: list[RunState], seconds: float | None, capaci
         if count(group, "waits"):
             parts.append(f"{count(group, 'waits')} wait for learning-rate tuning")
         lines.append(f"{len(group)} {name}: {', '.join(parts)}")
-    for s in states:
+    for s in states[:MAX_LISTED]:
         detail = {"done": "done", "resume": f"resume from step {s.from_step}", "new": "to run",
                   "waits": "waits for tuning"}[s.state]
         lr = "tuned" if s.state == "waits" else f"lr {s.plan.optimizer.lr:g}"
         lines.append(f"  {s.plan.run_dir}  [{lr}, {s.plan.config.train.steps} steps]  {detail}")
+    if len(states) > MAX_LISTED:
+        lines.append(f"  ... and {len(states) - MAX_LISTED} more runs")
     if seconds is not None:
         lines.append(f"estimated time: {_duration(seconds)} on {capacity} parallel workers "
                      "(training steps only, timed here; diagnostics add to it)")
