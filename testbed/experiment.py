@@ -151,7 +151,9 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
         _prepare_experiment(directory, p.config)
     started = time.perf_counter()
     counts = {"executed": 0, "cached": 0, "resumed": 0}
-    pilots = {p.directory: _identify(plan_pilots(p.config, d), plugins) for p, d in points}
+    group = (lambda p: p.point.dirname) if sweep.swept else (lambda p: "")  # noqa: E731
+    pilots = {p.directory: _identify([replace(x, group=group(p)) for x in plan_pilots(p.config, d)], plugins)
+              for p, d in points}
     for p, directory in points:
         _prune_pilots(directory, pilots[p.directory])
     tunings: dict[str, dict[str, Tuning]] = {p.directory: {} for p, _ in points}
@@ -162,7 +164,7 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
         for p, _ in points:
             tunings[p.directory] = collect_tuning(p.config, [done[x.run_dir] for x in pilots[p.directory]],
                                                   interrupted)
-    mains = {p.directory: plan_runs(p.config, d, p.point) for p, d in points}
+    mains = {p.directory: [replace(x, group=group(p)) for x in plan_runs(p.config, d, p.point)] for p, d in points}
     if interrupted:  # during tuning: no main run starts
         results = {x.run_dir: _never_chosen(x, tunings[p.directory]) for p, _ in points
                    for x in mains[p.directory]}

@@ -7,8 +7,11 @@ for it, and avoids shipping event files (histograms, figures) through the object
 is that on a multi-node cluster the log directory must be on a filesystem every node mounts at the
 same path (NFS, a shared volume). On one machine (``--executor ray`` with no address) it always is.
 
-Progress events go through a Ray queue; a stop request (Ctrl-C in the driver) goes through a small
-actor that running tasks poll about once a second, so they stop at a step boundary with a checkpoint.
+A task never blocks on Ray (no ``ray.get`` inside a run): a blocked task lends its CPU to the next
+task, which then keeps running beside it, and two runs share one core. So progress events are
+fire-and-forget calls to a small actor the driver drains, and a stop request (Ctrl-C in the driver)
+is a file in the log directory that running tasks look for about once a second; they then stop at a
+step boundary with a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from .engine import Report, train
@@ -26,10 +31,10 @@ from .run import RunPlan, RunResult
 
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024**2  # runs exchange only small results
 STOP_POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5  # how often the driver collects finished runs and progress events
 
 try:
     import ray
-    from ray.util.queue import Empty, Queue
 except ImportError:  # the optional extra is not installed
     ray = None
 
@@ -42,40 +47,44 @@ def _require_ray() -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _train_task(plan: RunPlan, events, stop) -> RunResult:
+def _train_task(plan: RunPlan, events, stop_file: str) -> RunResult:
     """A Ray task: one run with one torch thread and the plugins of the worker's environment."""
     import torch
 
+    if os.path.exists(stop_file):  # stopped before this run started: it never starts
+        return not_run(plan)
     torch.set_num_threads(1)
     if "plugins" not in _WORKER:
         _WORKER["plugins"] = load_plugins()
-    flag = _PolledFlag(stop)
-    return train(plan, _WORKER["plugins"], should_stop=flag, report=lambda event: events.put_nowait(event))
+    return train(plan, _WORKER["plugins"], should_stop=_StopFile(stop_file),
+                 report=lambda event: events.push.remote(event))  # not awaited: never blocks
 
 
-class _PolledFlag:
-    """The driver's stop flag, asked for at most once per STOP_POLL_SECONDS."""
+class _StopFile:
+    """Whether the driver asked to stop, looked up at most once per STOP_POLL_SECONDS."""
 
-    def __init__(self, actor):
-        self.actor, self.checked, self.value = actor, 0.0, False
+    def __init__(self, path: str):
+        self.path, self.checked, self.value = path, 0.0, False
 
     def __call__(self) -> bool:
         now = time.monotonic()
         if not self.value and now - self.checked >= STOP_POLL_SECONDS:
-            self.checked = now
-            self.value = ray.get(self.actor.is_set.remote())
+            self.checked, self.value = now, os.path.exists(self.path)
         return self.value
 
 
-class _StopFlag:
+class _Events:
+    """The runs' progress events, until the driver drains them."""
+
     def __init__(self):
-        self.value = False
+        self.items: list[dict] = []
 
-    def set(self) -> None:
-        self.value = True
+    def push(self, event: dict) -> None:
+        self.items.append(event)
 
-    def is_set(self) -> bool:
-        return self.value
+    def drain(self) -> list[dict]:
+        items, self.items = self.items, []
+        return items
 
 
 class RayExecutor:
@@ -113,15 +122,24 @@ class RayExecutor:
 
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
         self._connect()
-        events, stop = Queue(), ray.remote(_StopFlag).remote()
+        events = ray.remote(_Events).options(num_cpus=0).remote()
+        stop_file = Path(os.path.commonpath([plan.run_dir for plan in plans])) / f".stop-{uuid.uuid4().hex}"
         task = ray.remote(num_cpus=1, max_retries=0)(_train_task)
-        refs = {task.remote(plan, events, stop): plan for plan in longest_first(plans)}
+        refs = {task.remote(plan, events, str(stop_file)): plan for plan in longest_first(plans)}
+        try:
+            return self._collect(refs, plans, events, stop_file, report)
+        finally:
+            stop_file.unlink(missing_ok=True)
+            ray.kill(events)
+
+    def _collect(self, refs: dict, plans: list[RunPlan], events, stop_file: Path,
+                 report: Report) -> tuple[list[RunResult], bool]:
         finished: dict[str, RunResult] = {}
         interrupted = False
         pending = list(refs)
         while pending:
             try:
-                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
                 _drain(events, report)
                 for ref in done:
                     finished[refs[ref].run_dir] = _outcome(ref, refs[ref])
@@ -131,9 +149,9 @@ class RayExecutor:
                         ray.cancel(ref, force=True)
                     break
                 interrupted = True
-                stop.set.remote()  # running runs stop at their next step, with a checkpoint
-                for ref in pending:
-                    ray.cancel(ref)  # tasks not started yet never start
+                # Running runs stop at their next step, with a checkpoint; the others never start.
+                # (ray.cancel would interrupt a running run mid-step, without a checkpoint.)
+                stop_file.touch()
         _drain(events, report)
         results = [finished.get(plan.run_dir) or not_run(plan) for plan in plans]
         return results, interrupted or any(r.status == "interrupted" for r in results)
@@ -163,12 +181,6 @@ def _outcome(ref, plan: RunPlan) -> RunResult:
 
 
 def _drain(events, report: Report) -> None:
-    count = events.qsize()
-    if count:
-        try:
-            batch = events.get_nowait_batch(count)
-        except Empty:
-            return
-        for event in batch:
-            report(event)
+    for event in ray.get(events.drain.remote()):
+        report(event)
 

@@ -31,16 +31,19 @@ class RunPlan:
     texts: tuple[tuple[str, str], ...] = ()  # extra TensorBoard text entries (tag, markdown) at step 0
     run_id: str = ""  # set by the driver (cache.run_id); "" = no identity, so no checkpoints
     point: tuple[tuple[str, Any], ...] = ()  # the sweep point's (key, value)s that apply to this run
+    group: str = ""  # the sweep point's directory name ("" outside a sweep)
 
     def swept(self) -> dict[str, Any]:
         return dict(self.point)
 
     @property
     def key(self) -> str:
-        """Unique within an experiment; mirrors the run directory below the experiment's."""
+        """Unique within a sweep; mirrors the run directory below the sweep's (the experiment's)."""
         if self.pilot:
-            return f"tuning/{self.optimizer.label}/lr-{format_lr(self.optimizer.lr)}/seed-{self.seed}"
-        return f"{self.optimizer.label}/seed-{self.seed}"
+            own = f"tuning/{self.optimizer.label}/lr-{format_lr(self.optimizer.lr)}/seed-{self.seed}"
+        else:
+            own = f"{self.optimizer.label}/seed-{self.seed}"
+        return f"{self.group}/{own}" if self.group else own
 
 
 @dataclass

@@ -78,10 +78,25 @@ def per_run(logdir: Path) -> dict[str, dict]:
     found = {}
     for path in (logdir / "tiny").rglob("results.json"):
         for r in json.loads(path.read_text())["runs"]:
-            key = f"{path.parent.name}/{r['key']}"
-            found[key] = {k: r[k] for k in ("status", "lr", "eval_steps", "eval_losses", "final_eval_loss",
-                                            "steps_done", "run_id")}
+            assert r["key"].startswith(f"{path.parent.name}/")  # run keys name their sweep point
+            found[r["key"]] = {k: r[k] for k in ("label", "status", "lr", "eval_steps", "eval_losses",
+                                                 "final_eval_loss", "steps_done", "run_id")}
     return found
+
+
+def max_concurrent(directory: Path) -> int:
+    """The most runs whose event files were being written at the same time."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    edges = []
+    for path in directory.glob("**/seed-*/events.out.tfevents*"):
+        times = [event.wall_time for event in EventFileLoader(str(path)).Load()]
+        edges += [(min(times), 1), (max(times), -1)]
+    running = most = 0
+    for _, change in sorted(edges):
+        running += change
+        most = max(most, running)
+    return most
 
 
 def test_local_and_ray_executors_give_identical_results(cluster, tmp_path):
@@ -91,7 +106,7 @@ def test_local_and_ray_executors_give_identical_results(cluster, tmp_path):
     assert "60 runs executed" in output
     local, on_ray = per_run(tmp_path / "local"), per_run(tmp_path / "ray")
     assert len(local) == 60 and local.keys() == on_ray.keys()
-    assert {(r["lr"], k.split("/")[1]) for k, r in local.items()} == \
+    assert {(r["lr"], r["label"]) for r in local.values()} == \
         {(lr, "sgd") for lr in SGD_LRS} | {(lr, "adam") for lr in ADAM_LRS}
     for key, result in local.items():
         assert on_ray[key] == result, key  # bitwise-equal losses, same ids
@@ -105,10 +120,15 @@ def test_local_and_ray_executors_give_identical_results(cluster, tmp_path):
 
 def test_ray_executor_starts_a_local_instance_of_its_own(tmp_path):
     raw = copy.deepcopy(TINY)
-    raw["train"]["steps"] = 10
+    raw["task"] = {"name": "gaussian", "d": 5, "n": 20}
+    raw["train"].update({"steps": 600, "batch_size": 1000, "seeds": 3})
+    raw["eval"]["every"] = 5  # many progress events: a run must never block on sending them
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     run(str(path), "--logdir", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2")
+    # Never more runs at once than the instance's 2 CPUs: a task blocked on Ray lends its CPU to
+    # the next task, and the two then share one core.
+    assert max_concurrent(tmp_path / "ray" / "tiny") <= 2
     run(str(path), "--logdir", str(tmp_path / "local"), "--workers", "1")
     ray_results = json.loads((tmp_path / "ray" / "tiny" / "results.json").read_text())["runs"]
     local_results = json.loads((tmp_path / "local" / "tiny" / "results.json").read_text())["runs"]
