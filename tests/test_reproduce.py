@@ -48,7 +48,7 @@ def test_reproduce_quick_smoke(tmp_path):
     assert (tmp_path / "out" / "runs" / "paper_setting1" / "results.json").exists()
     assert {p.name for p in (report / "figures").iterdir()} >= {
         f"paper_setting1-{kind}.png" for kind in ("loss", "noise", "rmed", "ds")}
-    assert "holds  Adam reaches a lower eval loss than SGD with momentum" in result.output
+    assert "holds  Adam reaches a lower eval loss than SGD with momentum (L = 3" in result.output
     # Started again, a reproduction goes on where it stopped: here nothing is left to run.
     before = (tmp_path / "out" / "runs" / "paper_setting1" / "results.json").read_text()
     again = CliRunner().invoke(main, ["reproduce", "--quick", "--suite", str(suite), "--out", str(tmp_path / "out"),

@@ -35,16 +35,26 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _main_model(e: Experiment) -> bool:
+    """The paper's main-comparison model: 3 block-sparse linear-attention layers, no feature map.
+    The depth study, softmax attention, the larger model and the nonlinear variant have claims of
+    their own."""
+    model = e.config["model"]
+    return (e.attention == "linear" and e.layers == 3 and model.get("parameterization") == "block_sparse"
+            and not model.get("feature_map") and e.config["task"]["d"] == 5)
+
+
 def adam_beats_sgd(experiments: list[Experiment]) -> Claim:
     results, evidence = [], []
     for e in experiments:
-        pair = _pair(e)
+        pair = _pair(e) if _main_model(e) else None
         if pair is None or e.mean_final(pair[0]) is None or e.mean_final(pair[1]) is None:
             continue
         sgd, adam = e.mean_final(pair[0]), e.mean_final(pair[1])
         results.append(adam < sgd)
         evidence.append(f"{e.name}: Adam {_fmt(adam)} vs SGD {_fmt(sgd)} (SGD/Adam {sgd / adam:.2f})")
-    return Claim("Adam reaches a lower eval loss than SGD with momentum", _verdict(results), "; ".join(evidence))
+    return Claim("Adam reaches a lower eval loss than SGD with momentum (L = 3 linear attention: Settings 1-3, "
+                 "spherical)", _verdict(results), "; ".join(evidence))
 
 
 def noise_skewness(experiment: Experiment) -> float | None:
