@@ -15,7 +15,7 @@ from .config import apply_overrides, load_yaml
 from .errors import TestbedError
 from .executors import EXECUTORS, make_executor
 from .experiment import Phase, format_table, run_sweep
-from .sweep import expand
+from .sweep import Point, Sweep, SweepPoint, expand
 from .tuning import describe_tuning, plan_pilots
 from .plugins import load_plugins
 from .progress import Progress
@@ -233,13 +233,27 @@ def report(directories: tuple[str, ...], out: str, steps: str) -> None:
 @click.option("--suite", default=None, help="Directory of experiment files (default: the repository's examples/paper).")
 @click.option("--force", is_flag=True, help="Run again runs that are already done (by default an interrupted "
                                             "reproduction goes on where it stopped).")
-def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Per experiment: runs done, resumable and to run, and an estimated time.")
+def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool, dry_run: bool) -> None:
     """Run the paper's suite (examples/paper) and write the report with the claims checked."""
-    from .reproduce import SUITE
+    from .reproduce import SUITE, relative_cost, suite_configs
     from .reproduce import reproduce as run_suite
 
     plugins = load_plugins()
     plugins.require_healthy()
+    if dry_run:
+        from .dryrun import duration, estimate_seconds, plan_states, summary_line
+
+        capacity = workers or os.cpu_count() or 1
+        total = 0.0
+        for config in sorted(suite_configs(plugins, Path(suite) if suite else SUITE, quick), key=relative_cost):
+            sweep = Sweep(config.name, (SweepPoint(Point(), config, config.name),), swept=False)
+            states = plan_states(sweep, plugins, Path(out) / "runs", force)
+            seconds = estimate_seconds(states, plugins, capacity)
+            total += seconds
+            click.echo(f"{config.name}: {summary_line(states)}; about {duration(seconds)}")
+        click.echo(f"estimated time left: {duration(total)} on {capacity} workers (training steps only)")
+        return
     progress = PhaseProgress()
 
     def start(config) -> None:

@@ -129,12 +129,21 @@ def describe(sweep: Sweep, states: list[RunState], seconds: float | None, capaci
     if len(states) > MAX_LISTED:
         lines.append(f"  ... and {len(states) - MAX_LISTED} more runs")
     if seconds is not None:
-        lines.append(f"estimated time: {_duration(seconds)} on {capacity} parallel workers "
+        lines.append(f"estimated time: {duration(seconds)} on {capacity} parallel workers "
                      "(training steps only, timed here; diagnostics add to it)")
     return lines
 
 
-def _duration(seconds: float) -> str:
+def summary_line(states: list[RunState]) -> str:
+    """"12 runs: 4 done, 1 resume, 7 to run" over pilots and main runs together."""
+    count = lambda state: sum(s.state == state for s in states)  # noqa: E731
+    parts = [f"{count('done')} done", f"{count('resume')} resume", f"{count('new')} to run"]
+    if count("waits"):
+        parts.append(f"{count('waits')} wait for tuning")
+    return f"{len(states)} runs: {', '.join(parts)}"
+
+
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

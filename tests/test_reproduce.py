@@ -57,3 +57,9 @@ def test_reproduce_quick_smoke(tmp_path):
     assert "main: 4 runs already done (not run again), 0 resume from a checkpoint" in again.output
     after = json.loads((tmp_path / "out" / "runs" / "paper_setting1" / "results.json").read_text())
     assert [r["eval_losses"] for r in after["runs"]] == [r["eval_losses"] for r in json.loads(before)["runs"]]
+    # --dry-run says what is left: nothing here.
+    plan = CliRunner().invoke(main, ["reproduce", "--quick", "--suite", str(suite), "--out", str(tmp_path / "out"),
+                                     "--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    assert "paper_setting1: 4 runs: 4 done, 0 resume, 0 to run; about 0 s" in plan.output
+    assert "estimated time left: 0 s" in plan.output
