@@ -15,7 +15,7 @@ from .config import apply_overrides, load_yaml
 from .errors import TestbedError
 from .executors import EXECUTORS, make_executor
 from .experiment import Phase, format_table, run_sweep
-from .sweep import Point, Sweep, SweepPoint, expand
+from .sweep import Sweep, expand
 from .tuning import describe_tuning, plan_pilots
 from .plugins import load_plugins
 from .progress import Progress
@@ -247,8 +247,7 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, for
         capacity = workers or os.cpu_count() or 1
         total = 0.0
         for config in sorted(suite_configs(plugins, Path(suite) if suite else SUITE, quick), key=relative_cost):
-            sweep = Sweep(config.name, (SweepPoint(Point(), config, config.name),), swept=False)
-            states = plan_states(sweep, plugins, Path(out) / "runs", force)
+            states = plan_states(Sweep.of(config), plugins, Path(out) / "runs", force)
             seconds = estimate_seconds(states, plugins, capacity)
             total += seconds
             click.echo(f"{config.name}: {summary_line(states)}; about {duration(seconds)}")

@@ -30,7 +30,7 @@ from .errors import TestbedError
 from .executors import Executor, LocalExecutor, failed
 from .plugins import Plugins
 from .run import RunPlan, RunResult
-from .sweep import Point, Sweep, SweepPoint
+from .sweep import Point, Sweep
 from .tblog import write_hparams_config
 from .tuning import TUNING_DIR, Tuning, apply_tuning, collect_tuning, plan_pilots
 
@@ -132,8 +132,7 @@ def run_experiment(config: ExperimentConfig, plugins: Plugins, logdir: str | Pat
                    on_phase: Callable[[Phase], None] = lambda phase: None, force: bool = False,
                    executor: Executor | None = None) -> ExperimentOutcome:
     """One experiment (a sweep of one point) in ``logdir``/<name>; see ``run_sweep``."""
-    sweep = Sweep(config.name, (SweepPoint(Point(), config, config.name),), swept=False)
-    return run_sweep(sweep, plugins, logdir, report, workers, on_phase, force, executor).experiments[0]
+    return run_sweep(Sweep.of(config), plugins, logdir, report, workers, on_phase, force, executor).experiments[0]
 
 
 def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report = lambda event: None,

@@ -73,6 +73,11 @@ class Sweep:
     points: tuple[SweepPoint, ...]
     swept: bool  # False: a plain experiment (one point, no sweep section)
 
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> "Sweep":
+        """One experiment, as a sweep of one point in its own directory."""
+        return cls(config.name, (SweepPoint(Point(), config, config.name),), swept=False)
+
     @property
     def keys(self) -> list[str]:
         return list(dict.fromkeys(key for p in self.points for key, _ in p.point.values))
@@ -96,8 +101,7 @@ def expand(raw: Mapping[str, Any], registry: Registry, default_name: str = "expe
     raw = dict(raw)
     section = raw.pop("sweep", None)
     if section is None:
-        config = parse_config(raw, registry, default_name)
-        return Sweep(config.name, (SweepPoint(Point(), config, config.name),), swept=False)
+        return Sweep.of(parse_config(raw, registry, default_name))
     points = _points(section)
     name = parse_config(raw, registry, default_name).name  # the base config must be valid on its own
     expanded, seen = [], {}
