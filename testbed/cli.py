@@ -1,5 +1,6 @@
 """The `testbed` command. Commands only parse, call the library and print; every TestbedError
-becomes one message on stderr and exit code 1 (in ``TestbedGroup.invoke``)."""
+and every command-line usage error becomes one message on stderr and exit code 1 (in
+``TestbedGroup.invoke``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class TestbedGroup(click.Group):
             return super().invoke(ctx)
         except TestbedError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except click.UsageError as exc:  # a bad option or argument is bad input too: exit 1
+            hint = f" (see testbed {exc.ctx.info_name} --help)" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
             ctx.exit(1)
 
 

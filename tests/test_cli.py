@@ -242,7 +242,17 @@ def test_list_diagnostics():
 
 def test_list_unknown_kind_is_a_usage_error():
     result = invoke("list", "widgets")
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: Invalid value for" in result.output and "widgets" in result.output
+
+
+def test_bad_options_exit_1_with_one_message(write_yaml, tiny_raw):
+    path = write_yaml(tiny_raw)
+    for args, message in ((["--workers", "0"], "--workers"), (["--address", "x:1"], "only with --executor ray"),
+                          (["--executor", "slurm"], "--executor"), (["--bogus"], "No such option")):
+        result = invoke("run", str(path), *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and result.output.count("Error:") == 1 and "Traceback" not in result.output
 
 
 # ---------------------------------------------------------------- bad input
