@@ -31,7 +31,7 @@ class TestbedGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
         except click.UsageError as exc:  # a bad option or argument is bad input too: exit 1
-            hint = f" (see testbed {exc.ctx.info_name} --help)" if exc.ctx is not None else ""
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
             click.echo(f"Error: {exc.format_message()}{hint}", err=True)
             ctx.exit(1)
 
