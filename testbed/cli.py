@@ -137,8 +137,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
 
 def _describe_plan(sweep, logdir: Path) -> None:
     config = sweep.points[0].config
-    runs = sum(len(p.config.optimizers) * len(p.config.train.seeds) for p in sweep.points)
-    pilots = sum(len(plan_pilots(p.config, logdir / p.directory)) for p in sweep.points)
+    runs, pilots = _run_counts(sweep)
     if sweep.swept:
         click.echo(f"sweep {sweep.name}: {len(sweep.points)} points over {', '.join(sweep.keys)}; {runs} runs, "
                    f"logs in {logdir / sweep.name}")
@@ -148,6 +147,13 @@ def _describe_plan(sweep, logdir: Path) -> None:
     if pilots:
         tuned = sorted({spec.label for p in sweep.points for spec in p.config.optimizers if spec.tune is not None})
         click.echo(f"learning-rate tuning first: {pilots} pilot runs for {', '.join(tuned)}")
+
+
+def _run_counts(sweep) -> tuple[int, int]:
+    """(main runs, learning-rate pilot runs) over every point of a sweep."""
+    runs = sum(len(p.config.optimizers) * len(p.config.train.seeds) for p in sweep.points)
+    pilots = sum(len(plan_pilots(p.config, Path(p.directory))) for p in sweep.points)
+    return runs, pilots
 
 
 def _results_path(outcome, sweep) -> Path:
@@ -163,8 +169,7 @@ def validate(config_path: str, overrides: tuple[str, ...], show: bool) -> None:
     import yaml
 
     _, sweep = _load_sweep(config_path, overrides)
-    runs = sum(len(p.config.optimizers) * len(p.config.train.seeds) for p in sweep.points)
-    pilots = sum(len(plan_pilots(p.config, Path("."))) for p in sweep.points)
+    runs, pilots = _run_counts(sweep)
     tuning = f" after {pilots} learning-rate pilot runs" if pilots else ""
     what = f"sweep {sweep.name} of {len(sweep.points)} points" if sweep.swept else f"experiment {sweep.name}"
     click.echo(f"{config_path}: valid; {what}, {runs} runs{tuning}")

@@ -23,7 +23,7 @@ from .engine import generator, training_step
 from .experiment import plan_runs
 from .model import LinearTransformer
 from .plugins import Plugins
-from .run import RunPlan
+from .run import RunPlan, RunResult
 from .sweep import Sweep
 from .tuning import apply_tuning, collect_tuning, plan_pilots
 
@@ -36,6 +36,7 @@ class RunState:
     plan: RunPlan
     state: str  # done | resume | new | waits (for tuning)
     from_step: int = 0
+    result: RunResult | None = None  # the saved result of a done run
 
     @property
     def steps_left(self) -> int:
@@ -52,7 +53,7 @@ def plan_states(sweep: Sweep, plugins: Plugins, logdir: Path, force: bool = Fals
         if not pilots:
             states += [_state(replace(p, run_id=run_id(p, plugins)), force) for p in mains]
             continue
-        tuning = collect_tuning(point.config, [finished_result(s.plan) for s in pilots if s.state == "done"], False)
+        tuning = collect_tuning(point.config, [s.result for s in pilots if s.state == "done"], False)
         chosen = {label: t for label, t in tuning.items() if all(
             s.state == "done" for s in pilots if s.plan.optimizer.label == label)}
         for plan in apply_tuning(mains, chosen):
@@ -66,8 +67,9 @@ def plan_states(sweep: Sweep, plugins: Plugins, logdir: Path, force: bool = Fals
 def _state(plan: RunPlan, force: bool) -> RunState:
     if force:
         return RunState(plan, "new")
-    if finished_result(plan) is not None:
-        return RunState(plan, "done")
+    result = finished_result(plan)
+    if result is not None:
+        return RunState(plan, "done", result=result)
     step = checkpoint.has_checkpoint(Path(plan.run_dir), plan.run_id)
     return RunState(plan, "new") if step is None else RunState(plan, "resume", step)
 

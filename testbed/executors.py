@@ -178,10 +178,13 @@ def _drain(queue, report: Report) -> None:
 
 
 def not_run(plan: RunPlan) -> RunResult:
-    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, "interrupted", 0,
-                     plan.run_dir, 0.0, lr=plan.optimizer.lr, error="not started", run_id=plan.run_id or None)
+    return _unfinished(plan, "interrupted", "not started")
 
 
 def failed(plan: RunPlan, error: str) -> RunResult:
-    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, "failed", 0,
+    return _unfinished(plan, "failed", error)
+
+
+def _unfinished(plan: RunPlan, status: str, error: str) -> RunResult:
+    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, status, 0,
                      plan.run_dir, 0.0, lr=plan.optimizer.lr, error=error, run_id=plan.run_id or None)

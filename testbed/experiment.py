@@ -27,7 +27,7 @@ from .cache import finished_result, run_id
 from .config import ExperimentConfig, OptimizerSpec
 from .engine import Report, hparams_of, versions, write_json
 from .errors import TestbedError
-from .executors import Executor, LocalExecutor, failed
+from .executors import Executor, LocalExecutor, not_run
 from .plugins import Plugins
 from .run import RunPlan, RunResult
 from .sweep import Point, Sweep
@@ -201,7 +201,7 @@ def _identify(plans: list[RunPlan], plugins: Plugins) -> list[RunPlan]:
 
 
 def _never_chosen(plan: RunPlan, tuning: dict[str, Tuning]) -> RunResult:
-    result = _interrupted(plan)
+    result = not_run(plan)
     if result.label in tuning:
         result.lr = None
     return result
@@ -245,7 +245,7 @@ def _copy_run(source: RunPlan, target: RunPlan, result: RunResult) -> RunResult:
     if result.status in ("completed", "diverged"):
         shutil.rmtree(target.run_dir, ignore_errors=True)
         shutil.copytree(source.run_dir, target.run_dir)
-        (Path(target.run_dir) / "config.yaml").write_text(yaml.safe_dump(target.config.to_dict(), sort_keys=False))
+        _write_config(Path(target.run_dir), target.config)
     return replace(result, key=target.key, run_dir=target.run_dir)
 
 
@@ -255,9 +255,13 @@ def _prepare_experiment(directory: Path, config: ExperimentConfig) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / RESULTS_FILE).unlink(missing_ok=True)
-        (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        _write_config(directory, config)
     except OSError as exc:
         raise TestbedError(f"cannot prepare the log directory {str(directory)!r}: {exc}") from None
+
+
+def _write_config(directory: Path, config: ExperimentConfig) -> None:
+    (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _prune_pilots(directory: Path, pilots: list[RunPlan]) -> None:
@@ -280,15 +284,9 @@ def _prepare_runs(plans: list[RunPlan], keep: set[str]) -> None:
             if plan.run_dir not in keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+            _write_config(run_dir, plan.config)
     except OSError as exc:
         raise TestbedError(f"cannot prepare the log directory {plans[0].run_dir!r}: {exc}") from None
-
-
-def _interrupted(plan: RunPlan) -> RunResult:
-    result = failed(plan, "not started")
-    result.status = "interrupted"
-    return result
 
 
 # ------------------------------------------------------------------ results
