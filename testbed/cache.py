@@ -7,7 +7,8 @@ provide its task, optimizer and diagnostics. Its experiment name, the other opti
 the seed list are not part of it, so two sweep points that share a run share its id.
 
 A run whose directory holds a ``summary.json`` with its id and a finished status (completed or
-diverged: both are outcomes of the protocol) is not run again; a failed or interrupted one is.
+diverged: both are outcomes of the protocol) is not run again; a failed or interrupted one is, and
+so is a divergence recorded before the engine told divergence from an overflowing gradient norm.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def finished_result(plan: RunPlan) -> RunResult | None:
     data = read_summary(Path(plan.run_dir))
     if data is None or data.get("run_id") != plan.run_id or data.get("status") not in FINISHED:
         return None
+    if data["status"] == "diverged" and "diverged_on" not in data:
+        return None  # recorded by an older engine, which took an overflowing gradient norm for divergence
     fields = {f.name for f in dataclasses.fields(RunResult)}
     result = RunResult(**{k: v for k, v in data.items() if k in fields})
     result.key, result.run_dir = plan.key, plan.run_dir  # the same run may sit in another sweep point

@@ -142,7 +142,7 @@ def _save_checkpoint(context: RunContext, result: RunResult, step: int) -> None:
 
 # What a run has accumulated by a step; the rest of its result is rebuilt by the resumed run.
 CHECKPOINTED_RESULT_FIELDS = ("steps_done", "eval_steps", "eval_losses", "diagnostics",
-                              "diagnostic_errors", "resumed_from")
+                              "diagnostic_errors", "resumed_from", "zeroed_steps")
 
 
 def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
@@ -178,9 +178,12 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
             before = diagnostics.before_update(model, step - 1)
             measured = training_step(model, optimizer, batch, config.train.clip_grad_norm,
                                      context.extra["closure_needed"])
-            if not _finite(measured):  # recorded as an outcome; the weights stay the last finite ones
-                result.status, result.diverged_at = "diverged", step
+            non_finite = _non_finite(measured, optimizer)
+            if non_finite:  # recorded as an outcome; the weights stay the last finite ones
+                result.status, result.diverged_at, result.diverged_on = "diverged", step, non_finite
                 return
+            if not math.isfinite(measured["grad_norm"]):
+                result.zeroed_steps.append(step)
             result.steps_done = step
             diagnostics.after_update(model, step - 1, before, result)
             diagnostics.at_point(model, step, result)
@@ -196,7 +199,7 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
                 last_time, last_step = time.perf_counter(), step
             hook.on_step_end(run=context, step=step, metrics=measured)
             if not eval_finite:
-                result.status, result.diverged_at = "diverged", step
+                result.status, result.diverged_at, result.diverged_on = "diverged", step, "eval loss"
                 return
             if should_stop():
                 save(step)
@@ -213,8 +216,9 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
                   clip_grad_norm: float | None, closure_needed: bool = False,
                   forward: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
     """One optimizer step on ``batch``; returns the minibatch loss and the gradient norm before
-    clipping. A non-finite loss or gradient skips the update (the caller records divergence)."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    clipping. A non-finite loss or gradient skips the update (the caller records divergence); a
+    gradient norm that overflows (inf) with finite entries does not (see ``_non_finite``)."""
+    parameters = _parameters(optimizer)
     measured: dict[str, float] = {}
 
     def closure() -> torch.Tensor:
@@ -235,7 +239,7 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
         optimizer.step(closure)
     else:
         closure()
-        if _finite(measured):
+        if not _non_finite(measured, optimizer):
             optimizer.step()
     return measured
 
@@ -247,8 +251,21 @@ def _clip(parameters: list[torch.Tensor], max_norm: float | None) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters])))
 
 
-def _finite(measured: dict[str, float]) -> bool:
-    return all(math.isfinite(v) for v in measured.values())
+def _non_finite(measured: dict[str, float], optimizer: torch.optim.Optimizer) -> str | None:
+    """What makes this step diverge: "loss", "gradient", or None. An overflowing gradient norm alone
+    does not: in float32 the norm of finite entries can exceed 3.4e38 (deep models meet prompts with
+    predictions ~1e11), and torch's clipping then scales every entry by max_norm / inf = 0, so the
+    authors' code takes a zero step and goes on. Non-finite entries would become NaN weights."""
+    if not math.isfinite(measured["loss"]):
+        return "loss"
+    if math.isfinite(measured["grad_norm"]):
+        return None
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in _parameters(optimizer))
+    return None if finite else "gradient"
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _finish(result: RunResult, logger: RunLogger) -> None:

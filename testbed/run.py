@@ -88,6 +88,10 @@ class RunResult:
     final_eval_loss: float | None = None
     best_eval_loss: float | None = None
     diverged_at: int | None = None
+    diverged_on: str | None = None  # what was non-finite: "loss", "gradient" or "eval loss"
+    # steps whose gradient norm overflowed float32 while every entry was finite: clipping scaled the
+    # gradient to zero (max_norm / inf) and training went on, as torch's clip_grad_norm_ does
+    zeroed_steps: list[int] = field(default_factory=list)
     error: str | None = None
     eval_steps: list[int] = field(default_factory=list)
     eval_losses: list[float] = field(default_factory=list)

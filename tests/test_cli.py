@@ -151,6 +151,7 @@ def test_diverging_run_is_recorded_not_a_crash(write_yaml, tiny_raw, logdir):
     assert data["status"] == "complete"
     sgd, adam = data["runs"]
     assert sgd["status"] == "diverged" and isinstance(sgd["diverged_at"], int) and 1 <= sgd["diverged_at"] <= 20
+    assert sgd["diverged_on"] in ("loss", "gradient", "eval loss")
     assert sgd["final_eval_loss"] is None  # NaN is written as null: strict JSON
     assert adam["status"] == "completed" and isinstance(adam["final_eval_loss"], float)
     row = data["summary"][0]
@@ -162,6 +163,39 @@ def test_diverging_run_is_recorded_not_a_crash(write_yaml, tiny_raw, logdir):
 
 
 # ---------------------------------------------------------------- validate, plugins, list
+# A task whose third training batch has covariates 1e4 times larger: with L = 1 the prediction grows
+# like their cube (~1e11), so the loss is finite float32 but the gradient norm overflows.
+SPIKY_TASK = """
+    from testbed import hookimpl
+    from testbed_std.tasks import GaussianTask
+
+    class Spiky(GaussianTask):
+        training_batches = 0  # per run: each run builds its own task
+
+        def covariates(self, batch_size, generator):
+            x = super().covariates(batch_size, generator)
+            if batch_size == 64:  # a training batch (the eval batch has 32 prompts)
+                self.training_batches += 1
+                return x * 1e4 if self.training_batches == 3 else x
+            return x
+
+    @hookimpl
+    def register_tasks(register):
+        register("spiky", Spiky, doc="Gaussian prompts, one huge batch")
+"""
+
+
+def test_an_overflowing_gradient_norm_is_a_zeroed_step_not_divergence(write_yaml, tiny_raw, plugin_module, logdir):
+    plugin_module("spiky_task", SPIKY_TASK)
+    tiny_raw.update(task={"name": "spiky", "d": 3, "n": 6}, model={"layers": 1})
+    tiny_raw["train"]["seeds"] = 1
+    tiny_raw["eval"]["batch_size"] = 32
+    result = invoke("run", write_yaml(tiny_raw), "--logdir", logdir)
+    assert result.exit_code == 0, result.output
+    for run in load_results(logdir)["runs"]:  # as torch's clip_grad_norm_ does: a zero step, then on
+        assert (run["status"], run["zeroed_steps"], run["diverged_on"]) == ("completed", [3], None)
+
+
 def test_validate(config_path, logdir):
     result = invoke("validate", config_path)
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from testbed.config import OptimizerSpec, build_optimizer
-from testbed.engine import training_step
+from testbed.engine import _non_finite, training_step
 from testbed.options import validate_options
 from testbed.tasks import Batch
 
@@ -78,3 +78,24 @@ def test_no_clipping_when_off(registry):
     measured = training_step(model, optimizer, Batch(torch.ones(8, 3, 4), torch.zeros(8, 3)), clip_grad_norm=None)
     assert math.isclose(float(torch.linalg.vector_norm(model.w.grad)), measured["grad_norm"], rel_tol=1e-6)
     assert measured["grad_norm"] > 100
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_an_overflowing_gradient_norm_is_a_zero_step_not_divergence(registry, name):
+    # loss 16 * 1e36 and gradient entries 8e36 are finite float32, but the norm's sum of squares
+    # overflows: torch's clipping scales the gradient by 1 / inf = 0 and the step goes on
+    model = Quadratic(scale=1e18)
+    optimizer = build(registry, name, 0.01, {"momentum": 0.9} if name == "sgd" else {}, model.parameters())
+    measured = training_step(model, optimizer, Batch(torch.ones(8, 3, 4), torch.zeros(8, 3)), clip_grad_norm=1.0)
+    assert math.isfinite(measured["loss"]) and measured["grad_norm"] == math.inf
+    assert _non_finite(measured, optimizer) is None
+    assert torch.equal(model.w.grad, torch.zeros(4)) and torch.equal(model.w.detach(), torch.ones(4))
+    assert optimizer.state[model.w]  # the optimizer did take its (zero) step
+
+
+def test_a_non_finite_loss_diverges_without_a_step(registry):
+    model = Quadratic(scale=1e20)  # loss 16e40 overflows
+    optimizer = build(registry, "adam", 0.01, {}, model.parameters())
+    measured = training_step(model, optimizer, Batch(torch.ones(8, 3, 4), torch.zeros(8, 3)), clip_grad_norm=1.0)
+    assert measured["loss"] == math.inf and _non_finite(measured, optimizer) == "loss"
+    assert not optimizer.state and torch.equal(model.w.detach(), torch.ones(4))

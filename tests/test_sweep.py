@@ -148,6 +148,24 @@ def test_a_finished_sweep_runs_nothing_again_and_force_runs_it_all(write_yaml, t
     assert "12 runs executed" in forced and per_run(logdir) == before  # same numbers when redone
 
 
+def test_a_divergence_recorded_by_the_older_engine_is_run_again(write_yaml, tmp_path):
+    raw = swept()
+    del raw["sweep"]
+    raw["optimizers"][0]["lr"] = 1e6  # SGD diverges on a non-finite loss
+    raw["train"]["clip_grad_norm"] = None
+    path, logdir = write_yaml(raw), tmp_path / "runs"
+    run_cli(path, "--logdir", logdir, "--workers", 1)
+    diverged = [Path(d) for d, (_, _, status) in per_run(logdir).items() if status == "diverged"]
+    assert diverged
+    for run_dir in diverged:  # as written before the engine recorded what was non-finite
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["diverged_on"] in ("loss", "gradient", "eval loss")
+        del summary["diverged_on"]
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    output = run_cli(path, "--logdir", logdir, "--workers", 1)
+    assert f"{len(diverged)} runs executed" in output
+
+
 def test_changing_an_option_makes_new_runs_only_where_it_applies(write_yaml, tmp_path):
     raw = swept()
     logdir = tmp_path / "runs"
