@@ -10,7 +10,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from testbed.cli import main
 from testbed.report import make_report
-from testbed.report.claims import FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, noise_ordering
+from testbed.report.claims import (FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, larger_model,
+                                   noise_ordering)
 from testbed.report.data import Experiment, Run
 
 STEPS = [0, 250, 500, 750, 1000, 1250]
@@ -131,6 +132,28 @@ def test_noise_ordering_and_depth_claims():
     assert result.verdict == HOLDS and "L=3" not in result.evidence
 
 
+def diverge(e, label):
+    for run in e.runs_of(label):
+        run.status, run.final_eval_loss = "diverged", None
+    return e
+
+
+def test_a_depth_where_every_run_of_an_optimizer_diverged_fails_the_depth_claim():
+    study = [experiment(f"L{L}", {"sgd": [s, s], "adam": [a, a]}, config("gaussian", L))
+             for L, s, a in ((2, 0.4, 0.3), (4, 0.3, 0.1), (6, 0.2, 0.02))]
+    assert depth(study).verdict == HOLDS
+    diverge(study[2], "adam")
+    study[2].runs[0].status, study[2].runs[0].final_eval_loss = "diverged", None  # one SGD seed too
+    result = depth(study)
+    assert result.verdict == FAILS
+    assert "L=6: SGD 0.2 (1 of 2 diverged), Adam no run finished (2 of 2 diverged)" in result.evidence
+    assert "L=4: SGD 0.3, Adam 0.1, SGD/Adam 3.00" in result.evidence
+    large = experiment("big", {"sgd": [0.2], "adam": [0.1]}, config("gaussian", 8, d=20))
+    assert larger_model([large]).verdict == HOLDS
+    result = larger_model([diverge(large, "adam")])
+    assert result.verdict == FAILS and "Adam no run finished (1 of 1 diverged) vs SGD 0.2" in result.evidence
+
+
 def test_condition_ratios_pair_by_seed():
     e = experiment("x", {"sgd": [0.1, 0.1], "adam": [0.1, 0.1]})
     for run, value in zip(e.runs, (9.0, 3.0, 3.0, 1.0)):  # sgd seeds 0, 1; adam seeds 0, 1
@@ -174,3 +197,11 @@ def test_condition_number_claim_is_the_papers_table_only():
     result = condition_number([main_comparison, depth_two], (750,))
     assert result.verdict == HOLDS and "L2" not in result.evidence
     assert condition_number([with_ratio("s1", config("gaussian"), 0.5)], (750,)).verdict == FAILS
+
+
+def test_loss_curves_show_runs_that_all_diverged(tmp_path):
+    from testbed.report.figures import loss_curves
+
+    e = diverge(experiment("deep", {"adam": [0.1, 0.2]}), "adam")
+    path = loss_curves(e, tmp_path / "loss.png")
+    assert path is not None and path.read_bytes().startswith(b"\x89PNG")

@@ -240,24 +240,35 @@ def _tuned(e: Experiment) -> bool:
     return any(o.get("tune") for o in e.config.get("optimizers", []))
 
 
+def _final(e: Experiment, label: str) -> tuple[float | None, str]:
+    """Mean final eval loss over the completed runs, and how to print it (with the diverged count)."""
+    runs, mean = e.runs_of(label), e.mean_final(label)
+    diverged = sum(r.status == "diverged" for r in runs)
+    text = _fmt(mean) if mean is not None else "no run finished"
+    return mean, text + (f" ({diverged} of {len(runs)} diverged)" if diverged else "")
+
+
 def depth(experiments: list[Experiment]) -> Claim:
     title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
-    family = [e for e in experiments if _setting1_shape(e) and _pair(e) and e.mean_final("sgd") and e.mean_final("adam")]
+    family = [e for e in experiments if _setting1_shape(e) and _pair(e)]
     # The depth study tunes each depth's learning rates: compare its experiments with each other,
     # not with fixed-rate ones (Setting 1 at L = 3), when it has two depths or more.
     if len({e.layers for e in family if _tuned(e)}) >= 2:
         family = [e for e in family if _tuned(e)]
-    by_depth = sorted(((e.layers, e) for e in family), key=lambda item: item[0])
-    depths = sorted({layers for layers, _ in by_depth})
-    if len(depths) < 2:
+    chosen = {e.layers: e for e in sorted(family, key=lambda e: e.layers)}
+    if len(chosen) < 2:
         return Claim(title, UNMEASURED, "needs SGD and Adam on Gaussian data at two or more depths")
-    chosen = {layers: e for layers, e in by_depth}
-    sgd = [chosen[L].mean_final("sgd") for L in depths]
-    adam = [chosen[L].mean_final("adam") for L in depths]
+    finals = {L: (_final(e, "sgd"), _final(e, "adam")) for L, e in chosen.items()}
+    # A depth where every run of an optimizer diverged has no loss to compare: the claim fails there.
+    measured = [L for L, ((sgd, _), (adam, _)) in finals.items() if sgd is not None and adam is not None]
+    sgd = [finals[L][0][0] for L in measured]
+    adam = [finals[L][1][0] for L in measured]
     gap = [s / a for s, a in zip(sgd, adam)]
-    checks = [all(b < a for a, b in zip(seq, seq[1:])) for seq in (sgd, adam)] + [all(b > a for a, b in zip(gap, gap[1:]))]
-    evidence = ", ".join(f"L={L}: SGD {s:.3g}, Adam {a:.3g}, SGD/Adam {g:.2f}" for L, s, a, g in zip(depths, sgd, adam, gap))
-    return Claim(title, _verdict(checks), evidence)
+    checks = [all(b < a for a, b in zip(seq, seq[1:])) for seq in (sgd, adam)]
+    checks += [all(b > a for a, b in zip(gap, gap[1:])), len(measured) == len(finals)]
+    evidence = [f"L={L}: SGD {s_text}, Adam {a_text}" + (f", SGD/Adam {s / a:.2f}" if L in measured else "")
+                for L, ((s, s_text), (a, a_text)) in finals.items()]
+    return Claim(title, _verdict(checks), "; ".join(evidence))
 
 
 def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
@@ -282,10 +293,9 @@ def larger_model(experiments: list[Experiment]) -> Claim:
     large = [e for e in experiments if e.config["task"]["d"] >= 20 and e.layers >= 8 and _pair(e)]
     checks, evidence = [], []
     for e in large:
-        sgd, adam = e.mean_final("sgd"), e.mean_final("adam")
-        if sgd is not None and adam is not None:
-            checks.append(adam < sgd)
-            evidence.append(f"{e.name}: Adam {adam:.3g} vs SGD {sgd:.3g}")
+        (sgd, sgd_text), (adam, adam_text) = _final(e, "sgd"), _final(e, "adam")
+        checks.append(sgd is not None and adam is not None and adam < sgd)
+        evidence.append(f"{e.name}: Adam {adam_text} vs SGD {sgd_text}")
     return Claim("A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)", _verdict(checks),
                  "; ".join(evidence) or "needs SGD and Adam on a model with d >= 20 and L >= 8")
 

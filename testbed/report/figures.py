@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .data import Experiment, noise_histogram
+from .data import Experiment, Run, noise_histogram
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -35,16 +35,25 @@ def _band(axes, curves: list[tuple[list[int], list[float]]], colour: str, label:
     return True
 
 
+def _eval_curve(run: Run) -> tuple[list[int], list[float]]:
+    points = [(s, v) for s, v in zip(run.eval_steps, run.eval_losses) if v is not None and v > 0]
+    return [s for s, _ in points], [v for _, v in points]
+
+
 def loss_curves(experiment: Experiment, path: Path) -> Path | None:
+    """Completed runs: mean and band. Diverged runs: each its own thin dashed line up to its last
+    finite eval loss, ending in a cross, so an optimizer that always diverges is still seen."""
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     drawn = False
     for colour, label in zip(COLOURS, experiment.labels):
-        curves = []
-        for run in experiment.runs_of(label, completed=True):
-            points = [(s, v) for s, v in zip(run.eval_steps, run.eval_losses) if v is not None and v > 0]
-            curves.append(([s for s, _ in points], [v for _, v in points]))
-        drawn |= _band(axes, curves, colour, label)
+        drawn |= _band(axes, [_eval_curve(r) for r in experiment.runs_of(label, completed=True)], colour, label)
+        diverged = [_eval_curve(r) for r in experiment.runs_of(label) if r.status == "diverged"]
+        for index, (steps, values) in enumerate(c for c in diverged if c[0]):
+            axes.plot(steps, values, color=colour, linestyle="--", linewidth=0.8, alpha=0.7,
+                      label=f"{label}: {len(diverged)} diverged (x)" if index == 0 else None)
+            axes.plot(steps[-1:], values[-1:], color=colour, marker="x", linestyle="none")
+            drawn = True
     if not drawn:
         return None
     axes.set_yscale("log")
