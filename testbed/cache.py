@@ -27,6 +27,9 @@ from .plugins import Plugins
 from .run import RunPlan, RunResult
 
 FINISHED = ("completed", "diverged")
+# Train settings added after run ids were: at these defaults they leave the id as it was, so
+# results cached before them stay valid.
+SINCE_IDS = {"dtype": "float32"}
 SUMMARY_FILE = "summary.json"
 
 
@@ -42,7 +45,8 @@ def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
                    registry.get("optimizer", spec.name, "optimizer").plugin}
     provided_by |= {registry.get("diagnostic", d.name, "diagnostic").plugin for d in diagnostics}
     plugin_versions = plugins.versions()
-    train = {k: v for k, v in _plain(dataclasses.asdict(config.train)).items() if k != "seeds"}
+    train = {k: v for k, v in _plain(dataclasses.asdict(config.train)).items()
+             if k != "seeds" and SINCE_IDS.get(k, object()) != v}
     return {
         "task": _plain(dataclasses.asdict(config.task)),
         "model": _plain(dataclasses.asdict(config.model)),

@@ -72,6 +72,7 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)
     log_every: int = 1
     checkpoint_every: int | None = 1000
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ FEATURE_MAP_SCHEMA = {
     "hidden": Option([30], "hidden layer widths (ReLU)", type=list, item=int, min=1),
     "out_dim": Option(None, "output width (default: the task's d)", type=int, min=1, nullable=True),
 }
+DTYPES = ("float32", "float64")
 TRAIN_SCHEMA = {
     "steps": Option(10_000, "optimizer steps per run", min=1),
     "batch_size": Option(1000, "fresh prompts per step", min=1),
@@ -132,6 +134,8 @@ TRAIN_SCHEMA = {
     "log_every": Option(1, "log train/ and optim/ scalars every k steps", min=1),
     "checkpoint_every": Option(1000, "save a resumable checkpoint every k steps (and at an interruption); "
                                "null = only at an interruption", min=1, nullable=True),
+    "dtype": Option("float32", "floating-point type of the model and the prompts (the paper's code: "
+                    "float32; float64 tells float32 overflow from a real divergence)", choices=DTYPES),
 }
 EVAL_SCHEMA = {
     "every": Option(50, "evaluate on the fixed eval batch every k steps (and at the last step)", min=1),

@@ -18,10 +18,9 @@ import torch
 
 from . import checkpoint
 from .cache import finished_result, run_id
-from .config import ExperimentConfig, OptimizerSpec, build_optimizer, build_task, needs_closure
-from .engine import generator, training_step
+from .config import ExperimentConfig, OptimizerSpec, build_optimizer, needs_closure
+from .engine import generator, run_model, run_task, training_step
 from .experiment import plan_runs
-from .model import LinearTransformer
 from .plugins import Plugins
 from .run import RunPlan, RunResult
 from .sweep import Sweep
@@ -76,8 +75,8 @@ def _state(plan: RunPlan, force: bool) -> RunState:
 
 def seconds_per_step(config: ExperimentConfig, spec: OptimizerSpec, plugins: Plugins) -> float:
     """Time a few training steps of this shape (one thread, after one warm-up step)."""
-    task = build_task(config.task, plugins.registry)
-    model = LinearTransformer(config.model, task.d, task.n, generator(0))
+    task = run_task(config, plugins.registry)
+    model = run_model(config, task, generator(0))
     optimizer = build_optimizer(spec, plugins.registry, model.parameters())
     stream, closure = generator(1), needs_closure(spec, plugins.registry)
     threads = torch.get_num_threads()

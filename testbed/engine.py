@@ -19,12 +19,13 @@ from typing import Any, Callable
 import torch
 
 from . import __version__, checkpoint
-from .config import build_diagnostic, build_optimizer, build_task, needs_closure
+from .config import ExperimentConfig, build_diagnostic, build_optimizer, build_task, needs_closure
 from .diagnostics import DiagnosticRunner, Probe
 from .model import LinearTransformer, mse_loss
 from .plugins import Plugins
+from .registry import Registry
 from .run import RunContext, RunPlan, RunResult
-from .tasks import Batch
+from .tasks import Batch, InDtype, Task
 from .tblog import RunLogger
 
 Report = Callable[[dict[str, Any]], None]
@@ -89,8 +90,8 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoin
     """Build the run's task, model, optimizer, streams and fixed eval batch; log its metadata (a
     resumed run logged it before); restore the checkpoint's state if resuming."""
     config, registry = plan.config, plugins.registry
-    task = build_task(config.task, registry)
-    model = LinearTransformer(config.model, task.d, task.n, generator(stream_seed(plan.seed, "init")))
+    task = run_task(config, registry)
+    model = run_model(config, task, generator(stream_seed(plan.seed, "init")))
     optimizer = build_optimizer(plan.optimizer, registry, model.parameters())
     if resume is None:
         logger.config(config.to_dict())
@@ -114,6 +115,17 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoin
     if resume is not None:
         _restore(context, resume, result)
     return context
+
+
+def run_task(config: ExperimentConfig, registry: Registry) -> Task:
+    """The experiment's task, its prompts in ``train.dtype``."""
+    task = build_task(config.task, registry)
+    return task if config.train.dtype == "float32" else InDtype(task, getattr(torch, config.train.dtype))
+
+
+def run_model(config: ExperimentConfig, task: Task, init: torch.Generator) -> LinearTransformer:
+    """The model, initialized in float32 (the same weights in every dtype), then in ``train.dtype``."""
+    return LinearTransformer(config.model, task.d, task.n, init).to(getattr(torch, config.train.dtype))
 
 
 def _restore(context: RunContext, resume: checkpoint.Checkpoint, result: RunResult) -> None:

@@ -39,3 +39,18 @@ class Task:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         raise NotImplementedError
+
+
+class InDtype(Task):
+    """A task's prompts cast to another floating-point type (``train.dtype``). They are drawn as the
+    task draws them, so a seed gives the same prompts in every dtype."""
+
+    def __init__(self, task: Task, dtype: torch.dtype) -> None:
+        self.task, self.dtype, self.d, self.n = task, dtype, task.d, task.n
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        batch = self.task.sample(batch_size, generator)
+        return Batch(batch.x.to(self.dtype), batch.y.to(self.dtype))
+
+    def __getattr__(self, name: str):  # the wrapped task's own attributes (a teacher, a covariance)
+        return getattr(self.__dict__["task"], name)

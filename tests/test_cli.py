@@ -196,6 +196,19 @@ def test_an_overflowing_gradient_norm_is_a_zeroed_step_not_divergence(write_yaml
         assert (run["status"], run["zeroed_steps"], run["diverged_on"]) == ("completed", [3], None)
 
 
+def test_float64_training_follows_the_float32_trajectory_in_finer_arithmetic(write_yaml, tiny_raw, logdir):
+    tiny_raw["train"]["seeds"] = 1
+    losses = {}
+    for dtype in ("float32", "float64"):
+        result = invoke("run", write_yaml(tiny_raw), "--logdir", logdir / dtype, "--set", f"train.dtype={dtype}")
+        assert result.exit_code == 0, result.output
+        losses[dtype] = [run["eval_losses"] for run in load_results(logdir / dtype)["runs"]]
+    # the same init and prompts: the same curves to float32 precision, not bit for bit
+    assert losses["float32"] != losses["float64"]
+    for single, double in zip(losses["float32"], losses["float64"]):
+        assert single == pytest.approx(double, rel=1e-4)
+
+
 def test_validate(config_path, logdir):
     result = invoke("validate", config_path)
     assert result.exit_code == 0, result.output

@@ -200,6 +200,7 @@ def test_unknown_keys_name_their_dotted_path(registry, changes, path):
     ({"train": {"seeds": [1, 1]}}, "train.seeds", "distinct"),
     ({"train": {"seeds": [0, -1]}}, "train.seeds", ">= 0"),  # reported as train.seeds.1
     ({"train": 5}, "train", "mapping"),
+    ({"train": {"dtype": "float16"}}, "train.dtype", "one of float32, float64"),
     ({"model": {"layers": "three"}}, "model.layers", "expected int"),
     ({"model": {"layers": 0}}, "model.layers", ">= 1"),
     ({"model": {"attention": "quadratic"}}, "model.attention", "one of linear, softmax"),

@@ -107,6 +107,10 @@ def test_run_id_follows_what_decides_the_run(registry):
     content = identity(first[0], plugins)
     assert content["versions"]["optimizers"] == content["versions"]["tasks"] == f"testbed {content['versions']['testbed']}"
     assert "seeds" not in content["train"] and content["seed"] == 0
+    # train.dtype came after run ids: at its default it leaves them as they were; float64 is a new run.
+    assert "dtype" not in content["train"]
+    in_float64 = expand(swept(dtype="float64"), registry).points[0]
+    assert ids(plan_runs(in_float64.config, in_float64.directory))[("sgd", 0)] != a[("sgd", 0)]
     # A new version of the plugin that provides the optimizer makes a new run.
     plugins.infos = [dataclasses.replace(i, version="99.0") if i.name == "optimizers" else i for i in plugins.infos]
     assert run_id(first[0], plugins) != a[("sgd", 0)]
