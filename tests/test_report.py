@@ -199,9 +199,10 @@ def test_condition_number_claim_is_the_papers_table_only():
     assert condition_number([with_ratio("s1", config("gaussian"), 0.5)], (750,)).verdict == FAILS
 
 
-def test_loss_curves_show_runs_that_all_diverged(tmp_path):
-    from testbed.report.figures import loss_curves
+def test_figures_show_runs_that_all_diverged(tmp_path):
+    from testbed.report.figures import diagnostic_curves, loss_curves
 
-    e = diverge(experiment("deep", {"adam": [0.1, 0.2]}), "adam")
-    path = loss_curves(e, tmp_path / "loss.png")
-    assert path is not None and path.read_bytes().startswith(b"\x89PNG")
+    e = diverge(experiment("deep", {"adam": [0.1, 0.2]}, extra={"adam": {"sharpness/lambda_max": [[0, 2.0]]}}), "adam")
+    for path in (loss_curves(e, tmp_path / "loss.png"),
+                 diagnostic_curves(e, "sharpness/lambda_max", "lambda_max", tmp_path / "sharpness.png")):
+        assert path is not None and path.read_bytes().startswith(b"\x89PNG")

@@ -21,17 +21,21 @@ def _save(figure: Figure, path: Path) -> Path:
 
 
 def _band(axes, curves: list[tuple[list[int], list[float]]], colour: str, label: str) -> bool:
-    """Mean over seeds at the steps every seed has, with the min-max band."""
-    curves = [c for c in curves if c[0]]
-    if not curves:
+    """Mean over seeds with the min-max band, at each step over the seeds that have it (a run that
+    diverged contributes up to its divergence)."""
+    by_step: dict[int, list[float]] = {}
+    for steps, values in curves:
+        for step, value in zip(steps, values):
+            by_step.setdefault(step, []).append(value)
+    if not by_step:
         return False
-    common = sorted(set.intersection(*(set(steps) for steps, _ in curves)))
-    if not common:
-        return False
-    values = np.array([[dict(zip(steps, vals))[s] for s in common] for steps, vals in curves], dtype=float)
-    axes.plot(common, values.mean(0), color=colour, label=f"{label} ({len(curves)} seeds)")
-    if len(curves) > 1:
-        axes.fill_between(common, values.min(0), values.max(0), color=colour, alpha=0.2, linewidth=0)
+    steps = sorted(by_step)
+    values = [np.asarray(by_step[s], dtype=float) for s in steps]
+    seeds = sum(1 for c in curves if c[0])
+    axes.plot(steps, [v.mean() for v in values], color=colour, label=f"{label} ({seeds} seeds)")
+    if seeds > 1:
+        axes.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=colour,
+                          alpha=0.2, linewidth=0)
     return True
 
 
@@ -71,7 +75,8 @@ def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path,
     axes = figure.add_subplot()
     drawn = False
     for colour, label in zip(COLOURS, experiment.labels):
-        curves = [run.series(key) for run in experiment.runs_of(label, completed=True)]
+        # Diverged runs too: their measurements up to the divergence are as valid as any.
+        curves = [run.series(key) for run in experiment.runs_of(label) if run.status in ("completed", "diverged")]
         if log:
             curves = [([s for s, v in zip(*c) if v > 0], [v for v in c[1] if v > 0]) for c in curves]
         drawn |= _band(axes, curves, colour, label)
