@@ -9,7 +9,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .config import ExperimentConfig
 from .run import RunPlan, RunResult, format_lr
@@ -36,8 +36,8 @@ class Tuning:
     def to_dict(self) -> dict[str, Any]:
         return {
             "grid": list(self.grid), "steps": self.steps, "seeds": list(self.seeds),
-            "pilots": [{"lr": p.lr, "seed": p.seed, "status": p.status, "final_eval_loss": p.final_eval_loss}
-                       for p in self.pilots],
+            "pilots": [{"lr": p.lr, "seed": p.seed, "status": p.status, "final_eval_loss": p.final_eval_loss,
+                        "diverged_at": p.diverged_at, "best_eval_loss": p.best_eval_loss} for p in self.pilots],
             "chosen_lr": self.chosen_lr, "note": self.note,
         }
 
@@ -123,9 +123,15 @@ def tuning_markdown(tuning: Tuning) -> str:
         lines += [f"**{tuning.note}**", ""]
     lines += ["| lr | mean pilot final eval loss | |", "| --- | --- | --- |"]
     for lr, score in sorted(tuning.scores().items()):
-        loss = f"{score:.4e}" if math.isfinite(score) else "diverged or failed"
+        loss = f"{score:.4e}" if math.isfinite(score) else _unfinished(p for p in tuning.pilots if p.lr == lr)
         lines.append(f"| {format_lr(lr)} | {loss} | {'**chosen**' if lr == tuning.chosen_lr else ''} |")
     return "\n".join(lines)
+
+
+def _unfinished(pilots: Iterable[RunResult]) -> str:
+    """Why a grid value has no score: "diverged at step 1316", "failed", ..."""
+    return ", ".join(f"diverged at step {p.diverged_at}" if p.status == "diverged" else p.status
+                     for p in pilots if p.status != "completed") or "not run"
 
 
 def describe_tuning(tuning: Tuning) -> str:

@@ -21,7 +21,7 @@ from testbed import ConfigError, hookimpl
 from testbed.cli import main
 from testbed.config import TuneSpec, parse_config
 from testbed.experiment import RESULTS_FILE, plan_runs, run_experiment
-from testbed.tuning import plan_pilots, select_lr
+from testbed.tuning import plan_pilots, select_lr, tuning_markdown
 from testbed.plugins import load_plugins
 from testbed.run import format_lr
 
@@ -148,6 +148,10 @@ def test_all_pilots_diverged_uses_the_smallest_lr_and_still_runs(tmp_path):
     record = results_json(outcome)["tuning"]["sgd"]
     assert record["chosen_lr"] == 1e6 and record["note"] == "all pilots diverged"
     assert [p["status"] for p in record["pilots"]] == ["diverged", "diverged"]
+    steps = [p["diverged_at"] for p in record["pilots"]]
+    assert all(isinstance(step, int) and step >= 1 for step in steps)
+    text = tuning_markdown(outcome.tuning["sgd"])  # what TensorBoard shows: where each pilot diverged
+    assert f"| 1e+06 | diverged at step {steps[1]} | **chosen** |" in text
     (main_run,) = outcome.results
     assert main_run.lr == 1e6 and main_run.status == "diverged"
     assert outcome.status == "complete"
