@@ -31,7 +31,7 @@ def run_record(label, seed, final, proxy, smooth, extra=None):
     }
     return {"key": f"{label}/seed-{seed}", "label": label, "optimizer": label, "seed": seed, "status": "completed",
             "final_eval_loss": final, "eval_steps": STEPS, "eval_losses": [1.0, 0.5, 0.3, 0.2, 0.15, final],
-            "diagnostics": diagnostics, "run_dir": "elsewhere"}
+            "diagnostics": diagnostics, "run_dir": "elsewhere", "lr": {"sgd": 0.02, "adam": 0.01}[label]}
 
 
 @pytest.fixture
@@ -45,6 +45,7 @@ def logdir(tmp_path):
                   "generalized_smoothness/correlation": [[9, 0.99]]}
     runs = [run_record("sgd", 0, 0.30, 4.0, 2.0, noise), run_record("sgd", 1, 0.32, 6.0, 3.0),
             run_record("adam", 0, 0.20, 2.0, 0.1, smoothness), run_record("adam", 1, 0.22, 2.0, 0.2)]
+    runs[1]["zeroed_steps"] = [500, 750]
     directory.mkdir(parents=True)
     (directory / "results.json").write_text(json.dumps({"experiment": "synthetic", "config": config(), "runs": runs}))
     writer = SummaryWriter(str(directory / "sgd" / "seed-0"))
@@ -61,8 +62,10 @@ def test_report_writes_every_figure_and_a_correct_table(logdir, tmp_path):
     markdown = (out / "report.md").read_text()
     # R_med ratio sgd/adam at step 750: seed 0: 4*1.75 / (2*1.75) = 2, seed 1: 6/2 = 3 -> 2.50 (0.71)
     assert "| synthetic: sgd/adam R_med, mean (std) over seeds | 2.50 (0.71) | 2.50 (0.71) |" in markdown
-    assert "| sgd | 2 | 0 | 0.31 | 2.5 |" in markdown  # mean final loss, median DS (medians 2 and 3)
-    assert "| adam | 2 | 0 | 0.21 | 0.15 |" in markdown
+    assert "| sgd | 0.02 | 2 | 0 | 0.31 | 2.5 |" in markdown  # mean final loss, median DS (medians 2 and 3)
+    assert "| adam | 0.01 | 2 | 0 | 0.21 | 0.15 |" in markdown
+    assert "Diverged runs" not in markdown
+    assert "2 steps in 1 run(s) had a gradient norm that overflowed float32" in markdown
     for name in names:
         assert f"figures/{name}" in markdown and f"figures/{name}" in (out / "index.html").read_text()
     verdicts = {c.title: c.verdict for c in claims}
@@ -132,10 +135,20 @@ def test_noise_ordering_and_depth_claims():
     assert result.verdict == HOLDS and "L=3" not in result.evidence
 
 
-def diverge(e, label):
+def diverge(e, label, at=100, on="loss"):
     for run in e.runs_of(label):
-        run.status, run.final_eval_loss = "diverged", None
+        run.status, run.final_eval_loss, run.diverged_at, run.diverged_on = "diverged", None, at, on
     return e
+
+
+def test_the_divergence_paragraph_says_where_and_on_what():
+    from testbed.report import divergence_paragraph
+
+    e = experiment("deep", {"sgd": [0.1, 0.2], "adam": [0.1, 0.2]})
+    assert divergence_paragraph(e) is None
+    diverge(e, "adam", at=300, on="gradient")
+    e.runs[-1].diverged_at, e.runs[-1].diverged_on = 1200, "loss"
+    assert divergence_paragraph(e) == "Diverged runs: adam 2 of 2 (steps 300-1200; non-finite gradient 1, loss 1)."
 
 
 def test_a_depth_where_every_run_of_an_optimizer_diverged_fails_the_depth_claim():

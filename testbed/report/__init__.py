@@ -7,6 +7,7 @@ experiments: the paper's claims checked on the data. Works on any experiment, no
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from . import figures, sweeps
@@ -16,15 +17,35 @@ from .render import Section, write
 
 
 def _results_table(experiment: Experiment) -> tuple[list[str], list[list[str]]]:
-    header = ["optimizer", "runs", "diverged", "final eval loss (mean)", "median directional smoothness"]
+    header = ["optimizer", "lr", "runs", "diverged", "final eval loss (mean)", "median directional smoothness"]
     rows = []
     for label in experiment.labels:
         runs = experiment.runs_of(label)
         final = experiment.mean_final(label)
         smooth = median_smoothness(experiment, label)
-        rows.append([label, str(len(runs)), str(sum(r.status == "diverged" for r in runs)),
+        lrs = ", ".join(dict.fromkeys(f"{r.lr:g}" for r in runs if r.lr is not None)) or "-"
+        rows.append([label, lrs, str(len(runs)), str(sum(r.status == "diverged" for r in runs)),
                      "-" if final is None else f"{final:.4g}", "-" if smooth is None else f"{smooth:.4g}"])
     return header, rows
+
+
+def divergence_paragraph(experiment: Experiment) -> str | None:
+    """Where runs diverged and on what, and the steps clipping zeroed (a float32-overflowing norm)."""
+    parts = []
+    for label in experiment.labels:
+        runs = experiment.runs_of(label)
+        diverged = [r for r in runs if r.status == "diverged" and r.diverged_at is not None]
+        if diverged:
+            on = Counter(r.diverged_on or "unrecorded" for r in diverged)
+            steps = sorted(r.diverged_at for r in diverged)
+            parts.append(f"{label} {len(diverged)} of {len(runs)} (steps {steps[0]}-{steps[-1]}; non-finite "
+                         + ", ".join(f"{what} {count}" for what, count in sorted(on.items())) + ")")
+    zeroed = [r for r in experiment.runs if r.zeroed_steps]
+    text = f"Diverged runs: {'; '.join(parts)}." if parts else ""
+    if zeroed:
+        text += (f" {sum(len(r.zeroed_steps) for r in zeroed)} steps in {len(zeroed)} run(s) had a gradient norm "
+                 "that overflowed float32 with finite entries: clipping made them zero steps, not divergence.")
+    return text.strip() or None
 
 
 def _ratio_pair(experiment: Experiment) -> tuple[str, str] | None:
@@ -60,6 +81,9 @@ def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]
         f"{experiment.config['train']['steps']} steps, batch {experiment.config['train']['batch_size']}, "
         f"seeds {experiment.config['train']['seeds']}.")
     section.tables.append(_results_table(experiment))
+    divergence = divergence_paragraph(experiment)
+    if divergence:
+        section.paragraphs.append(divergence)
     table = condition_table(experiment, steps)
     if table:
         section.tables.append(table)

@@ -26,6 +26,9 @@ class Run:
     diagnostics: dict[str, list[list[float]]]
     run_dir: str
     lr: float | None = None
+    diverged_at: int | None = None
+    diverged_on: str | None = None  # "loss", "gradient" or "eval loss"
+    zeroed_steps: list[int] = field(default_factory=list)  # overflowing gradient norm: a zero step
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """A diagnostic's (steps, values), non-finite values dropped."""
@@ -91,7 +94,8 @@ def load_experiment(directory: Path) -> Experiment:
         run_dir = str(directory / run["label"] / f"seed-{run['seed']}")
         experiment.runs.append(Run(run["label"], run["seed"], run["status"], run.get("final_eval_loss"),
                                    run.get("eval_steps", []), run.get("eval_losses", []),
-                                   run.get("diagnostics", {}), run_dir, run.get("lr")))
+                                   run.get("diagnostics", {}), run_dir, run.get("lr"), run.get("diverged_at"),
+                                   run.get("diverged_on"), run.get("zeroed_steps") or []))
     return experiment
 
 
