@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from typing import Any, Protocol
 
 import torch
@@ -110,18 +111,39 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(queue, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
     torch.set_num_threads(1)
-    _WORKER.update(queue=queue, stop=stop, plugins=load_plugins(), driver=os.getppid())
+    _WORKER.update(queue=queue, stop=stop, plugins=load_plugins(), driver=os.getppid(), busy=threading.Event())
+    threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+
+
+ORPHAN_CHECK_SECONDS = 1.0
+
+
+def _orphaned() -> bool:
+    return os.getppid() != _WORKER["driver"]
+
+
+def _exit_when_orphaned() -> None:
+    """An idle worker of a killed driver would wait for work forever (its siblings keep the task
+    queue open): it exits. A busy one first stops its run, with a checkpoint (see should_stop)."""
+    while True:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+        if _orphaned() and not _WORKER["busy"].is_set():
+            os._exit(0)
 
 
 def _train_in_worker(plan: RunPlan) -> RunResult:
-    queue, stop, driver = _WORKER["queue"], _WORKER["stop"], _WORKER["driver"]
+    queue, stop, busy = _WORKER["queue"], _WORKER["stop"], _WORKER["busy"]
 
     def should_stop() -> bool:
         # A killed driver leaves its workers running: they stop too (with a checkpoint), so that a
         # new attempt never shares a run directory with an orphan.
-        return stop.is_set() or os.getppid() != driver
+        return stop.is_set() or _orphaned()
 
-    return train(plan, _WORKER["plugins"], should_stop=should_stop, report=queue.put)
+    busy.set()
+    try:
+        return train(plan, _WORKER["plugins"], should_stop=should_stop, report=queue.put)
+    finally:
+        busy.clear()
 
 
 def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list[RunResult], bool]:

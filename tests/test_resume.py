@@ -175,6 +175,8 @@ def test_workers_of_a_killed_driver_stop_with_a_checkpoint(tmp_path):
     deadline = time.monotonic() + 120
     while not all(list(d.glob(EVENT_FILE_PREFIX + "*")) for d in run_dirs) and time.monotonic() < deadline:
         time.sleep(0.05)
+    workers = children(process.pid)
+    assert workers
     process.kill()  # the driver only
     process.wait()
     deadline = time.monotonic() + 60
@@ -183,3 +185,28 @@ def test_workers_of_a_killed_driver_stop_with_a_checkpoint(tmp_path):
     assert all((d / CHECKPOINT_FILE).exists() for d in run_dirs)
     summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
     assert all(s["status"] == "interrupted" and 0 < s["steps_done"] < 3000 for s in summaries)
+    deadline = time.monotonic() + 30  # then they exit: none is left waiting for work forever
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
