@@ -27,6 +27,7 @@ def run_record(label, seed, final, proxy, smooth, extra=None):
     diagnostics = {
         "robust_condition_number/proxy": [[s, proxy * (1 + s / 1000)] for s in STEPS],
         "directional_smoothness/value": [[s, smooth] for s in STEPS],
+        "sharpness/lambda_max": [[s, 10 * smooth] for s in STEPS],
         **(extra or {}),
     }
     return {"key": f"{label}/seed-{seed}", "label": label, "optimizer": label, "seed": seed, "status": "completed",
@@ -57,7 +58,7 @@ def logdir(tmp_path):
 def test_report_writes_every_figure_and_a_correct_table(logdir, tmp_path):
     out, claims = make_report([logdir], tmp_path / "report")
     names = sorted(p.name for p in (out / "figures").iterdir())
-    assert names == [f"synthetic-{kind}.png" for kind in ("ds", "gs", "loss", "noise", "rmed")]
+    assert names == [f"synthetic-{kind}.png" for kind in ("ds", "gs", "loss", "noise", "rmed", "sharpness")]
     assert all((out / "figures" / n).stat().st_size > 5000 for n in names)
     markdown = (out / "report.md").read_text()
     # R_med ratio sgd/adam at step 750: seed 0: 4*1.75 / (2*1.75) = 2, seed 1: 6/2 = 3 -> 2.50 (0.71)

@@ -1,6 +1,6 @@
 """`testbed report`: turn experiment directories into a self-contained report directory.
 
-For every experiment: eval-loss curves, the gradient-noise histogram, R_med and directional
+For every experiment: eval-loss curves, the gradient-noise histogram, R_med, sharpness and directional
 smoothness along training, the generalized-smoothness scatter, and a results table; across
 experiments: the paper's claims checked on the data. Works on any experiment, not only the paper's.
 """
@@ -102,6 +102,9 @@ def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]
         (figures.diagnostic_curves(experiment, "directional_smoothness/value", "directional smoothness",
                                    stem.with_name(f"{experiment.name}-ds.png"), log=False),
          "Directional smoothness along the update actually taken, mean over seeds"),
+        (figures.diagnostic_curves(experiment, "sharpness/lambda_max", "sharpness lambda_max",
+                                   stem.with_name(f"{experiment.name}-sharpness.png")),
+         "Largest Hessian eigenvalue (Lanczos on the eval batch) along training, mean over seeds, log scale"),
         (figures.smoothness_scatter(experiment, stem.with_name(f"{experiment.name}-gs.png")),
          "log directional smoothness against log gradient norm, coloured by step"),
     ]
