@@ -32,7 +32,7 @@ def _band(axes, curves: list[tuple[list[int], list[float]]], colour: str, label:
     steps = sorted(by_step)
     values = [np.asarray(by_step[s], dtype=float) for s in steps]
     seeds = sum(1 for c in curves if c[0])
-    axes.plot(steps, [v.mean() for v in values], color=colour, label=f"{label} ({seeds} seeds)")
+    axes.plot(steps, [v.mean() for v in values], color=colour, label=f"{label} ({seeds} seed{'' if seeds == 1 else 's'})")
     if seeds > 1:
         axes.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=colour,
                           alpha=0.2, linewidth=0)
@@ -63,7 +63,7 @@ def loss_curves(experiment: Experiment, path: Path) -> Path | None:
     axes.set_yscale("log")
     axes.set_xlabel("step")
     axes.set_ylabel("eval loss (fixed batch)")
-    axes.set_title(f"{experiment.name}: eval loss, mean over seeds, band = range", fontsize=9)
+    axes.set_title(f"{experiment.name}\neval loss, mean over seeds, band = range", fontsize=9)
     axes.legend(fontsize=8)
     return _save(figure, path)
 
@@ -86,7 +86,7 @@ def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path,
         axes.set_yscale("log")
     axes.set_xlabel("step")
     axes.set_ylabel(ylabel)
-    axes.set_title(f"{experiment.name}: {ylabel}, mean over seeds, band = range", fontsize=9)
+    axes.set_title(f"{experiment.name}\n{ylabel}, mean over seeds, band = range", fontsize=9)
     axes.legend(fontsize=8)
     return _save(figure, path)
 
@@ -133,6 +133,6 @@ def smoothness_scatter(experiment: Experiment, path: Path) -> Path | None:
         figure.colorbar(scatter, ax=axes, label="step")
         axes.set_xlabel(r"$\log \|\nabla f(\theta_t)\|$")
         axes.set_ylabel(r"$\log$ directional smoothness")
-        axes.set_title(f"{experiment.name}: generalized smoothness ({run.label}, seed {run.seed})", fontsize=9)
+        axes.set_title(f"{experiment.name}\ngeneralized smoothness ({run.label}, seed {run.seed})", fontsize=9)
         return _save(figure, path)
     return None

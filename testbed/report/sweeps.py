@@ -93,6 +93,6 @@ def sensitivity_curves(name: str, points: list[Experiment], path: Path) -> Path 
     axes.set_yscale("log")
     axes.set_xlabel("learning rate")
     axes.set_ylabel("final eval loss")
-    axes.set_title(f"{name}: learning-rate sensitivity, mean over seeds, band = range", fontsize=9)
+    axes.set_title(f"{name}\nlearning-rate sensitivity, mean over seeds, band = range", fontsize=9)
     axes.legend(fontsize=7)
     return _save(figure, path)
