@@ -32,7 +32,8 @@ def _band(axes, curves: list[tuple[list[int], list[float]]], colour: str, label:
     steps = sorted(by_step)
     values = [np.asarray(by_step[s], dtype=float) for s in steps]
     seeds = sum(1 for c in curves if c[0])
-    axes.plot(steps, [v.mean() for v in values], color=colour, label=f"{label} ({seeds} seed{'' if seeds == 1 else 's'})")
+    noun = "seed" if seeds == 1 else "seeds"
+    axes.plot(steps, [v.mean() for v in values], color=colour, label=f"{label} ({seeds} {noun})")
     if seeds > 1:
         axes.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=colour,
                           alpha=0.2, linewidth=0)
