@@ -20,6 +20,19 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+def _save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
+                      log: bool = True, legend_size: int = 8) -> Path:
+    """Label a mean-over-seeds figure (the name on a title line of its own: long ones were cut off)
+    and save it."""
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(f"{name}\n{what}, mean over seeds, band = range", fontsize=9)
+    axes.legend(fontsize=legend_size)
+    return _save(figure, path)
+
+
 def _band(axes, curves: list[tuple[list[int], list[float]]], colour: str, label: str) -> bool:
     """Mean over seeds with the min-max band, at each step over the seeds that have it (a run that
     diverged contributes up to its divergence)."""
@@ -61,12 +74,7 @@ def loss_curves(experiment: Experiment, path: Path) -> Path | None:
             drawn = True
     if not drawn:
         return None
-    axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel("eval loss (fixed batch)")
-    axes.set_title(f"{experiment.name}\neval loss, mean over seeds, band = range", fontsize=9)
-    axes.legend(fontsize=8)
-    return _save(figure, path)
+    return _save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
 
 
 def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path, log: bool = True) -> Path | None:
@@ -83,13 +91,7 @@ def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path,
         drawn |= _band(axes, curves, colour, label)
     if not drawn:
         return None
-    if log:
-        axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel(ylabel)
-    axes.set_title(f"{experiment.name}\n{ylabel}, mean over seeds, band = range", fontsize=9)
-    axes.legend(fontsize=8)
-    return _save(figure, path)
+    return _save_band_figure(figure, axes, path, experiment.name, ylabel, "step", ylabel, log=log)
 
 
 def noise_histograms(experiment: Experiment, path: Path) -> Path | None:

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .data import Experiment
-from .figures import COLOURS, _save
+from .figures import COLOURS, _save_band_figure
 
 
 @dataclass
@@ -90,9 +90,5 @@ def sensitivity_curves(name: str, points: list[Experiment], path: Path) -> Path 
         axes.fill_between(lrs, [v.min() for v in values], [v.max() for v in values], color=colour, alpha=0.2,
                           linewidth=0)
     axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("learning rate")
-    axes.set_ylabel("final eval loss")
-    axes.set_title(f"{name}\nlearning-rate sensitivity, mean over seeds, band = range", fontsize=9)
-    axes.legend(fontsize=7)
-    return _save(figure, path)
+    return _save_band_figure(figure, axes, path, name, "learning-rate sensitivity", "learning rate",
+                             "final eval loss", legend_size=7)
