@@ -260,9 +260,8 @@ def depth(experiments: list[Experiment]) -> Claim:
         return Claim(title, UNMEASURED, "needs SGD and Adam on Gaussian data at two or more depths")
     finals = {L: (_final(e, "sgd"), _final(e, "adam")) for L, e in chosen.items()}
     # A depth where every run of an optimizer diverged has no loss to compare: the claim fails there.
-    measured = [L for L, ((sgd, _), (adam, _)) in finals.items() if sgd is not None and adam is not None]
-    sgd = [finals[L][0][0] for L in measured]
-    adam = [finals[L][1][0] for L in measured]
+    measured = {L: (s, a) for L, ((s, _), (a, _)) in finals.items() if s is not None and a is not None}
+    sgd, adam = [s for s, _ in measured.values()], [a for _, a in measured.values()]
     gap = [s / a for s, a in zip(sgd, adam)]
     checks = [all(b < a for a, b in zip(seq, seq[1:])) for seq in (sgd, adam)]
     checks += [all(b > a for a, b in zip(gap, gap[1:])), len(measured) == len(finals)]
