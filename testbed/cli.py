@@ -240,12 +240,12 @@ def report(directories: tuple[str, ...], out: str, steps: str) -> None:
 @click.option("--quick", is_flag=True, help="A shrunk profile of every experiment: minutes, not hours.")
 @click.option("--out", default="reproduction", show_default=True, help="Directory for the runs and the report.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
-@click.option("--suite", default=None, help="Directory of experiment files (default: the repository's examples/paper).")
+@click.option("--suite", default=None, help="Directory of experiment files (default: the paper's suite, testbed/paper_suite).")
 @click.option("--force", is_flag=True, help="Run again runs that are already done (by default an interrupted "
                                             "reproduction goes on where it stopped).")
 @click.option("--dry-run", is_flag=True, help="Per experiment: runs done, resumable and to run, and an estimated time.")
 def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool, dry_run: bool) -> None:
-    """Run the paper's suite (examples/paper) and write the report with the claims checked."""
+    """Run the paper's suite (testbed/paper_suite) and write the report with the claims checked."""
     from .reproduce import SUITE, relative_cost, suite_configs
     from .reproduce import reproduce as run_suite
 

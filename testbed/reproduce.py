@@ -1,4 +1,4 @@
-"""`testbed reproduce`: run the paper's suite (examples/paper/*.yaml), then the report.
+"""`testbed reproduce`: run the paper's suite (testbed/paper_suite/*.yaml), then the report.
 
 The full profile is the paper's protocol as the suite's files state it. The quick profile shrinks
 every experiment (steps, batch, seeds, tuning grids and diagnostic budgets) so that the whole suite
@@ -19,7 +19,8 @@ from .plugins import Plugins
 from .report import make_report
 from .report.claims import Claim
 
-SUITE = Path(__file__).resolve().parent.parent / "examples" / "paper"
+# Package data, so that an installed testbed has it; examples/paper in a checkout is a link to it.
+SUITE = Path(__file__).resolve().parent / "paper_suite"
 
 # The quick profile: caps on the training section, and fixed evaluation and diagnostic budgets.
 QUICK_TRAIN = {"steps": 150, "batch_size": 200}
