@@ -68,21 +68,37 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     except KeyboardInterrupt:
         result.status = "interrupted"
     except Exception as exc:  # a plugin's bug must not take the experiment down
-        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        _record_failure(result, run_dir, f"{type(exc).__name__}: {exc}")
     finally:
         result.seconds += time.perf_counter() - started
-        _finish(result, logger)
         try:
             if context is not None:  # on_run_end pairs with on_run_start
-                hook.on_run_end(run=context, status=result.status)
+                _end_hook(plugins, context, result)
         finally:
+            _finish(result, logger)  # after the hook: TensorBoard records the final status
             logger.close()
+            _add_warnings(result, logger.lost_event_files())
             if result.status in ("completed", "diverged"):
                 checkpoint.remove(run_dir)  # finished: summary.json is the cache from now on
             write_json(run_dir / "summary.json", result.__dict__)
             report({"event": "end", "key": plan.key, "status": result.status})
     return result
+
+
+def _end_hook(plugins: Plugins, context: RunContext, result: RunResult) -> None:
+    """on_run_end; if it raises, the run failed: the summary, the returned result and TensorBoard
+    all say so (a run recorded as completed would be taken as done by the next attempt)."""
+    try:
+        plugins.manager.hook.on_run_end(run=context, status=result.status)
+    except Exception as exc:
+        if result.status != "failed":  # an earlier failure is the cause worth reporting
+            _record_failure(result, Path(context.plan.run_dir), f"{type(exc).__name__} in on_run_end: {exc}")
+
+
+def _record_failure(result: RunResult, run_dir: Path, error: str) -> None:
+    """Mark the run failed with ``error``; the traceback being handled goes to error.txt."""
+    result.status, result.error = "failed", error
+    (run_dir / "error.txt").write_text(traceback.format_exc())
 
 
 def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoint.Checkpoint | None,
