@@ -1,5 +1,7 @@
 """The project's own exception types. The CLI turns each into one message and exit code 1."""
 
+import errno
+
 
 class TestbedError(Exception):
     """Base class: an error a user can fix, reported as one line without a traceback."""
@@ -13,3 +15,30 @@ class ConfigError(TestbedError):
 
 class PluginError(TestbedError):
     """A plugin failed to load, registered something invalid, or clashes with another plugin."""
+
+
+class ResultsError(TestbedError):
+    """A results file cannot be read, or is not what testbed writes (a field missing or of the
+    wrong type, a name pointing outside its directory)."""
+
+
+class BatchError(TestbedError):
+    """A task returned prompts the model cannot take: not a Batch, or x or y of the wrong shape, dtype
+    or device."""
+
+
+class DirectoryInUseError(TestbedError):
+    """Another process is writing into the same log directory (it holds the directory's lock)."""
+
+
+class StorageError(TestbedError):
+    """Writing to the log directory failed: disk full, over quota, read-only, a file too large or an
+    I/O error. The experiment stops; what was finished stays."""
+
+    @classmethod
+    def writing(cls, path: object, exc: OSError) -> "StorageError":
+        """The error for ``exc``, raised while writing ``path``."""
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return cls(f"disk full while writing {path}: {reason}")
+        return cls(f"cannot write {path}: {reason}")

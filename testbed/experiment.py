@@ -28,9 +28,11 @@ from .config import ExperimentConfig, OptimizerSpec
 from .engine import Report, hparams_of, versions, write_json
 from .errors import TestbedError
 from .executors import Executor, LocalExecutor, not_run
+from .links import refuse_links
+from .lock import directory_lock
 from .plugins import Plugins
 from .run import RunPlan, RunResult
-from .sweep import Point, Sweep
+from .sweep import Point, Sweep, SweepPoint
 from .tblog import write_hparams_config
 from .tuning import TUNING_DIR, Tuning, apply_tuning, collect_tuning, plan_pilots
 
@@ -142,10 +144,20 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
     tune section) and write each point's ``results.json`` (and ``sweep.json`` for a sweep).
     ``report`` receives the engine events of every run, pilots included; ``on_phase`` is called as
     each phase starts. Local worker processes load the plugins the way the driver did (entry points
-    and $TESTBED_PLUGINS); in-process ``extra`` plugins therefore need ``workers=1``."""
+    and $TESTBED_PLUGINS); in-process ``extra`` plugins therefore need ``workers=1``.
+    The sweep's directory is locked meanwhile (a second writer gets DirectoryInUseError), and
+    nothing below ``logdir`` is written through a symbolic link."""
     logdir = Path(logdir)
+    refuse_links(logdir, [logdir / sweep.name])  # the lock file goes in there
+    with directory_lock(logdir / sweep.name):
+        return _run_sweep(sweep, plugins, logdir, report, workers, on_phase, force, executor)
+
+
+def _run_sweep(sweep: Sweep, plugins: Plugins, logdir: Path, report: Report, workers: int | None,
+               on_phase: Callable[[Phase], None], force: bool, executor: Executor | None) -> SweepOutcome:
     points = [(p, logdir / p.directory) for p in sweep.points]
     executor = executor or LocalExecutor(workers or sweep.points[0].config.workers)
+    refuse_links(logdir, _directories_written(points))
     for p, directory in points:
         _prepare_experiment(directory, p.config)
     started = time.perf_counter()
@@ -186,6 +198,13 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
     if sweep.swept:
         write_sweep(outcome, sweep)
     return outcome
+
+
+def _directories_written(points: list[tuple[SweepPoint, Path]]) -> list[Path]:
+    """Every directory a sweep writes into: each point's, its pilots' and its main runs'."""
+    return [path for p, directory in points
+            for path in (directory, *(Path(x.run_dir) for x in plan_pilots(p.config, directory)),
+                         *(Path(x.run_dir) for x in plan_runs(p.config, directory, p.point)))]
 
 
 def _declare_hparams(directory: Path, plans: list[RunPlan]) -> None:
@@ -270,6 +289,7 @@ def _prune_pilots(directory: Path, pilots: list[RunPlan]) -> None:
     planned = {Path(plan.run_dir) for plan in pilots}
     for run_dir in (directory / TUNING_DIR).glob("*/*/*"):
         if run_dir.is_dir() and run_dir not in planned:
+            refuse_links(directory, [run_dir])  # the glob follows links: never remove a link's target
             shutil.rmtree(run_dir, ignore_errors=True)
             if not any(run_dir.parent.iterdir()):
                 run_dir.parent.rmdir()

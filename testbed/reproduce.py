@@ -15,6 +15,7 @@ from .config import ExperimentConfig, load_yaml, parse_config
 from .errors import TestbedError
 from .engine import Report
 from .experiment import ExperimentOutcome, Phase, run_experiment
+from .lock import directory_lock
 from .plugins import Plugins
 from .report import make_report
 from .report.claims import Claim
@@ -89,11 +90,12 @@ def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: i
     out = Path(out)
     configs = sorted(suite_configs(plugins, suite, quick), key=relative_cost)
     outcomes = []
-    for config in configs:
-        on_experiment(config)
-        outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers,
-                                       on_phase=on_phase, force=force))
-    # The quick profile is too short for the paper's table steps and the DS window from step 250.
-    steps = (50, 100) if quick else (750, 1250)
-    directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250)
+    with directory_lock(out):  # one reproduction per output directory (each experiment is locked too)
+        for config in configs:
+            on_experiment(config)
+            outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers,
+                                           on_phase=on_phase, force=force))
+        # The quick profile is too short for the paper's table steps and the DS window from step 250.
+        steps = (50, 100) if quick else (750, 1250)
+        directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250)
     return outcomes, directory, claims
