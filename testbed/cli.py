@@ -230,10 +230,14 @@ def report(directories: tuple[str, ...], out: str, steps: str) -> None:
         table_steps = tuple(int(s) for s in steps.split(",") if s.strip())
     except ValueError:
         raise click.BadParameter("expected comma-separated integers", param_hint="--steps") from None
-    directory, claims = make_report(list(directories), out, table_steps)
+    directory, claims = make_report(list(directories), out, table_steps, note=click.echo, warn=_warn)
     for claim in claims:
         click.echo(f"{claim.verdict:>13}  {claim.title}")
     click.echo(f"report: {directory / 'report.md'} and {directory / 'index.html'}")
+
+
+def _warn(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @main.command()
@@ -246,7 +250,7 @@ def report(directories: tuple[str, ...], out: str, steps: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Per experiment: runs done, resumable and to run, and an estimated time.")
 def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool, dry_run: bool) -> None:
     """Run the paper's suite (testbed/paper_suite) and write the report with the claims checked."""
-    from .reproduce import SUITE, relative_cost, suite_configs
+    from .reproduce import QUICK_NOTE, SUITE, relative_cost, suite_configs
     from .reproduce import reproduce as run_suite
 
     plugins = load_plugins()
@@ -269,10 +273,14 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, for
         runs = len(config.optimizers) * len(config.train.seeds)
         click.echo(f"experiment {config.name}: {runs} runs, {config.train.steps} steps each")
 
+    if quick:
+        click.echo(QUICK_NOTE)
+
     try:
         outcomes, directory, claims = run_suite(plugins, out, quick=quick, workers=workers, on_experiment=start,
                                                 report=progress, on_phase=progress.start,
-                                                suite=Path(suite) if suite else SUITE, force=force)
+                                                suite=Path(suite) if suite else SUITE, force=force,
+                                                note=click.echo, warn=_warn)
     finally:
         progress.close()
     seconds = sum(o.wall_seconds for o in outcomes)

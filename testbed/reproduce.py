@@ -8,17 +8,20 @@ finishes in minutes on 2 cores: a smoke test of the pipeline, not a reproduction
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import ExperimentConfig, load_yaml, parse_config
-from .errors import TestbedError
+from .errors import StorageError, TestbedError
 from .engine import Report
 from .experiment import ExperimentOutcome, Phase, run_experiment
+from .links import refuse_links
 from .lock import directory_lock
 from .plugins import Plugins
 from .report import make_report
 from .report.claims import Claim
+from .report.load import PROFILE_FILE
 
 # Package data, so that an installed testbed has it; examples/paper in a checkout is a link to it.
 SUITE = Path(__file__).resolve().parent / "paper_suite"
@@ -34,6 +37,9 @@ QUICK_DIAGNOSTICS = {
     "sharpness": {"every": 50, "iterations": 10},
 }
 QUICK_TUNING = {"steps": 30, "seeds": [0]}
+QUICK_NOTE = (f"quick profile: every experiment capped at {QUICK_TRAIN['steps']} steps of {QUICK_TRAIN['batch_size']} "
+              "prompts and 2 seeds, 3-value tuning grids, small diagnostic budgets: its verdicts test the "
+              "pipeline, not the paper")
 
 
 def quick_profile(raw: dict[str, Any]) -> dict[str, Any]:
@@ -82,20 +88,36 @@ def relative_cost(config: ExperimentConfig) -> float:
 def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: int | None = None,
               suite: Path = SUITE, on_experiment: Callable[[ExperimentConfig], Any] = lambda config: None,
               report: Report = lambda event: None, on_phase: Callable[[Phase], None] = lambda phase: None,
-              force: bool = False) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
+              force: bool = False, note: Callable[[str], None] = lambda line: None,
+              warn: Callable[[str], None] = lambda line: None) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
     """Run every experiment of ``suite`` (all validated first), then the report of all of them.
     ``on_experiment`` is called as each experiment starts; ``report`` and ``on_phase`` are handed
-    to ``run_experiment``. Runs already done (an earlier, interrupted reproduction) are not run
-    again unless ``force``; checkpointed ones go on from their checkpoint."""
+    to ``run_experiment``, ``note`` and ``warn`` to ``make_report``. Runs already done (an earlier,
+    interrupted reproduction) are not run again unless ``force``; checkpointed ones go on from
+    their checkpoint."""
     out = Path(out)
     configs = sorted(suite_configs(plugins, suite, quick), key=relative_cost)
     outcomes = []
     with directory_lock(out):  # one reproduction per output directory (each experiment is locked too)
         for config in configs:
             on_experiment(config)
+            record_profile(out / "runs", config, "quick" if quick else "full")
             outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers,
                                            on_phase=on_phase, force=force))
         # The quick profile is too short for the paper's table steps and the DS window from step 250.
         steps = (50, 100) if quick else (750, 1250)
-        directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250)
+        directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250,
+                                        note=note, warn=warn)
     return outcomes, directory, claims
+
+
+def record_profile(logdir: Path, config: ExperimentConfig, profile: str) -> None:
+    """profile.json beside the experiment's results.json, with the config it applies to: `testbed
+    report` on these runs then says whether its verdicts are the paper's or a pipeline test."""
+    path = logdir / config.name / PROFILE_FILE
+    refuse_links(logdir, [path])  # as for every file written below a log directory
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"profile": profile, "config": config.to_dict()}, indent=2))
+    except OSError as exc:
+        raise StorageError.writing(path, exc) from None

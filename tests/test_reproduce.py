@@ -49,6 +49,11 @@ def test_reproduce_quick_smoke(tmp_path):
     assert {p.name for p in (report / "figures").iterdir()} >= {
         f"paper_setting1-{kind}.png" for kind in ("loss", "noise", "rmed", "ds")}
     assert "holds  Adam reaches a lower eval loss than SGD with momentum (L = 3" in result.output
+    # Quick verdicts test the pipeline, not the paper: the console and the top of the page say so.
+    assert result.output.startswith("quick profile: ") and "test the pipeline, not the paper" in result.output
+    first = [line for line in (report / "report.md").read_text().splitlines() if line.strip()][1]
+    assert first.startswith("Quick profile") and "test the pipeline, not the paper" in first
+    assert first in (report / "index.html").read_text()
     # Started again, a reproduction goes on where it stopped: here nothing is left to run.
     before = (tmp_path / "out" / "runs" / "paper_setting1" / "results.json").read_text()
     again = CliRunner().invoke(main, ["reproduce", "--quick", "--suite", str(suite), "--out", str(tmp_path / "out"),

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Callable, Iterable
 
+from ..errors import ResultsError
+from ..paths import path_under, safe_filename
 from . import figures, sweeps
 from .claims import Claim, check_claims, condition_ratios, median_smoothness, noise_skewness
-from .data import Experiment, find_experiments
-from .render import Section, write
+from .data import Experiment
+from .load import find_experiments
+from .render import Section, write, writing
+
+QUICK_PROFILE = ("Quick profile (testbed reproduce --quick): every experiment was shrunk (fewer steps, prompts "
+                 "and seeds, smaller tuning grids and diagnostic budgets) to run in minutes, so its verdicts "
+                 "test the pipeline, not the paper.")
+FULL_PROFILE = "Full profile (testbed reproduce): every experiment ran the paper's protocol as its suite file states it."
 
 
 def _results_table(experiment: Experiment) -> tuple[list[str], list[list[str]]]:
@@ -48,6 +57,18 @@ def divergence_paragraph(experiment: Experiment) -> str | None:
     return text.strip() or None
 
 
+def unfinished_paragraph(experiment: Experiment) -> str | None:
+    """The runs that did not finish (interrupted or failed) and why: they are in no loss or figure."""
+    runs = [r for r in experiment.runs if r.unfinished]
+    if not runs:
+        return None
+    text = "Not finished, so in no loss or figure: " + "; ".join(
+        f"{r.label} seed {r.seed} {r.status}" + (f" ({' '.join(r.error.split())})" if r.error else "") for r in runs) + "."
+    if experiment.status == "interrupted":
+        text += " The experiment was interrupted: the same command again finishes it."
+    return text
+
+
 def _ratio_pair(experiment: Experiment) -> tuple[str, str] | None:
     """The paper's SGD/Adam; for other experiments, the first optimizer over "adam" (or the last)."""
     labels = experiment.labels
@@ -71,7 +92,8 @@ def condition_table(experiment: Experiment, steps: tuple[int, ...]) -> tuple[lis
     return header, [row]
 
 
-def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]) -> Section:
+def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...], stem: str) -> Section:
+    """The experiment's tables, paragraphs and figures; its figure files are named ``stem``-<kind>.png."""
     section = Section(experiment.name)
     task = experiment.config["task"]
     model = experiment.config["model"]
@@ -81,45 +103,47 @@ def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]
         f"{experiment.config['train']['steps']} steps, batch {experiment.config['train']['batch_size']}, "
         f"seeds {experiment.config['train']['seeds']}.")
     section.tables.append(_results_table(experiment))
-    divergence = divergence_paragraph(experiment)
-    if divergence:
-        section.paragraphs.append(divergence)
+    section.paragraphs += [p for p in (divergence_paragraph(experiment), unfinished_paragraph(experiment)) if p]
     table = condition_table(experiment, steps)
     if table:
         section.tables.append(table)
     skew = noise_skewness(experiment)
     if skew is not None:
         section.paragraphs.append(f"Gradient noise at initialization: mean skewness {skew:.2f} over the runs that measured it.")
-    stem = out / "figures" / experiment.name
+
+    def figure(kind: str) -> Path:
+        return path_under(out / "figures", f"{stem}-{kind}.png")
+
     candidates = [
-        (figures.loss_curves(experiment, stem.with_name(f"{experiment.name}-loss.png")),
+        (figures.loss_curves(experiment, figure("loss")),
          "Eval loss on the fixed batch, mean over seeds (band: range over seeds), log scale"),
-        (figures.noise_histograms(experiment, stem.with_name(f"{experiment.name}-noise.png")),
+        (figures.noise_histograms(experiment, figure("noise")),
          "Density histogram of the gradient-noise norms ||g_k - g|| at initialization"),
         (figures.diagnostic_curves(experiment, "robust_condition_number/proxy", "robust condition number R_med",
-                                   stem.with_name(f"{experiment.name}-rmed.png")),
+                                   figure("rmed")),
          "Robust condition number max|H_ii| / median|H_ii| along training, mean over seeds, log scale"),
         (figures.diagnostic_curves(experiment, "directional_smoothness/value", "directional smoothness",
-                                   stem.with_name(f"{experiment.name}-ds.png"), log=False),
+                                   figure("ds"), log=False),
          "Directional smoothness along the update actually taken, mean over seeds"),
-        (figures.diagnostic_curves(experiment, "sharpness/lambda_max", "sharpness lambda_max",
-                                   stem.with_name(f"{experiment.name}-sharpness.png")),
+        (figures.diagnostic_curves(experiment, "sharpness/lambda_max", "sharpness lambda_max", figure("sharpness")),
          "Largest Hessian eigenvalue (Lanczos on the eval batch) along training, mean over seeds, log scale"),
-        (figures.smoothness_scatter(experiment, stem.with_name(f"{experiment.name}-gs.png")),
+        (figures.smoothness_scatter(experiment, figure("gs")),
          "log directional smoothness against log gradient norm, coloured by step"),
     ]
     section.figures += [(str(path.relative_to(out)), caption) for path, caption in candidates if path is not None]
     return section
 
 
-def sweep_section(name: str, points: list[Experiment], out: Path) -> Section:
+def sweep_section(name: str, points: list[Experiment], out: Path, stem: str) -> Section:
+    """A sweep's best-configuration table and its learning-rate sensitivity figure, ``stem``-lr-sensitivity.png."""
     section = Section(f"sweep {name}")
     keys = list(dict.fromkeys(k for p in points for k in p.point))
     section.paragraphs.append(f"{len(points)} points over {', '.join(keys)}; the best configuration of each "
                               "optimizer by mean final eval loss over seeds (a configuration with a diverged "
                               "seed wins only if all have one).")
     section.tables.append(sweeps.best_table(points))
-    figure = sweeps.sensitivity_curves(name, points, out / "figures" / f"{name}-lr-sensitivity.png")
+    section.paragraphs += [f"{p.name}: {text}" for p in points if (text := unfinished_paragraph(p))]
+    figure = sweeps.sensitivity_curves(name, points, path_under(out / "figures", f"{stem}-lr-sensitivity.png"))
     if figure is not None:
         section.figures.append((str(figure.relative_to(out)),
                                 "Final eval loss against the learning rate, mean over seeds (band: range), log-log"))
@@ -127,19 +151,65 @@ def sweep_section(name: str, points: list[Experiment], out: Path) -> Section:
 
 
 def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...] = (750, 1250),
-                smoothness_from: int = 250) -> tuple[Path, list[Claim]]:
+                smoothness_from: int = 250, note: Callable[[str], None] = lambda line: None,
+                warn: Callable[[str], None] = lambda line: None) -> tuple[Path, list[Claim]]:
     """Write report.md, index.html and figures/*.png under ``out`` for the experiments under
-    ``paths``; return the report directory and the claims."""
-    experiments = find_experiments(paths)
+    ``paths``; return the report directory and the claims. ``note`` receives a line for each thing
+    a user should know before reading the page (runs that did not finish, the reproduction
+    profile); ``warn`` one for each experiment skipped because its results.json cannot be read.
+    No experiment readable: a ResultsError saying why."""
+    experiments, skipped = find_experiments(paths)
+    if not experiments:
+        raise ResultsError("; ".join(skipped))
+    for problem in skipped:
+        warn(f"Warning: skipped {problem}")
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        (out / "figures").mkdir(parents=True, exist_ok=True)
     single = [e for e in experiments if e.sweep is None]
     swept: dict[str, list[Experiment]] = {}
     for experiment in experiments:
         if experiment.sweep is not None:
             swept.setdefault(experiment.sweep, []).append(experiment)
-    sections = [sweep_section(name, points, out) for name, points in swept.items()]
-    sections += [experiment_section(e, out, steps) for e in single]
+    # Names come from the files: each becomes a distinct, safe file-name stem.
+    stems = iter(file_stems([*swept, *(e.name for e in single)]))
+    sections = [sweep_section(name, points, out, next(stems)) for name, points in swept.items()]
+    sections += [experiment_section(e, out, steps, next(stems)) for e in single]
+    for experiment in experiments:
+        if (text := unfinished_paragraph(experiment)) is not None:
+            note(f"{experiment.name}: {text}")
+    preface = profile_paragraphs(experiments)
+    for paragraph in preface:
+        note(paragraph)
+    if skipped:
+        preface.append("Skipped, their results could not be read: " + "; ".join(skipped) + ".")
     claims = check_claims(single, steps, smoothness_from)
-    write(out, "testbed report", sections, claims)
+    write(out, "testbed report", sections, claims, preface)
     return out, claims
+
+
+def file_stems(names: Iterable[str]) -> list[str]:
+    """One file-name stem per name: safe whatever the text, and distinct even where two
+    experiments share a name (neither may overwrite the other's figures)."""
+    stems: list[str] = []
+    for name in names:
+        stem, copy = safe_filename(name), 1
+        while stem in stems:
+            copy += 1
+            stem = f"{safe_filename(name)}-{copy}"
+        stems.append(stem)
+    return stems
+
+
+def profile_paragraphs(experiments: list[Experiment]) -> list[str]:
+    """What the data is, when `testbed reproduce` made it: the quick profile's verdicts test the
+    pipeline, not the paper. Names the experiments of each profile when they are mixed."""
+    by_profile: dict[str, list[str]] = {}
+    for experiment in experiments:
+        if experiment.profile is not None:
+            by_profile.setdefault(experiment.profile, []).append(experiment.name)
+    texts = {"quick": QUICK_PROFILE, "full": FULL_PROFILE}
+    if len(by_profile) == 1 and sum(map(len, by_profile.values())) == len(experiments):
+        return [texts[profile] for profile in by_profile]
+    return [f"{texts[profile]} Experiments: {', '.join(names)}." for profile, names in sorted(by_profile.items(),
+                                                                                          reverse=True)]

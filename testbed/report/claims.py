@@ -3,6 +3,7 @@ or not measured, with the numbers behind the verdict. Pure functions of loaded e
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Callable
@@ -31,6 +32,11 @@ def _verdict(results: list[bool]) -> str:
     return UNMEASURED if not results else HOLDS if all(results) else FAILS
 
 
+def _ratio(top: float, bottom: float) -> float:
+    """top / bottom, infinite over a loss of exactly 0 (results files are read, not trusted)."""
+    return top / bottom if bottom else math.inf
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -52,7 +58,7 @@ def adam_beats_sgd(experiments: list[Experiment]) -> Claim:
             continue
         sgd, adam = e.mean_final(pair[0]), e.mean_final(pair[1])
         results.append(adam < sgd)
-        evidence.append(f"{e.name}: Adam {_fmt(adam)} vs SGD {_fmt(sgd)} (SGD/Adam {sgd / adam:.2f})")
+        evidence.append(f"{e.name}: Adam {_fmt(adam)} vs SGD {_fmt(sgd)} (SGD/Adam {_ratio(sgd, adam):.2f})")
     return Claim("Adam reaches a lower eval loss than SGD with momentum (L = 3 linear attention: Settings 1-3, "
                  "spherical)", _verdict(results), "; ".join(evidence))
 
@@ -230,7 +236,7 @@ def spherical_vs_gamma(experiments: list[Experiment]) -> Claim:
             return Claim(title, UNMEASURED, f"no completed {label} runs")
         checks.append(s < g)
         evidence.append(f"{label} final/initial loss: spherical {s:.3g} vs gamma {g:.3g}")
-    advantage = {e.task: e.mean_final("sgd") / e.mean_final("adam") for e in (spherical, gamma)}
+    advantage = {e.task: _ratio(e.mean_final("sgd"), e.mean_final("adam")) for e in (spherical, gamma)}
     checks.append(advantage["spherical"] >= advantage["gamma"])
     evidence.append(f"SGD/Adam final loss: spherical {advantage['spherical']:.2f} vs gamma {advantage['gamma']:.2f}")
     return Claim(title, _verdict(checks), "; ".join(evidence))
@@ -262,10 +268,10 @@ def depth(experiments: list[Experiment]) -> Claim:
     # A depth where every run of an optimizer diverged has no loss to compare: the claim fails there.
     measured = {L: (s, a) for L, ((s, _), (a, _)) in finals.items() if s is not None and a is not None}
     sgd, adam = [s for s, _ in measured.values()], [a for _, a in measured.values()]
-    gap = [s / a for s, a in zip(sgd, adam)]
+    gap = [_ratio(s, a) for s, a in zip(sgd, adam)]
     checks = [all(b < a for a, b in zip(seq, seq[1:])) for seq in (sgd, adam)]
     checks += [all(b > a for a, b in zip(gap, gap[1:])), len(measured) == len(finals)]
-    evidence = [f"L={L}: SGD {s_text}, Adam {a_text}" + (f", SGD/Adam {s / a:.2f}" if L in measured else "")
+    evidence = [f"L={L}: SGD {s_text}, Adam {a_text}" + (f", SGD/Adam {_ratio(s, a):.2f}" if L in measured else "")
                 for L, ((s, s_text), (a, a_text)) in finals.items()]
     return Claim(title, _verdict(checks), "; ".join(evidence))
 

@@ -1,18 +1,14 @@
-"""What a report reads: experiments from their results.json (curves, diagnostics, config) and, for
+"""What a report reads: experiments (curves, diagnostics, config: loaded by ``load``) and, for
 gradient-noise histograms, the TensorBoard event files of their runs."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TestbedError
-
-RESULTS_FILE = "results.json"
 
 
 @dataclass
@@ -29,11 +25,17 @@ class Run:
     diverged_at: int | None = None
     diverged_on: str | None = None  # "loss", "gradient" or "eval loss"
     zeroed_steps: list[int] = field(default_factory=list)  # overflowing gradient norm: a zero step
+    error: str | None = None  # why a failed or interrupted run did not finish
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """A diagnostic's (steps, values), non-finite values dropped."""
         points = [(int(s), v) for s, v in self.diagnostics.get(key, []) if v is not None and math.isfinite(v)]
         return [s for s, _ in points], [v for _, v in points]
+
+    @property
+    def unfinished(self) -> bool:
+        """Interrupted or failed: the run has no final result."""
+        return self.status not in ("completed", "diverged")
 
     def value_at(self, key: str, step: int) -> float | None:
         for s, v in self.diagnostics.get(key, []):
@@ -50,6 +52,8 @@ class Experiment:
     runs: list[Run] = field(default_factory=list)
     sweep: str | None = None  # the sweep this experiment is a point of
     point: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None  # "complete" or "interrupted"
+    profile: str | None = None  # the `testbed reproduce` profile, if it was one
 
     @property
     def labels(self) -> list[str]:
@@ -79,38 +83,6 @@ class Experiment:
     def mean_final(self, label: str) -> float | None:
         values = self.final_losses(label)
         return statistics.fmean(values) if values else None
-
-
-def load_experiment(directory: Path) -> Experiment:
-    path = directory / RESULTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TestbedError(f"cannot read {path}: {exc}") from None
-    experiment = Experiment(data.get("experiment", directory.name), directory, data["config"],
-                            sweep=data.get("sweep"), point=data.get("point") or {})
-    for run in data["runs"]:
-        # The run directory relative to the experiment's: results may have moved since the run.
-        run_dir = str(directory / run["label"] / f"seed-{run['seed']}")
-        experiment.runs.append(Run(run["label"], run["seed"], run["status"], run.get("final_eval_loss"),
-                                   run.get("eval_steps", []), run.get("eval_losses", []),
-                                   run.get("diagnostics", {}), run_dir, run.get("lr"), run.get("diverged_at"),
-                                   run.get("diverged_on"), run.get("zeroed_steps") or []))
-    return experiment
-
-
-def find_experiments(paths: list[str | Path]) -> list[Experiment]:
-    """Every experiment under the given directories (a directory holding results.json, or any
-    directory above such directories), in a stable order."""
-    found: list[Path] = []
-    for given in map(Path, paths):
-        if not given.is_dir():
-            raise TestbedError(f"{given}: not a directory")
-        matches = [given] if (given / RESULTS_FILE).exists() else sorted(p.parent for p in given.rglob(RESULTS_FILE))
-        if not matches:
-            raise TestbedError(f"{given}: no {RESULTS_FILE} found (run an experiment first)")
-        found += [m for m in matches if m not in found]
-    return [load_experiment(d) for d in found]
 
 
 def noise_histogram(run: Run, tag: str = "diag/gradient_noise/errors") -> tuple[list[float], list[float]] | None:

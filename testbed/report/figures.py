@@ -10,13 +10,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .data import Experiment, Run, noise_histogram
+from .render import writing
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
 
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with writing(path):
+        figure.savefig(path, dpi=110)
     return path
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+from ..errors import StorageError
 from .claims import Claim
 
 
@@ -17,8 +20,20 @@ class Section:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (relative path, caption)
 
 
-def to_markdown(title: str, sections: list[Section], claims: list[Claim]) -> str:
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing under ``path`` (a read-only place, a full disk, a file where a
+    directory should be) into one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError.writing(exc.filename or path, exc) from None
+
+
+def to_markdown(title: str, sections: list[Section], claims: list[Claim], preface: list[str] = ()) -> str:
     lines = [f"# {title}", ""]
+    for paragraph in preface:
+        lines += [paragraph, ""]
     lines += ["## Claims of the paper", "", "| claim | verdict | evidence |", "| --- | --- | --- |"]
     lines += [f"| {c.title} | **{c.verdict}** | {c.evidence or '-'} |" for c in claims]
     lines.append("")
@@ -35,13 +50,13 @@ def to_markdown(title: str, sections: list[Section], claims: list[Claim]) -> str
     return "\n".join(lines)
 
 
-def to_html(title: str, sections: list[Section], claims: list[Claim]) -> str:
+def to_html(title: str, sections: list[Section], claims: list[Claim], preface: list[str] = ()) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
              ".holds{color:#176317}.does-not-hold{color:#a01010}.not-measured{color:#777}</style></head><body>",
-             f"<h1>{e(title)}</h1>", "<h2>Claims of the paper</h2>",
+             f"<h1>{e(title)}</h1>", *(f"<p>{e(p)}</p>" for p in preface), "<h2>Claims of the paper</h2>",
              "<table><tr><th>claim</th><th>verdict</th><th>evidence</th></tr>"]
     for c in claims:
         css = c.verdict.replace(" ", "-")
@@ -61,6 +76,8 @@ def to_html(title: str, sections: list[Section], claims: list[Claim]) -> str:
     return "\n".join(parts)
 
 
-def write(out: Path, title: str, sections: list[Section], claims: list[Claim]) -> None:
-    (out / "report.md").write_text(to_markdown(title, sections, claims))
-    (out / "index.html").write_text(to_html(title, sections, claims))
+def write(out: Path, title: str, sections: list[Section], claims: list[Claim], preface: list[str] = ()) -> None:
+    """report.md and index.html; ``preface``: paragraphs above the claims (what the data is)."""
+    with writing(out):
+        (out / "report.md").write_text(to_markdown(title, sections, claims, preface), encoding="utf-8")
+        (out / "index.html").write_text(to_html(title, sections, claims, preface), encoding="utf-8")
