@@ -12,22 +12,29 @@ task, which then keeps running beside it, and two runs share one core. So progre
 fire-and-forget calls to a small actor the driver drains, and a stop request (Ctrl-C in the driver)
 is a file in the log directory that running tasks look for about once a second; they then stop at a
 step boundary with a checkpoint.
+
+The local instance (no address) listens on the loopback interface only, and what a killed driver
+leaves of it is stopped by the next start (testbed.ray_local).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import Report, train
 from .errors import TestbedError
 from .executors import failed, longest_first, not_run
 from .plugins import Plugins, load_plugins
 from .run import RunPlan, RunResult
+
+if TYPE_CHECKING:
+    from .ray_local import LocalInstance
 
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024**2  # runs exchange only small results
 STOP_POLL_SECONDS = 1.0
@@ -93,7 +100,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, workers: int | None = None):
         _require_ray()
         self.address, self.workers = address, workers
-        self.started_here = False
+        self.instance: LocalInstance | None = None  # the local Ray instance this executor started
 
     def _connect(self) -> None:
         if ray.is_initialized():
@@ -101,18 +108,24 @@ class RayExecutor:
         env = {key: os.environ[key] for key in ("TESTBED_PLUGINS", "TESTBED_KERNEL") if key in os.environ}
         options: dict[str, Any] = {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", **env}},
                                    "log_to_driver": False, "logging_level": "ERROR"}
-        if self.address is None:  # a local instance of our own
+        if self.address is None:  # a local instance of our own, reachable from this machine only
+            from .ray_local import LOOPBACK, LocalInstance  # here: it needs Ray, checked in __init__
+
             options.update(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
-                           object_store_memory=LOCAL_OBJECT_STORE_BYTES)
-            self.started_here = True
-        if self.address not in (None, "auto"):
+                           object_store_memory=LOCAL_OBJECT_STORE_BYTES, _node_ip_address=LOOPBACK)
+            self.instance = LocalInstance.begin()  # first stops what killed drivers left running
+        elif self.address != "auto":
             _check_reachable(self.address)
         try:
-            # "local": a new instance even if `ray start` runs a cluster on this machine
-            ray.init(address=self.address or "local", **options)
+            with self.instance.starting() if self.instance else contextlib.nullcontext():
+                # "local": a new instance even if `ray start` runs a cluster on this machine
+                ray.init(address=self.address or "local", **options)
         except Exception as exc:  # ConnectionError, or a bad address
+            self.close()  # whatever part of a local instance did start
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             raise TestbedError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
+        if self.instance:
+            self.instance.note_processes()  # what a next start stops, should this driver be killed
 
     def capacity(self) -> int:
         if self.workers:
@@ -157,8 +170,13 @@ class RayExecutor:
         return results, interrupted or any(r.status == "interrupted" for r in results)
 
     def close(self) -> None:
-        if self.started_here and ray.is_initialized():
+        """Stop the local instance this executor started, all its processes (a joined cluster stays up)."""
+        if self.instance is None:
+            return
+        if ray.is_initialized():
             ray.shutdown()
+        self.instance.stop()  # what outlived the shutdown: the agents take their time
+        self.instance = None
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
