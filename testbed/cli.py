@@ -127,12 +127,22 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
                f"{outcome.resumed} of them resumed; {outcome.cached} already done); "
                f"results: {_results_path(outcome, sweep)}")
     click.echo(f"TensorBoard: tensorboard --logdir {outcome.directory}")
+    for result in outcome.results:
+        if result.warnings:
+            click.echo(_warning_line(result), err=True)
     if outcome.status == "interrupted":
         sys.exit(130)
     if any(r.status == "failed" for r in outcome.results):
         failed = next(r for r in outcome.results if r.status == "failed")
         click.echo(f"Error: run {failed.key} failed: {failed.error}", err=True)
         sys.exit(1)
+
+
+def _warning_line(result) -> str:
+    """One line for a run whose numbers are right but something around them is not (its warnings)."""
+    more = len(result.warnings) - 1
+    rest = f" (and {more} more in its summary.json)" if more else ""
+    return f"Warning: run {result.key}: {result.warnings[0]}{rest}"
 
 
 def _describe_plan(sweep, logdir: Path) -> None:

@@ -116,8 +116,11 @@ class Diagnostic:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint saves so that a resumed run measures as if never stopped: by default
-        every attribute (override for state that cannot be pickled)."""
-        return dict(vars(self))
+        every attribute but the schedule (the constructor rebuilds it from the options). Its values
+        must be tensors or plain values (numbers, strings, None, lists, tuples, dicts of them): a
+        checkpoint is read with torch.load(weights_only=True), which refuses anything else, so a
+        run holding other state is not checkpointed (override this to convert it)."""
+        return {name: value for name, value in vars(self).items() if name != "schedule"}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         vars(self).update(state)

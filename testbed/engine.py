@@ -54,7 +54,7 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     resume = checkpoint.load(run_dir, plan.run_id) if plan.run_id else None
     if resume is not None:
         checkpoint.rewind_event_files(run_dir, resume.event_files)
-    logger = RunLogger(plan.run_dir)
+    logger = RunLogger(plan.run_dir, earlier_files=None if resume is None else resume.event_files)
     hook = plugins.manager.hook
     context: RunContext | None = None
     started = time.perf_counter()
@@ -156,21 +156,33 @@ def _restore(context: RunContext, resume: checkpoint.Checkpoint, result: RunResu
 
 
 def _save_checkpoint(context: RunContext, result: RunResult, step: int) -> None:
+    """Checkpoint the run at ``step``. Event files found damaged are recorded first (a resumed run
+    only knows their sizes at the checkpoint); a checkpoint that would not load safely is not
+    written, and that is recorded too."""
     run_dir = Path(context.plan.run_dir)
     context.logger.flush()  # the logger position is the event files' size after this flush
-    checkpoint.save(run_dir, checkpoint.Checkpoint(
-        context.plan.run_id, step, context.model.state_dict(), context.optimizer.state_dict(),
-        context.extra["data_stream"].get_state(), checkpoint.global_random_state(),
-        context.extra["diagnostics"].state_dict(),
-        {**{name: copy.deepcopy(getattr(result, name)) for name in CHECKPOINTED_RESULT_FIELDS},
-         # result.seconds holds earlier attempts only; train() adds this one's at the end
-         "seconds": result.seconds + time.perf_counter() - context.extra["attempt_started"]},
-        checkpoint.event_file_sizes(run_dir)))
+    _add_warnings(result, context.logger.lost_event_files())
+    try:
+        checkpoint.save(run_dir, checkpoint.Checkpoint(
+            context.plan.run_id, step, context.model.state_dict(), context.optimizer.state_dict(),
+            context.extra["data_stream"].get_state(), checkpoint.global_random_state(),
+            context.extra["diagnostics"].state_dict(),
+            {**{name: copy.deepcopy(getattr(result, name)) for name in CHECKPOINTED_RESULT_FIELDS},
+             # result.seconds holds earlier attempts only; train() adds this one's at the end
+             "seconds": result.seconds + time.perf_counter() - context.extra["attempt_started"]},
+            checkpoint.event_file_sizes(run_dir)))
+    except checkpoint.UnsafeCheckpoint as exc:
+        _add_warnings(result, [f"no checkpoint written: its {exc} (a stopped run starts over)"])
+
+
+def _add_warnings(result: RunResult, warnings: list[str]) -> None:
+    """Record each warning once (a problem found at a checkpoint is usually found again later)."""
+    result.warnings += [w for w in warnings if w not in result.warnings]
 
 
 # What a run has accumulated by a step; the rest of its result is rebuilt by the resumed run.
 CHECKPOINTED_RESULT_FIELDS = ("steps_done", "eval_steps", "eval_losses", "diagnostics",
-                              "diagnostic_errors", "resumed_from", "zeroed_steps")
+                              "diagnostic_errors", "resumed_from", "zeroed_steps", "warnings")
 
 
 def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],

@@ -23,7 +23,7 @@ from typing import Callable
 import yaml
 
 from . import checkpoint
-from .cache import finished_result, run_id
+from .cache import INVALID_SUMMARY, finished_result, run_id, set_aside_invalid_summary
 from .config import ExperimentConfig, OptimizerSpec
 from .engine import Report, hparams_of, versions, write_json
 from .errors import TestbedError
@@ -37,6 +37,9 @@ from .tblog import write_hparams_config
 from .tuning import TUNING_DIR, Tuning, apply_tuning, collect_tuning, plan_pilots
 
 RESULTS_FILE = "results.json"
+# results.json of the previous attempt while this one runs: kept, but not where it would pass as this
+# attempt's result (an attempt that dies leaves no results.json); removed once the new one is written
+PREVIOUS_RESULTS_FILE = "results.previous.json"
 
 
 @dataclass
@@ -262,18 +265,20 @@ def _run_phase(name: str, plans: list[RunPlan], tuning: tuple[Tuning, ...], plug
 def _copy_run(source: RunPlan, target: RunPlan, result: RunResult) -> RunResult:
     """A sweep point's copy of a run another point executed (same id)."""
     if result.status in ("completed", "diverged"):
-        shutil.rmtree(target.run_dir, ignore_errors=True)
-        shutil.copytree(source.run_dir, target.run_dir)
+        set_aside_invalid_summary(Path(target.run_dir))
+        _clear_run_dir(Path(target.run_dir))
+        shutil.copytree(source.run_dir, target.run_dir, dirs_exist_ok=True, ignore=_kept_aside)
         _write_config(Path(target.run_dir), target.config)
     return replace(result, key=target.key, run_dir=target.run_dir)
 
 
 def _prepare_experiment(directory: Path, config: ExperimentConfig) -> None:
     """The experiment's config.yaml; a stale results.json would look like the result of this
-    attempt, so it goes first."""
+    attempt, so it is kept aside (PREVIOUS_RESULTS_FILE) until this attempt writes its own."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / RESULTS_FILE).unlink(missing_ok=True)
+        if (directory / RESULTS_FILE).exists():
+            (directory / RESULTS_FILE).replace(directory / PREVIOUS_RESULTS_FILE)
         _write_config(directory, config)
     except OSError as exc:
         raise TestbedError(f"cannot prepare the log directory {str(directory)!r}: {exc}") from None
@@ -297,16 +302,36 @@ def _prune_pilots(directory: Path, pilots: list[RunPlan]) -> None:
 
 def _prepare_runs(plans: list[RunPlan], keep: set[str]) -> None:
     """Fresh run directories for the runs about to start (stale event files would mix old and new
-    curves), except those resuming from a checkpoint; each gets the config of its run."""
+    curves), except those resuming from a checkpoint; each gets the config of its run. An invalid
+    summary.json is kept aside, never removed (see cache)."""
     try:
         for plan in plans:
             run_dir = Path(plan.run_dir)
+            set_aside_invalid_summary(run_dir)
             if plan.run_dir not in keep:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                _clear_run_dir(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             _write_config(run_dir, plan.config)
     except OSError as exc:
         raise TestbedError(f"cannot prepare the log directory {plans[0].run_dir!r}: {exc}") from None
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove what earlier attempts left in ``run_dir``, except the summaries kept aside."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if INVALID_SUMMARY.fullmatch(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _kept_aside(directory: str, names: list[str]) -> list[str]:
+    """copytree's ignore: a run's kept-aside summaries stay with that run, they are not copied."""
+    return [name for name in names if INVALID_SUMMARY.fullmatch(name)]
 
 
 # ------------------------------------------------------------------ results
@@ -324,6 +349,7 @@ def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins:
         "runs": [r.__dict__ for r in outcome.results],
         **({"tuning": {label: t.to_dict() for label, t in outcome.tuning.items()}} if outcome.tuning else {}),
     })
+    (outcome.directory / PREVIOUS_RESULTS_FILE).unlink(missing_ok=True)  # superseded now
     return path
 
 

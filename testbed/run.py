@@ -93,6 +93,11 @@ class RunResult:
     # gradient to zero (max_norm / inf) and training went on, as torch's clip_grad_norm_ does
     zeroed_steps: list[int] = field(default_factory=list)
     error: str | None = None
+    # problems that leave the numbers right but something around them wrong: a TensorBoard event file
+    # deleted or cut short while the run wrote it (its curves miss points), or a checkpoint not written
+    # because a plugin's state would not load safely (a stopped run would start over); the status
+    # stays what training gave
+    warnings: list[str] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     eval_losses: list[float] = field(default_factory=list)
     diagnostics: dict[str, list[list[float]]] = field(default_factory=dict)  # "name/tag": [[step, value]]

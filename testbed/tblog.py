@@ -58,10 +58,23 @@ def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
 
 
 class RunLogger:
-    """Writes one run's scalars, text and hparams; a thin, convention-keeping SummaryWriter."""
+    """Writes one run's scalars, text and hparams; a thin, convention-keeping SummaryWriter. It
+    knows how many bytes each event file of the run should hold (``earlier_files``: those of the
+    attempts before a resumed run's checkpoint), so that one deleted or cut short is noticed."""
 
-    def __init__(self, run_dir: str, flush_secs: int = 10):
+    def __init__(self, run_dir: str, flush_secs: int = 10, earlier_files: Mapping[str, int] | None = None):
         self.writer = SummaryWriter(log_dir=run_dir, flush_secs=flush_secs)
+        self.run_dir = Path(run_dir)
+        self.earlier_files = dict(earlier_files or {})
+        self._written = _WrittenBytes(self.writer)
+
+    def written(self) -> dict[str, int]:
+        """Event file name -> the bytes written into it by this run (this logger's after a flush)."""
+        return {**self.earlier_files, self._written.path.name: self._written.count}
+
+    def lost_event_files(self) -> list[str]:
+        """One line per event file of this run that holds less than was written into it (flush first)."""
+        return lost_event_files(self.run_dir, self.written())
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
@@ -104,3 +117,35 @@ class RunLogger:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class _WrittenBytes:
+    """Counts the bytes a SummaryWriter writes into its event file. Tensorboard's file object opens
+    the path anew for every record it appends, so a file deleted meanwhile is silently recreated
+    holding only the later records: only the count of what was written tells."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        event_writer = writer._get_file_writer().event_writer
+        self.path = Path(event_writer._file_name)
+        self.count = self.path.stat().st_size  # its first record, written (and flushed) as it was made
+        file = event_writer._general_file_writer
+        write = file.write
+
+        def counted(content: bytes) -> None:
+            write(content)
+            self.count += len(content)
+
+        file.write = counted
+
+
+def lost_event_files(run_dir: Path, written: Mapping[str, int]) -> list[str]:
+    """One line per event file in ``run_dir`` missing or smaller than the bytes ``written`` into it."""
+    problems = []
+    for name, size in written.items():
+        path = run_dir / name
+        if not path.exists():
+            problems.append(f"TensorBoard event file {name} was deleted during the run: its curves are lost")
+        elif path.stat().st_size < size:
+            problems.append(f"TensorBoard event file {name} was deleted or cut short during the run: "
+                            "its curves miss points")
+    return problems
