@@ -43,7 +43,8 @@ def test_the_package_holds_the_kernel_source_and_the_report():
 def test_the_paper_suite_ships_inside_the_package():
     # A wheel user has no repository: `testbed reproduce` must find its suite in the package.
     assert SUITE.resolve().is_relative_to(PACKAGE)
-    assert {"setting1.yaml", "setting2.yaml", "setting3.yaml", "larger_model.yaml"} <= {p.name for p in SUITE.glob("*.yaml")}
+    shipped = {p.name for p in SUITE.glob("*.yaml")}
+    assert {"setting1.yaml", "setting2.yaml", "setting3.yaml", "larger_model.yaml"} <= shipped
     examples = REPOSITORY / "examples" / "paper"
     if examples.exists() and not EXPECT_INSTALLED:
         # In a checkout, examples/paper is the user-facing view of the same single copy.

@@ -22,7 +22,8 @@ from .render import Section, write, writing
 QUICK_PROFILE = ("Quick profile (testbed reproduce --quick): every experiment was shrunk (fewer steps, prompts "
                  "and seeds, smaller tuning grids and diagnostic budgets) to run in minutes, so its verdicts "
                  "test the pipeline, not the paper.")
-FULL_PROFILE = "Full profile (testbed reproduce): every experiment ran the paper's protocol as its suite file states it."
+FULL_PROFILE = ("Full profile (testbed reproduce): every experiment ran the paper's protocol as its suite file "
+                "states it.")
 
 
 def _results_table(experiment: Experiment) -> tuple[list[str], list[list[str]]]:
@@ -62,8 +63,10 @@ def unfinished_paragraph(experiment: Experiment) -> str | None:
     runs = [r for r in experiment.runs if r.unfinished]
     if not runs:
         return None
-    text = "Not finished, so in no loss or figure: " + "; ".join(
-        f"{r.label} seed {r.seed} {r.status}" + (f" ({' '.join(r.error.split())})" if r.error else "") for r in runs) + "."
+    # An error may span lines (a traceback's message): one line each, for the console and tables.
+    described = [f"{r.label} seed {r.seed} {r.status}" + (f" ({' '.join(r.error.split())})" if r.error else "")
+                 for r in runs]
+    text = f"Not finished, so in no loss or figure: {'; '.join(described)}."
     if experiment.status == "interrupted":
         text += " The experiment was interrupted: the same command again finishes it."
     return text

@@ -84,9 +84,12 @@ def _parse_experiment(data: Any, directory: Path) -> Experiment:
         if not isinstance(entry, dict):
             raise ResultsError(f"config.optimizers[{index}] is {_kind(entry)}, expected an object")
     experiment = Experiment(_field(data, "experiment", str, default=directory.name), directory, config,
-                            sweep=_field(data, "sweep", str, default=None), point=_field(data, "point", dict, default={}),
-                            status=_field(data, "status", str, default=None), profile=read_profile(directory, config))
-    experiment.runs = [_parse_run(entry, f"runs[{i}]: ", directory) for i, entry in enumerate(_field(data, "runs", list))]
+                            sweep=_field(data, "sweep", str, default=None),
+                            point=_field(data, "point", dict, default={}),
+                            status=_field(data, "status", str, default=None),
+                            profile=read_profile(directory, config))
+    runs = _field(data, "runs", list)
+    experiment.runs = [_parse_run(entry, f"runs[{i}]: ", directory) for i, entry in enumerate(runs)]
     return experiment
 
 
