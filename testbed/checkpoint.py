@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import StorageError
+
 CHECKPOINT_FILE = "checkpoint.pt"
 EVENT_FILE_PREFIX = "events.out.tfevents."
 
@@ -74,12 +76,17 @@ def event_file_sizes(run_dir: Path) -> dict[str, int]:
 
 def save(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Write the checkpoint atomically; raise UnsafeCheckpoint (writing nothing) if it would not
-    load with weights_only=True: resuming from it would silently start over."""
+    load with weights_only=True: resuming from it would silently start over. A write that fails
+    (disk full) raises StorageError and leaves the previous checkpoint as it was."""
     content = _safe_bytes(checkpoint.__dict__)
     path = run_dir / CHECKPOINT_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError.writing(path, exc) from None
 
 
 def _safe_bytes(data: dict[str, Any]) -> bytes:

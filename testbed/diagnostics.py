@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.func import functional_call, grad, jacrev, jvp
 
+from .errors import StorageError
 from .model import LinearTransformer, mse_loss
 from .second_order import kernel_hessian, kernel_hvp, kernel_supports
 from .options import Option
@@ -293,6 +294,8 @@ class DiagnosticRunner:
         try:
             for record in measure():
                 self._log(name, record, step, result)
+        except StorageError:  # the log directory failed, not the diagnostic: the run stops
+            raise
         except Exception as exc:  # a diagnostic's bug must not stop the run
             message = f"{name} failed at step {step} and is disabled for this run: {type(exc).__name__}: {exc}"
             result.diagnostic_errors.append(message)

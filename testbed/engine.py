@@ -7,6 +7,7 @@ batch is drawn once from its own seed (default 99). Nothing here touches torch's
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -21,6 +22,7 @@ import torch
 from . import __version__, checkpoint
 from .config import ExperimentConfig, build_diagnostic, build_optimizer, build_task, needs_closure
 from .diagnostics import DiagnosticRunner, Probe
+from .errors import StorageError
 from .model import LinearTransformer, mse_loss
 from .plugins import Plugins
 from .registry import Registry
@@ -45,7 +47,9 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
           report: Report = lambda event: None) -> RunResult:
     """Execute one run and return its result; never raises for a diverged or failing run. A run
     with an id checkpoints every ``train.checkpoint_every`` steps and when stopped, and goes on from
-    its checkpoint when its directory has one for the same id."""
+    its checkpoint when its directory has one for the same id. A run that cannot write its files
+    (disk full) fails with the StorageError's message (see ``storage_failure``), keeping its last
+    good checkpoint."""
     spec = plan.optimizer
     run_dir = Path(plan.run_dir)
     result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
@@ -54,13 +58,14 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     resume = checkpoint.load(run_dir, plan.run_id) if plan.run_id else None
     if resume is not None:
         checkpoint.rewind_event_files(run_dir, resume.event_files)
-    logger = RunLogger(plan.run_dir, earlier_files=None if resume is None else resume.event_files)
     hook = plugins.manager.hook
+    logger: RunLogger | None = None
     context: RunContext | None = None
     started = time.perf_counter()
     report({"event": "start", "key": plan.key, "steps": plan.config.train.steps,
             "resumed_from": None if resume is None else resume.step})
     try:
+        logger = RunLogger(plan.run_dir, earlier_files=None if resume is None else resume.event_files)
         context = _start(plan, plugins, logger, resume, result)
         context.extra["attempt_started"] = started
         hook.on_run_start(run=context)
@@ -75,14 +80,48 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
             if context is not None:  # on_run_end pairs with on_run_start
                 _end_hook(plugins, context, result)
         finally:
-            _finish(result, logger)  # after the hook: TensorBoard records the final status
-            logger.close()
-            _add_warnings(result, logger.lost_event_files())
-            if result.status in ("completed", "diverged"):
-                checkpoint.remove(run_dir)  # finished: summary.json is the cache from now on
-            write_json(run_dir / "summary.json", result.__dict__)
+            if logger is not None:
+                _close_logger(result, logger, run_dir)
+            _save_summary(result, run_dir)
             report({"event": "end", "key": plan.key, "status": result.status})
     return result
+
+
+def storage_failure(result: RunResult) -> str | None:
+    """The message of a run that failed because its files could not be written, else None."""
+    error = result.error or ""
+    if result.status != "failed" or not error.startswith(StorageError.__name__):
+        return None
+    return error.split(": ", 1)[-1]  # "StorageError: <message>", "StorageError in on_run_end: <message>"
+
+
+def _close_logger(result: RunResult, logger: RunLogger, run_dir: Path) -> None:
+    """The run's last TensorBoard records (after on_run_end: they hold the final status), then its
+    event file closed. A write failing here fails the run, unless it failed before (a writer that
+    failed once fails again at every call)."""
+    try:
+        try:
+            _finish(result, logger)
+        finally:
+            logger.close()
+    except StorageError as exc:
+        if result.status != "failed":
+            _record_failure(result, run_dir, f"{type(exc).__name__}: {exc}")
+    _add_warnings(result, logger.lost_event_files())
+
+
+def _save_summary(result: RunResult, run_dir: Path) -> None:
+    """summary.json, then a finished run's checkpoint goes (the summary is its cache from now on).
+    A summary that cannot be written fails the run, unless it failed before, and keeps the
+    checkpoint: the next attempt goes on from it."""
+    try:
+        write_json(run_dir / "summary.json", result.__dict__)
+    except StorageError as exc:
+        if result.status != "failed":
+            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+        return
+    if result.status in ("completed", "diverged"):
+        checkpoint.remove(run_dir)
 
 
 def _end_hook(plugins: Plugins, context: RunContext, result: RunResult) -> None:
@@ -98,7 +137,8 @@ def _end_hook(plugins: Plugins, context: RunContext, result: RunResult) -> None:
 def _record_failure(result: RunResult, run_dir: Path, error: str) -> None:
     """Mark the run failed with ``error``; the traceback being handled goes to error.txt."""
     result.status, result.error = "failed", error
-    (run_dir / "error.txt").write_text(traceback.format_exc())
+    with contextlib.suppress(OSError):  # a full disk: the error is in the result all the same
+        (run_dir / "error.txt").write_text(traceback.format_exc())
 
 
 def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoint.Checkpoint | None,
@@ -335,10 +375,16 @@ def versions(plugins: Plugins) -> dict[str, str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write strict JSON (inf and NaN become null) atomically, so no reader sees half a file."""
+    """Write strict JSON (inf and NaN become null) atomically, so no reader sees half a file. A
+    write that fails (disk full) raises StorageError and leaves the file as it was."""
+    text = json.dumps(_json_safe(data), indent=2, allow_nan=False)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False))
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError.writing(path, exc) from None
 
 
 def _json_safe(value: Any) -> Any:

@@ -31,13 +31,16 @@ class DirectoryInUseError(TestbedError):
     """Another process is writing into the same log directory (it holds the directory's lock)."""
 
 
-class StorageError(TestbedError):
+class StorageError(TestbedError, OSError):
     """Writing to the log directory failed: disk full, over quota, read-only, a file too large or an
-    I/O error. The experiment stops; what was finished stays."""
+    I/O error. The experiment stops; what was finished stays. It is an OSError too, so code that
+    handles a failed write keeps handling it."""
 
     @classmethod
     def writing(cls, path: object, exc: OSError) -> "StorageError":
         """The error for ``exc``, raised while writing ``path``."""
+        if isinstance(exc, StorageError):  # already says what could not be written
+            return exc
         reason = exc.strerror or str(exc)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return cls(f"disk full while writing {path}: {reason}")

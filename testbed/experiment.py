@@ -18,15 +18,15 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import yaml
 
 from . import checkpoint
 from .cache import INVALID_SUMMARY, finished_result, run_id, set_aside_invalid_summary
 from .config import ExperimentConfig, OptimizerSpec
-from .engine import Report, hparams_of, versions, write_json
-from .errors import TestbedError
+from .engine import Report, hparams_of, storage_failure, versions, write_json
+from .errors import StorageError, TestbedError
 from .executors import Executor, LocalExecutor, not_run
 from .links import refuse_links
 from .lock import directory_lock
@@ -58,10 +58,11 @@ class SummaryRow:
 @dataclass
 class ExperimentOutcome:
     directory: Path
-    status: str  # complete | interrupted
+    status: str  # complete | interrupted | failed (files could not be written: see error)
     wall_seconds: float
     results: list[RunResult] = field(default_factory=list)
     tuning: dict[str, Tuning] = field(default_factory=dict)  # optimizer label -> its lr tuning
+    error: str | None = None
 
     def summary(self) -> list[SummaryRow]:
         return summarize(self.results)
@@ -120,7 +121,7 @@ class Phase:
 @dataclass
 class SweepOutcome:
     directory: Path
-    status: str  # complete | interrupted
+    status: str  # complete | interrupted | failed (as its experiments)
     wall_seconds: float
     experiments: list[ExperimentOutcome]
     executed: int = 0  # runs executed in this invocation (pilots included)
@@ -171,15 +172,16 @@ def _run_sweep(sweep: Sweep, plugins: Plugins, logdir: Path, report: Report, wor
     for p, directory in points:
         _prune_pilots(directory, pilots[p.directory])
     tunings: dict[str, dict[str, Tuning]] = {p.directory: {} for p, _ in points}
-    interrupted = False
+    interrupted, error = False, None  # error: a run could not write its files (disk full): stop
     if any(pilots.values()):
         done, interrupted = _run_phase("tuning", [x for plans in pilots.values() for x in plans], (), plugins,
                                        executor, report, on_phase, force, counts)
+        error = _storage_failure(done.values())
         for p, _ in points:
             tunings[p.directory] = collect_tuning(p.config, [done[x.run_dir] for x in pilots[p.directory]],
-                                                  interrupted)
+                                                  interrupted or error is not None)
     mains = {p.directory: [replace(x, group=group(p)) for x in plan_runs(p.config, d, p.point)] for p, d in points}
-    if interrupted:  # during tuning: no main run starts
+    if interrupted or error:  # during tuning: no main run starts
         results = {x.run_dir: _never_chosen(x, tunings[p.directory]) for p, _ in points
                    for x in mains[p.directory]}
     else:
@@ -189,18 +191,28 @@ def _run_sweep(sweep: Sweep, plugins: Plugins, logdir: Path, report: Report, wor
         merged = tuple(t for tuning in tunings.values() for t in tuning.values())
         results, interrupted = _run_phase("main", [x for plans in mains.values() for x in plans], merged,
                                           plugins, executor, report, on_phase, force, counts)
+        error = _storage_failure(results.values())
+    status = "failed" if error else "interrupted" if interrupted else "complete"
     wall = time.perf_counter() - started
     experiments = []
     for p, directory in points:
-        outcome = ExperimentOutcome(directory, "interrupted" if interrupted else "complete", wall,
-                                    [results[x.run_dir] for x in mains[p.directory]], tunings[p.directory])
+        outcome = ExperimentOutcome(directory, status, wall, [results[x.run_dir] for x in mains[p.directory]],
+                                    tunings[p.directory], error)
         write_results(outcome, p.config, plugins, p.point, sweep.name if sweep.swept else None)
         experiments.append(outcome)
-    outcome = SweepOutcome(logdir / sweep.name, "interrupted" if interrupted else "complete", wall, experiments,
-                           **counts)
+    outcome = SweepOutcome(logdir / sweep.name, status, wall, experiments, **counts)
     if sweep.swept:
         write_sweep(outcome, sweep)
+    if error:  # after the results: what finished is recorded
+        written = outcome.directory / ("sweep.json" if sweep.swept else RESULTS_FILE)
+        raise StorageError(f"{error}; the experiment stopped (finished runs are kept, see {written})")
     return outcome
+
+
+def _storage_failure(results: Iterable[RunResult]) -> str | None:
+    """The first run's message of a failure to write its files, if any: a full disk fails every
+    other run too, so the experiment stops."""
+    return next((message for message in map(storage_failure, results) if message), None)
 
 
 def _directories_written(points: list[tuple[SweepPoint, Path]]) -> list[Path]:
@@ -263,13 +275,19 @@ def _run_phase(name: str, plans: list[RunPlan], tuning: tuple[Tuning, ...], plug
 
 
 def _copy_run(source: RunPlan, target: RunPlan, result: RunResult) -> RunResult:
-    """A sweep point's copy of a run another point executed (same id)."""
+    """A sweep point's copy of a run another point executed (same id); a copy that cannot be
+    written (disk full) fails, as the run would have."""
+    copy = replace(result, key=target.key, run_dir=target.run_dir)
     if result.status in ("completed", "diverged"):
-        set_aside_invalid_summary(Path(target.run_dir))
-        _clear_run_dir(Path(target.run_dir))
-        shutil.copytree(source.run_dir, target.run_dir, dirs_exist_ok=True, ignore=_kept_aside)
-        _write_config(Path(target.run_dir), target.config)
-    return replace(result, key=target.key, run_dir=target.run_dir)
+        try:
+            set_aside_invalid_summary(Path(target.run_dir))
+            _clear_run_dir(Path(target.run_dir))
+            shutil.copytree(source.run_dir, target.run_dir, dirs_exist_ok=True, ignore=_kept_aside)
+            _write_config(Path(target.run_dir), target.config)
+        except OSError as exc:
+            error = StorageError.writing(target.run_dir, exc)
+            copy.status, copy.error = "failed", f"{type(error).__name__}: {error}"
+    return copy
 
 
 def _prepare_experiment(directory: Path, config: ExperimentConfig) -> None:
@@ -342,6 +360,7 @@ def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins:
         "experiment": config.name if sweep is None else f"{sweep}/{outcome.directory.name}",
         **({"sweep": sweep, "point": point.as_dict()} if sweep is not None else {}),
         "status": outcome.status,
+        **({"error": outcome.error} if outcome.error else {}),
         "wall_seconds": outcome.wall_seconds,
         "versions": versions(plugins),
         "config": config.to_dict(),

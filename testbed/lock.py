@@ -37,6 +37,8 @@ def directory_lock(directory: str | Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path)
+    except StorageError:  # already one clear line (the lock file could not be written)
+        raise
     except OSError as exc:
         raise TestbedError(f"cannot lock the log directory {path.parent}: {exc.strerror or exc}") from None
     try:

@@ -8,8 +8,10 @@ selects by optimizer and seed. HParams are written into the same directory (not 
 
 from __future__ import annotations
 
+import functools
+import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 from torch.utils.tensorboard import SummaryWriter
@@ -18,6 +20,8 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 from torch.utils.tensorboard.summary import hparams
+
+from .errors import StorageError
 
 # Metrics shown in the HParams dashboard; their values are read from these scalar tags.
 HPARAM_METRICS = {"eval/loss": 0.0, "eval/best_loss": 0.0}
@@ -49,12 +53,45 @@ def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
     hparams, with a sample value each, and the metrics), in an event file of its own at the top:
     runs of different optimizers or sweep points have different keys, and TensorBoard shows only
     the columns of the one experiment summary it finds. An earlier attempt's file is replaced."""
-    for old in directory.glob("events.out.tfevents.*"):
-        old.unlink()
-    experiment, _, _ = hparams(dict(columns), HPARAM_METRICS)
-    writer = SummaryWriter(log_dir=str(directory))
-    writer._get_file_writer().add_summary(experiment)
-    writer.close()
+    try:
+        for old in directory.glob("events.out.tfevents.*"):
+            old.unlink()
+        experiment, _, _ = hparams(dict(columns), HPARAM_METRICS)
+        writer = SummaryWriter(log_dir=str(directory))
+        writer._get_file_writer().add_summary(experiment)
+        writer.close()
+    except OSError as exc:
+        raise StorageError.writing(directory, exc) from None
+
+
+def _quiet_writer_thread(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """A threading.excepthook that leaves out write errors of tensorboard's writer thread: the
+    writer raises each again at its next call, where the run reports it as one StorageError (a
+    second, raw traceback on stderr would only bury that message)."""
+    def excepthook(args: Any) -> object:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return None
+        return previous(args)
+
+    return excepthook
+
+
+threading.excepthook = _quiet_writer_thread(threading.excepthook)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _writing(method: _Method) -> _Method:
+    """A RunLogger method whose failed write (raised here, or in tensorboard's writer thread and
+    raised again at the next call) becomes a StorageError naming the run's event file."""
+    @functools.wraps(method)
+    def wrapper(self: "RunLogger", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise StorageError.writing(self.event_file(), exc) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RunLogger:
@@ -62,9 +99,12 @@ class RunLogger:
     knows how many bytes each event file of the run should hold (``earlier_files``: those of the
     attempts before a resumed run's checkpoint), so that one deleted or cut short is noticed."""
 
+    @_writing
     def __init__(self, run_dir: str, flush_secs: int = 10, earlier_files: Mapping[str, int] | None = None):
-        self.writer = SummaryWriter(log_dir=run_dir, flush_secs=flush_secs)
         self.run_dir = Path(run_dir)
+        self._event_file = self.run_dir  # until the writer has made its file
+        self.writer = SummaryWriter(log_dir=run_dir, flush_secs=flush_secs)
+        self._event_file = Path(self.writer._get_file_writer().event_writer._file_name)
         self.earlier_files = dict(earlier_files or {})
         self._written = _WrittenBytes(self.writer)
 
@@ -72,19 +112,27 @@ class RunLogger:
         """Event file name -> the bytes written into it by this run (this logger's after a flush)."""
         return {**self.earlier_files, self._written.path.name: self._written.count}
 
+    def event_file(self) -> Path:
+        """The run's event file (its directory while the writer is not made yet)."""
+        return self._event_file
+
     def lost_event_files(self) -> list[str]:
         """One line per event file of this run that holds less than was written into it (flush first)."""
         return lost_event_files(self.run_dir, self.written())
 
+    @_writing
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
 
+    @_writing
     def histogram(self, tag: str, values: Any, step: int, bins: Any = "tensorflow") -> None:
         self.writer.add_histogram(tag, values, step, bins=bins)
 
+    @_writing
     def figure(self, tag: str, figure: Any, step: int) -> None:
         self.writer.add_figure(tag, figure, step, close=True)
 
+    @_writing
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
         self.writer.add_text(tag, markdown, step)
 
@@ -93,12 +141,14 @@ class RunLogger:
         body = yaml.safe_dump(dict(resolved), sort_keys=False)
         self.text("config", "\n".join("    " + line for line in body.splitlines()))
 
+    @_writing
     def hparams(self, values: Mapping[str, Any]) -> None:
         """The run's hparams (its session start); the session ends with the real status in
         ``end_session``. The columns are declared once for all runs: ``write_hparams_config``."""
         _, session_start, _ = hparams(dict(values), HPARAM_METRICS)
         self.writer._get_file_writer().add_summary(session_start)
 
+    @_writing
     def end_session(self, status: str) -> None:
         # torch's hparams() always reports success; build the session end with the real status.
         content = HParamsPluginData(session_end_info=SessionEndInfo(status=_SESSION_STATUS[status]),
@@ -108,15 +158,20 @@ class RunLogger:
         summary = Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
         self.writer._get_file_writer().add_summary(summary)
 
+    @_writing
     def layout(self) -> None:
         self.writer.add_custom_scalars(CUSTOM_SCALARS)
 
+    @_writing
     def flush(self) -> None:
         self.writer.flush()
 
+    @_writing
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        try:
+            self.writer.flush()
+        finally:
+            self.writer.close()
 
 
 class _WrittenBytes:

@@ -6,16 +6,22 @@ makes two writers exclude each other."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner, Result
 from tensorboard.backend.event_processing.event_accumulator import (
@@ -23,7 +29,11 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
+from testbed import checkpoint
+from testbed.checkpoint import CHECKPOINT_FILE
 from testbed.cli import main
+from testbed.engine import write_json
+from testbed.errors import StorageError, TestbedError
 from testbed.lock import LOCK_FILE, directory_lock
 
 from conftest import TINY
@@ -198,3 +208,112 @@ def test_a_symlinked_log_directory_itself_is_fine(tmp_path):
     result = cli("run", tiny_config(tmp_path, steps=5), "--logdir", tmp_path / "runs", "--workers", "1")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "tiny" / "results.json").exists()
+
+
+# ------------------------------------------------------------------ defect 13: a disk that fills up
+# From step $FILL_STEP of the sgd run on, no file of the process executing it may grow past $FILL_BYTES:
+# a write beyond fails with EFBIG, as one on a full disk fails with ENOSPC (SIGXFSZ is ignored, so that
+# the write fails instead of the signal killing the process). The driver, writing results.json, is not limited.
+FILL = """
+import os, resource, signal
+from testbed import hookimpl
+
+@hookimpl
+def on_step_end(run, step, metrics):
+    if run.label == "sgd" and step == int(os.environ["FILL_STEP"]):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        limit = int(os.environ["FILL_BYTES"])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+"""
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes of this process past ``limit`` bytes fail with EFBIG while the block runs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def run_filling(tmp_path: Path, fill_step: int, fill_bytes: int, **train) -> tuple[subprocess.CompletedProcess, Path]:
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "fill_plugin.py").write_text(textwrap.dedent(FILL))
+    env = {**os.environ, "FILL_STEP": str(fill_step), "FILL_BYTES": str(fill_bytes), "TESTBED_PLUGINS": "fill_plugin",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))}
+    logdir = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "testbed.cli", "run", str(tiny_config(tmp_path, **train)),
+                           "--logdir", str(logdir), "--workers", "1"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    return done, logdir / "tiny"
+
+
+def assert_no_tmp_files(directory: Path) -> None:
+    assert not [p for p in directory.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_an_event_file_that_cannot_grow_stops_the_experiment_with_one_error(tmp_path):
+    done, experiment = run_filling(tmp_path, fill_step=3, fill_bytes=6000, steps=200, checkpoint_every=None)
+    output = done.stdout + done.stderr
+    line = assert_one_error(output, done.returncode, "cannot write", str(experiment / "sgd" / "seed-0"),
+                            "events.out.tfevents.", "File too large")
+    assert "Exception in thread" not in output  # tensorboard's writer thread does not print its own traceback
+    data = json.loads((experiment / "results.json").read_text())
+    assert data["status"] == "failed" and data["error"] in line
+    sgd = {r["key"]: r for r in data["runs"]}["sgd/seed-0"]
+    assert sgd["status"] == "failed" and "File too large" in sgd["error"] and 3 < sgd["steps_done"] < 200
+    summary = json.loads((experiment / "sgd" / "seed-0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == sgd["error"]
+    assert_no_tmp_files(experiment)
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_good_one(tmp_path):
+    # Checkpoints (~20 KB) at steps 5, 10, 15; from step 7 no file may pass 12 KB (the event file stays smaller).
+    done, experiment = run_filling(tmp_path, fill_step=7, fill_bytes=12_000, steps=20, checkpoint_every=5)
+    run_dir = experiment / "sgd" / "seed-0"
+    assert_one_error(done.stdout + done.stderr, done.returncode,
+                     f"cannot write {run_dir / CHECKPOINT_FILE}: File too large")
+    assert_no_tmp_files(experiment)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps_done"] == 10
+    assert checkpoint.has_checkpoint(run_dir, summary["run_id"]) == 5  # the last good one, intact
+
+    again = cli("run", experiment.parent.parent / "tiny.yaml", "--logdir", experiment.parent, "--workers", "1")
+    assert again.exit_code == 0, again.output  # room again: the run goes on from step 5
+    data = json.loads((experiment / "results.json").read_text())
+    runs = {r["key"]: r for r in data["runs"]}
+    assert runs["sgd/seed-0"]["status"] == "completed" and runs["sgd/seed-0"]["resumed_from"] == [5]
+
+
+def test_write_json_that_fails_leaves_the_old_file_and_no_tmp(tmp_path):
+    path = tmp_path / "results.json"
+    write_json(path, {"old": True})
+    with file_size_limit(100), pytest.raises(StorageError, match=f"cannot write {path}: File too large"):
+        write_json(path, {"runs": list(range(1000))})
+    assert json.loads(path.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_checkpoint_save_that_fails_keeps_the_previous_checkpoint(tmp_path):
+    def at(step: int) -> checkpoint.Checkpoint:
+        return checkpoint.Checkpoint("id", step, {"w": torch.zeros(1000)}, {}, torch.zeros(4),
+                                     checkpoint.global_random_state(), {}, {}, {})
+
+    checkpoint.save(tmp_path, at(5))
+    with file_size_limit(1000), pytest.raises(StorageError, match=f"cannot write {tmp_path / CHECKPOINT_FILE}"):
+        checkpoint.save(tmp_path, at(10))
+    assert checkpoint.has_checkpoint(tmp_path, "id") == 5
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]
+
+
+def test_a_full_disk_is_named_as_such_and_other_write_errors_by_their_cause():
+    full = StorageError.writing("runs/x/summary.json", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert str(full) == "disk full while writing runs/x/summary.json: No space left on device"
+    read_only = StorageError.writing("runs/x", OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    assert str(read_only) == "cannot write runs/x: Read-only file system"
+    assert isinstance(full, TestbedError) and isinstance(full, OSError)  # one CLI line; still a failed write
