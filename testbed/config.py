@@ -3,7 +3,8 @@
 Validation happens entirely before anything runs: unknown keys are reported with their dotted path,
 values are typed (PyYAML reads ``1e-3`` as a string; we never use the raw dict), plugin names and
 plugin options are checked against what the plugins registered, and every task and optimizer is
-built once on a throwaway model so that errors surface here, not in a worker.
+built once on a throwaway model so that errors surface here, not in a worker. Before that, absurd
+sizes fail against the bounds of ``limits.py``, counted without expanding or allocating anything.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +21,9 @@ import torch
 import yaml
 
 from .errors import ConfigError, TestbedError
+from .limits import (MAX_CONFIG_BYTES, MAX_DIM, MAX_LAYERS, MAX_LR, MAX_NAME_LENGTH, MAX_RUNS, MAX_SEED, MAX_SEEDS,
+                     MAX_STEPS, MAX_YAML_DEPTH, MAX_YAML_NODES, MEMORY_FRACTION, format_bytes, machine_memory_bytes,
+                     memory_budget_bytes, run_memory_bytes)
 from .model import ATTENTIONS, PARAMETERIZATIONS, FeatureMapConfig, LinearTransformer, ModelConfig
 from .options import Option, coerce_option, validate_options
 from .registry import Entry, Registry
@@ -114,7 +119,7 @@ def _plain(value: Any) -> Any:
 _TOP_KEYS = {"name", "task", "optimizers", "model", "train", "eval", "diagnostics", "workers"}
 
 MODEL_SCHEMA = {
-    "layers": Option(3, "number of attention layers L", min=1),
+    "layers": Option(3, "number of attention layers L", min=1, max=MAX_LAYERS),
     "parameterization": Option("block_sparse", "block_sparse (paper) or full P and Q", choices=PARAMETERIZATIONS),
     "attention": Option("linear", "linear (paper) or softmax attention", choices=ATTENTIONS),
     "init_std": Option(0.05, "std of the i.i.d. normal init of every trainable entry", min=0.0),
@@ -126,7 +131,7 @@ FEATURE_MAP_SCHEMA = {
 }
 DTYPES = ("float32", "float64")
 TRAIN_SCHEMA = {
-    "steps": Option(10_000, "optimizer steps per run", min=1),
+    "steps": Option(10_000, "optimizer steps per run", min=1, max=MAX_STEPS),
     "batch_size": Option(1000, "fresh prompts per step", min=1),
     "clip_grad_norm": Option(1.0, "global L2 gradient-norm clip before every step; null = off",
                              min=0.0, min_exclusive=True, nullable=True),
@@ -140,16 +145,18 @@ TRAIN_SCHEMA = {
 EVAL_SCHEMA = {
     "every": Option(50, "evaluate on the fixed eval batch every k steps (and at the last step)", min=1),
     "batch_size": Option(1000, "prompts in the fixed evaluation batch", min=1),
-    "seed": Option(99, "seed of the fixed evaluation batch", min=0),
+    "seed": Option(99, "seed of the fixed evaluation batch", min=0, max=MAX_SEED),
 }
 TASK_KEYS = {"name", "d", "n", "options"}
 OPTIMIZER_KEYS = {"name", "label", "lr", "options", "tune"}
 TUNE_KEYS = {"lr", "steps", "seeds"}
-TUNE_STEPS = Option(None, "pilot run length; null = train.steps", type=int, min=1, nullable=True)
+TUNE_STEPS = Option(None, "pilot run length; null = train.steps", type=int, min=1, max=MAX_STEPS, nullable=True)
 RESERVED_LABELS = {"tuning"}  # <experiment>/tuning/ holds the pilot runs
 DIAGNOSTIC_KEYS = {"name", "options", "seeds", "optimizers"}
-LR = Option(doc="learning rate", type=float, min=0.0)
-DIM = Option(doc="dimension or context length", type=int, min=1)
+LR = Option(doc="learning rate", type=float, min=0.0, max=MAX_LR)
+SEED = Option(0, "a seed", type=int, min=0, max=MAX_SEED)
+DIM = Option(doc="dimension d of the covariates", type=int, min=1, max=MAX_DIM)
+CONTEXT = Option(doc="context length n", type=int, min=1)  # bounded by the memory of a run
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -166,17 +173,91 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file; a missing file or malformed YAML is a ConfigError."""
-    path = Path(path)
+class _YamlTooLarge(yaml.YAMLError):
+    """A document too large or too deep to be a config, or one that contains itself."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes a composed node holds: a mapping's keys and values, a sequence's items."""
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+class _ConfigLoader(_UniqueKeyLoader):
+    """The loader of configs and --set values. It counts a document's values as if every alias were
+    expanded, and stops past MAX_YAML_NODES: a "billion laughs" of nested aliases is 2 KB of text but
+    endless once anything copies or saves it. It rejects an alias inside the node it names (a
+    structure containing itself) and nesting deeper than MAX_YAML_DEPTH (which would exhaust Python's
+    stack here or later). Counting happens while composing, so nothing absurd is built."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._expanded: dict[int, int] = {}  # id(node) -> its number of values, aliases expanded
+        self._composed = 0  # nodes composed so far, each once
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        is_alias = self.check_event(yaml.AliasEvent)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _YamlTooLarge(f"nested more than {MAX_YAML_DEPTH} levels deep (at line {mark.line + 1})")
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if is_alias:
+            if id(node) not in self._expanded:  # its node is still being composed: the alias is inside it
+                raise _YamlTooLarge(f"the alias at line {mark.line + 1} refers to a node that contains it")
+            return node
+        self._composed += 1
+        size = 1 + sum(self._expanded[id(child)] for child in _children(node))
+        self._expanded[id(node)] = size
+        if max(size, self._composed) > MAX_YAML_NODES:
+            raise _YamlTooLarge(f"more than {MAX_YAML_NODES} YAML values once its aliases are expanded "
+                                f"(at line {mark.line + 1}); a config holds at most {MAX_YAML_NODES}")
+        return node
+
+    def construct_bounded_int(self, node):
+        try:
+            return self.construct_yaml_int(node)
+        except ValueError:  # Python refuses to read an integer of more than 4,300 digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} digits", node.start_mark) from None
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_bounded_int)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML text as data, through the bounded loader; ``where`` names the source in a size error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_ConfigLoader)
+    except _YamlTooLarge as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _read_config_text(path: Path) -> str:
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)  # never more: the path may be a huge file or a device
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, the most a config file may be")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; a missing, huge or non-UTF-8 file or malformed YAML is a ConfigError."""
+    path = Path(path)
+    text = _read_config_text(path)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = _parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -196,7 +277,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         path, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text)
+            value = _parse_yaml(text, f"--set {path}")
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
         set_path(raw, path, value, f"--set {item!r}")
@@ -246,18 +327,49 @@ def parse_config(raw: Mapping[str, Any], registry: Registry, default_name: str =
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not _LABEL.match(name):
         raise ConfigError(f"name: expected a name of letters, digits, '_', '-' or '.', got {name!r}")
+    _check_name_length(name, "name")
     model = _parse_model(raw.get("model"))
     task = _parse_task(raw.get("task"), registry)
     train = _parse_train(raw.get("train"))
     evaluation = EvalConfig(**validate_options(EVAL_SCHEMA, raw.get("eval"), "eval"))
     optimizers = _parse_optimizers(raw.get("optimizers"), registry)
-    diagnostics = _parse_diagnostics(raw.get("diagnostics"), registry, [o.label for o in optimizers])
+    diagnostics = _parse_diagnostics(raw.get("diagnostics"), registry, [o.label for o in optimizers], train.seeds)
     workers = raw.get("workers")
     if workers is not None:
         workers = coerce_option(Option(1, type=int, min=1), workers, "workers")
     config = ExperimentConfig(name, task, optimizers, model, train, evaluation, diagnostics, workers)
+    _check_affordable(config)
     _check_buildable(config, registry)
     return config
+
+
+def _check_name_length(name: str, where: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:  # a file name has at most 255 bytes; the rest of the path needs room
+        raise ConfigError(f"{where}: at most {MAX_NAME_LENGTH} characters (it names a directory), got {len(name)}")
+
+
+def planned_runs(config: ExperimentConfig) -> int:
+    """The main runs and learning-rate pilots of an experiment, counted without planning them."""
+    pilots = sum(len(spec.tune.lr) * len(spec.tune.seeds) for spec in config.optimizers if spec.tune is not None)
+    return len(config.optimizers) * len(config.train.seeds) + pilots
+
+
+def _check_affordable(config: ExperimentConfig) -> None:
+    """Fail on what no machine can run (see limits.py) before anything is planned or allocated."""
+    runs = planned_runs(config)
+    if runs > MAX_RUNS:
+        raise ConfigError(f"optimizers x train.seeds, with the tuning pilots: {runs} runs, more than the "
+                          f"{MAX_RUNS} an experiment may have")
+    model, task = config.model, config.task
+    need = run_memory_bytes(model, task.d, task.n, config.train.batch_size, config.eval.batch_size,
+                            getattr(torch, config.train.dtype).itemsize)
+    if need > memory_budget_bytes():
+        sizes = (f"task.d={task.d}, task.n={task.n}, model.layers={model.layers}, "
+                 f"train.batch_size={config.train.batch_size}, eval.batch_size={config.eval.batch_size}")
+        if model.feature_map is not None:
+            sizes += f", model.feature_map.hidden={reprlib.repr(list(model.feature_map.hidden))}"
+        raise ConfigError(f"model and batches: one run needs about {format_bytes(need)} ({sizes}), more than "
+                          f"{MEMORY_FRACTION:.0%} of this machine's {format_bytes(machine_memory_bytes())}")
 
 
 def _reject_unknown(section: Any, known: set[str], where: str) -> None:
@@ -287,7 +399,7 @@ def _parse_task(section: Any, registry: Registry) -> TaskSpec:
     if not isinstance(section["name"], str):
         raise ConfigError(f"task.name: expected a string, got {section['name']!r}")
     entry = registry.get("task", section["name"], "task.name")
-    dims = validate_options({"d": DIM, "n": DIM}, {"d": section["d"], "n": section["n"]}, "task")
+    dims = validate_options({"d": DIM, "n": CONTEXT}, {"d": section["d"], "n": section["n"]}, "task")
     options = validate_options(entry.options, section.get("options"), "task.options")
     return TaskSpec(entry.name, dims["d"], dims["n"], options)
 
@@ -304,14 +416,20 @@ def _parse_seeds(seeds: Any, where: str = "train.seeds") -> tuple[int, ...]:
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ConfigError(f"{where}: a count must be >= 1, got {seeds}")
+        _check_seed_count(seeds, where)
         return tuple(range(seeds))
     if isinstance(seeds, list) and seeds:
-        option = Option(0, type=int, min=0)
-        values = tuple(coerce_option(option, s, f"{where}[{i}]") for i, s in enumerate(seeds))
+        _check_seed_count(len(seeds), where)
+        values = tuple(coerce_option(SEED, s, f"{where}[{i}]") for i, s in enumerate(seeds))
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: seeds must be distinct, got {list(values)}")
         return values
     raise ConfigError(f"{where}: expected a non-empty list of seeds or a count, got {seeds!r}")
+
+
+def _check_seed_count(count: int, where: str) -> None:
+    if count > MAX_SEEDS:  # checked before the seeds are listed: a count of 10^9 must not allocate
+        raise ConfigError(f"{where}: {count} seeds, more than the {MAX_SEEDS} a list or count of seeds may have")
 
 
 def _parse_optimizers(section: Any, registry: Registry) -> tuple[OptimizerSpec, ...]:
@@ -334,6 +452,7 @@ def _parse_optimizers(section: Any, registry: Registry) -> tuple[OptimizerSpec, 
         label = item.get("label", entry.name)
         if not isinstance(label, str) or not _LABEL.match(label):
             raise ConfigError(f"{where}.label: letters, digits, '_', '-' or '.' only, got {label!r}")
+        _check_name_length(label, f"{where}.label")
         if label in RESERVED_LABELS:
             raise ConfigError(f"{where}.label: {label!r} is reserved (the directory of the tuning pilot runs); "
                               "choose another label")
@@ -365,7 +484,8 @@ def _parse_tune(section: Any, where: str) -> TuneSpec | None:
     return TuneSpec(values, steps, seeds)
 
 
-def _parse_diagnostics(section: Any, registry: Registry, labels: list[str]) -> tuple[DiagnosticSpec, ...]:
+def _parse_diagnostics(section: Any, registry: Registry, labels: list[str],
+                       trained: tuple[int, ...]) -> tuple[DiagnosticSpec, ...]:
     if section is None:
         return ()
     if not isinstance(section, list):
@@ -383,6 +503,7 @@ def _parse_diagnostics(section: Any, registry: Registry, labels: list[str]) -> t
         seeds = None
         if item.get("seeds") is not None:
             seeds = _parse_seeds(item["seeds"], f"{where}.seeds")
+            _check_trained(seeds, trained, f"{where}.seeds")
         optimizers = item.get("optimizers")
         if optimizers is not None:
             if not isinstance(optimizers, list) or not all(isinstance(o, str) for o in optimizers):
@@ -397,6 +518,16 @@ def _parse_diagnostics(section: Any, registry: Registry, labels: list[str]) -> t
     if len(set(names)) != len(names):
         raise ConfigError("diagnostics: each diagnostic may appear once (its tags are diag/<name>/...)")
     return tuple(specs)
+
+
+def _check_trained(seeds: tuple[int, ...], trained: tuple[int, ...], where: str) -> None:
+    """A diagnostic's seed that no run trains would silently never be measured."""
+    known = set(trained)
+    untrained = [seed for seed in seeds if seed not in known]
+    if untrained:
+        listed = ", ".join(map(str, trained[:10])) + (f", ... ({len(trained)} seeds)" if len(trained) > 10 else "")
+        raise ConfigError(f"{where}: seed {untrained[0]} is not a training seed, so it would never be measured "
+                          f"(train.seeds: {listed})")
 
 
 def _check_buildable(config: ExperimentConfig, registry: Registry) -> None:

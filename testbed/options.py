@@ -64,7 +64,10 @@ def _coerce_number(value: Any, kind: type, where: str) -> Any:
         except ValueError:
             raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
     if kind is float and isinstance(value, int):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float's range, e.g. 10^400
+            raise ConfigError(f"{where}: expected a finite number, got an integer too large for a float") from None
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if not isinstance(value, kind):

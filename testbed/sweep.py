@@ -23,14 +23,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import yaml
 
-from .config import ExperimentConfig, parse_config, set_path
+from .config import ExperimentConfig, parse_config, planned_runs, set_path
 from .errors import ConfigError
+from .limits import MAX_RUNS, MAX_SWEEP_POINTS
 from .registry import Registry
 
 SWEEP_KEYS = ("grid", "zip", "points")
@@ -104,7 +106,7 @@ def expand(raw: Mapping[str, Any], registry: Registry, default_name: str = "expe
         return Sweep.of(parse_config(raw, registry, default_name))
     points = _points(section)
     name = parse_config(raw, registry, default_name).name  # the base config must be valid on its own
-    expanded, seen = [], {}
+    expanded, seen, runs = [], {}, 0
     for point in points:
         point_raw = copy.deepcopy(raw)
         for key, value in point.values:
@@ -115,6 +117,10 @@ def expand(raw: Mapping[str, Any], registry: Registry, default_name: str = "expe
             raise ConfigError(f"sweep point {point.dirname}: {exc}") from None
         if point.dirname in seen:
             raise ConfigError(f"sweep: the point {point.dirname} is given twice")
+        runs += planned_runs(config)
+        if runs > MAX_RUNS:  # stop at the point that crosses the bound, not after validating them all
+            raise ConfigError(f"sweep: {runs} runs in its first {len(expanded) + 1} of {len(points)} points, "
+                              f"more than the {MAX_RUNS} a sweep may have")
         seen[point.dirname] = point
         expanded.append(SweepPoint(point, config, f"{name}/{point.dirname}"))
     return Sweep(name, tuple(expanded), swept=True)
@@ -126,21 +132,16 @@ def _points(section: Any) -> list[Point]:
     for key in section:
         if key not in SWEEP_KEYS:
             raise ConfigError(f"sweep.{key}: unknown key (known keys: {', '.join(SWEEP_KEYS)})")
+    grid = _lists(section["grid"], "sweep.grid") if "grid" in section else None
+    groups = _zip_groups(section["zip"]) if "zip" in section else []
+    explicit = _explicit(section["points"]) if "points" in section else None
+    _check_point_count(grid, groups, explicit)
     factors: list[list[tuple[tuple[str, Any], ...]]] = []
-    if "grid" in section:
-        grid = _lists(section["grid"], "sweep.grid")
+    if grid:
         factors.append([tuple(zip(grid, values)) for values in itertools.product(*grid.values())])
-    if "zip" in section:
-        groups = section["zip"] if isinstance(section["zip"], list) else [section["zip"]]
-        for i, group in enumerate(groups):
-            where = "sweep.zip" if not isinstance(section["zip"], list) else f"sweep.zip[{i}]"
-            lists = _lists(group, where)
-            lengths = {key: len(values) for key, values in lists.items()}
-            if len(set(lengths.values())) != 1:
-                raise ConfigError(f"{where}: the lists must have equal lengths, got {lengths}")
-            factors.append([tuple(zip(lists, values)) for values in zip(*lists.values())])
-    if "points" in section:
-        factors.append(_explicit(section["points"]))
+    factors += [[tuple(zip(group, values)) for values in zip(*group.values())] for group in groups]
+    if explicit:
+        factors.append(explicit)
     points = [Point(tuple(itertools.chain.from_iterable(parts))) for parts in itertools.product(*factors)]
     for point in points:
         keys = [key for key, _ in point.values]
@@ -148,6 +149,32 @@ def _points(section: Any) -> list[Point]:
         if duplicated:
             raise ConfigError(f"sweep: {', '.join(duplicated)} is swept twice (in two of grid, zip, points)")
     return points
+
+
+def _check_point_count(grid: dict[str, list] | None, groups: list[dict[str, list]],
+                       explicit: list | None) -> None:
+    """The points are the product of the factor sizes: counted before any point is made."""
+    sizes = [len(values) for values in grid.values()] if grid else []
+    sizes += [len(next(iter(group.values()))) for group in groups]
+    sizes += [len(explicit)] if explicit else []
+    total = math.prod(sizes)
+    if total > MAX_SWEEP_POINTS:
+        raise ConfigError(f"sweep: {total} points ({' x '.join(map(str, sizes))} from grid, zip and points), "
+                          f"more than the {MAX_SWEEP_POINTS} a sweep may have")
+
+
+def _zip_groups(section: Any) -> list[dict[str, list]]:
+    """The zip groups (one mapping, or a list of them), each of lists of equal length."""
+    groups = section if isinstance(section, list) else [section]
+    checked = []
+    for i, group in enumerate(groups):
+        where = f"sweep.zip[{i}]" if isinstance(section, list) else "sweep.zip"
+        lists = _lists(group, where)
+        lengths = {key: len(values) for key, values in lists.items()}
+        if len(set(lengths.values())) != 1:
+            raise ConfigError(f"{where}: the lists must have equal lengths, got {lengths}")
+        checked.append(lists)
+    return checked
 
 
 def _lists(section: Any, where: str) -> dict[str, list]:

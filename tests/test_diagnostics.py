@@ -698,7 +698,7 @@ def test_diagnostics_restricted_to_seeds_and_optimizers(tmp_path):
 
 
 def test_diagnostic_specs_parse(registry):
-    config = parse_config(raw_config(diagnostics=[
+    config = parse_config(raw_config(seeds=(0, 1), diagnostics=[
         "block_norms", {"name": "sharpness", "options": {"iterations": 5}, "seeds": 2, "optimizers": ["adam"]},
     ]), registry)
     block_norms, sharpness = config.diagnostics

@@ -194,8 +194,9 @@ def register_diagnostics(register) -> None:
                              min=1, nullable=True),
         "batch_size": Option(None, "prompts per minibatch gradient g_k (null: the train batch)", type=int,
                              min=1, nullable=True),
-        "samples": Option(10_000, "number of minibatch gradients", min=2),
-        "bins": Option(100, "histogram bins", min=1),
+        # The bounds keep a run's memory sane: every sample is kept (float64), so is every bin.
+        "samples": Option(10_000, "number of minibatch gradients", min=2, max=10_000_000),
+        "bins": Option(100, "histogram bins", min=1, max=10_000),
         "tail_fraction": Option(0.1, "fraction of the largest samples used by the Hill tail-index estimate",
                                 min=0.0, min_exclusive=True, max=0.5),
         **schedule_options(steps=[0]),
@@ -213,6 +214,7 @@ def register_diagnostics(register) -> None:
     register("block_norms", lambda **o: BlockNorms(**o), options=schedule_options(every=10),
              doc="Per parameter block: gradient, update and parameter norms, update/parameter ratio")
     register("sharpness", lambda **o: Sharpness(**o), options={
-        "iterations": Option(20, "Lanczos iterations (Hessian-vector products)", min=2),
+        "iterations": Option(20, "Lanczos iterations (Hessian-vector products); each keeps a vector of "
+                             "the parameters' size", min=2, max=1_000),
         **schedule_options(every=250),
     }, doc="lambda_max and lambda_min of the eval-batch Hessian by Lanczos on Hessian-vector products")

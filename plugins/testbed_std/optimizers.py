@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import math
+import reprlib
+from typing import Any
 
 import torch
 
@@ -55,12 +58,68 @@ def _check_kwargs(cls: type, kwargs: dict) -> None:
         raise ValueError(f"{cls.__name__} takes no keyword {unknown[0]!r} (it takes: {', '.join(sorted(accepted))})")
 
 
+def _number(value: Any, where: str) -> int | float:
+    """A finite number; a numeric text is its number (YAML 1.1 reads 1e-4, without a dot, as text)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {reprlib.repr(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: expected a number, got {reprlib.repr(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {reprlib.repr(value)}")
+    return value
+
+
+def _typed_keyword(value: Any, default: Any, where: str) -> Any:
+    """``value`` as the keyword's default says torch expects it: true/false for a flag, a number for
+    a number, a tuple of as many numbers for a tuple (betas, etas); where the default is None or text,
+    a scalar or a list of numbers. Never a mapping or a nested list, which no torch.optim keyword takes."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {reprlib.repr(value)}")
+        return value
+    if isinstance(default, (int, float)):
+        number = _number(value, where)
+        if isinstance(default, int) and isinstance(value, str) and float(number).is_integer():
+            return int(number)  # "1e3" for a count such as LBFGS's max_iter
+        return number
+    if isinstance(default, tuple):  # YAML lists become the tuples torch expects
+        if not isinstance(value, list) or len(value) != len(default):
+            raise ValueError(f"{where}: expected a list of {len(default)} numbers, got {reprlib.repr(value)}")
+        return tuple(None if v is None and d is None else _number(v, f"{where}[{i}]")
+                     for i, (v, d) in enumerate(zip(value, default)))
+    if isinstance(value, list):
+        return tuple(_number(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if _is_numeric(value):
+        return _number(value, where)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    raise ValueError(f"{where}: expected a number, true/false, a text or a list of numbers, got {reprlib.repr(value)}")
+
+
+def _is_numeric(value: Any) -> bool:
+    """A number, or a text that reads as one."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _typed_kwargs(cls: type, kwargs: dict) -> dict:
+    """Every keyword typed by its default in the signature of ``cls`` (checked by ``_check_kwargs``)."""
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+    return {name: _typed_keyword(value, defaults[name], f"kwargs.{name}") for name, value in kwargs.items()}
+
+
 def make_torch(params, lr: float, kwargs: dict, **options):
     cls = _torch_class(options["class"])
     _check_kwargs(cls, kwargs)
-    # YAML lists become tuples where torch expects them (betas, etas, step_sizes).
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return cls(params, lr=lr, **kwargs)
+    return cls(params, lr=lr, **_typed_kwargs(cls, kwargs))
 
 
 @hookimpl
