@@ -27,6 +27,7 @@ from .limits import (MAX_CONFIG_BYTES, MAX_DIM, MAX_LAYERS, MAX_LR, MAX_NAME_LEN
 from .model import ATTENTIONS, PARAMETERIZATIONS, FeatureMapConfig, LinearTransformer, ModelConfig
 from .options import Option, coerce_option, validate_options
 from .registry import Entry, Registry
+from .tasks import Task, checked_task
 
 _LABEL = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.\-]+$")  # a directory name: never "." or ".."
 
@@ -538,10 +539,24 @@ def _check_buildable(config: ExperimentConfig, registry: Registry) -> None:
         model = LinearTransformer(config.model, task.d, task.n, torch.Generator().manual_seed(0))
     except (RuntimeError, MemoryError) as exc:  # e.g. absurd sizes: out of memory
         raise ConfigError(f"model: cannot be built for d={task.d}: {exc}") from None
+    _check_prompts(config, task)
     for i, spec in enumerate(config.optimizers):
         build_optimizer(spec, registry, model.parameters(), where=f"optimizers[{i}]")
     for i, spec in enumerate(config.diagnostics):
         build_diagnostic(spec, registry, where=f"diagnostics[{i}]")
+
+
+def _check_prompts(config: ExperimentConfig, task: Task) -> None:
+    """Sample two prompts from a throwaway generator, as a run samples them, so that a task returning
+    prompts of the wrong shape or type fails now, before any run starts. Runs check every batch
+    again: a task may go wrong later."""
+    name = config.task.name
+    try:
+        checked_task(task, name, getattr(torch, config.train.dtype)).sample(2, torch.Generator().manual_seed(0))
+    except TestbedError:
+        raise
+    except Exception as exc:  # the plugin's own bug, reported as one line like every bad input
+        raise ConfigError(f"task {name!r} failed to sample 2 prompts: {type(exc).__name__}: {exc}") from None
 
 
 def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "diagnostic"):

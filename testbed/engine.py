@@ -27,7 +27,7 @@ from .model import LinearTransformer, mse_loss
 from .plugins import Plugins
 from .registry import Registry
 from .run import RunContext, RunPlan, RunResult
-from .tasks import Batch, InDtype, Task
+from .tasks import Batch, Task, checked_task
 from .tblog import RunLogger
 
 Report = Callable[[dict[str, Any]], None]
@@ -174,9 +174,10 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoin
 
 
 def run_task(config: ExperimentConfig, registry: Registry) -> Task:
-    """The experiment's task, its prompts in ``train.dtype``."""
+    """The experiment's task, its prompts in ``train.dtype``; every batch it returns (training, eval,
+    a diagnostic's) is checked before it reaches the model."""
     task = build_task(config.task, registry)
-    return task if config.train.dtype == "float32" else InDtype(task, getattr(torch, config.train.dtype))
+    return checked_task(task, config.task.name, getattr(torch, config.train.dtype))
 
 
 def run_model(config: ExperimentConfig, task: Task, init: torch.Generator) -> LinearTransformer:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
+
 
 # Products with a matrix shared by every prompt, written so that torch folds the batch into one
 # matrix product (a broadcast matmul or einsum would run a slow batched product of tiny matrices).
@@ -122,9 +124,8 @@ class CompiledLinearAttentionStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Z0, P, Qc, r: int, n: int, library):
-        B, D, N1 = Z0.shape
-        L = P.shape[0]
         Z0, P, Qc = (t.detach().contiguous() for t in (Z0, P, Qc))
+        B, D, N1, L = kernels.stack_sizes(Z0, P, Qc, r, n)
         saved = torch.empty(library.la_saved_size(B, D, N1, r, L), dtype=torch.float32)
         yhat = torch.empty(B, dtype=torch.float32)
         if library.la_forward(B, D, N1, r, n, L, *map(_address, (Z0, P, Qc, saved, yhat))):
@@ -139,6 +140,7 @@ class CompiledLinearAttentionStack(torch.autograd.Function):
         P, Qc = ctx.saved_tensors
         B, D, N1, r, n, L = ctx.sizes
         grad_yhat = grad_yhat.contiguous()
+        kernels.check_arguments(grad_yhat=(grad_yhat, (B,)))
         dZ = torch.empty((B, D, N1), dtype=torch.float32)
         dP, dQc = torch.empty_like(P), torch.empty_like(Qc)
         addresses = map(_address, (ctx.saved, P, Qc, grad_yhat, dZ, dP, dQc))

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import kernels
 from .linear_attention import CompiledLinearAttentionStack, LinearAttentionStack
+from .tasks import shape_problem
 
 PARAMETERIZATIONS = ("block_sparse", "full")
 ATTENTIONS = ("linear", "softmax")
@@ -106,8 +107,18 @@ class LinearTransformer(nn.Module):
         Q = nn.functional.pad(self.A, (0, 1, 0, 1))
         return P, Q
 
+    @property
+    def input_d(self) -> int:
+        """Features of a covariate: the task's d (a feature map maps them to ``self.d``)."""
+        return self.d if self.feature_map is None else self.feature_map.linears[0].in_features
+
     def prompt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Z (B, d+1, n+1) from covariates and labels, with the query's label hidden (set to 0)."""
+        """Z (B, d+1, n+1) from covariates and labels, with the query's label hidden (set to 0).
+        Every path (compiled kernel, torch, autograd, Hessians) starts here, so it rejects prompts of
+        another shape: torch would take extra tokens for context and compute a meaningless loss."""
+        problem = shape_problem(x, y, x.shape[0] if x.dim() else 0, self.n, self.input_d)
+        if problem is not None:
+            raise ValueError(f"prompts of the wrong shape: {problem}")
         if self.feature_map is not None:
             x = self.feature_map(x)
         y = torch.cat([y[:, :-1], torch.zeros_like(y[:, -1:])], dim=1)
@@ -139,8 +150,9 @@ class LinearTransformer(nn.Module):
             return loss.detach()
         P, Qc, r = self.kernel_matrices()
         Z0 = self.prompt(x, y)
-        B, D, N1 = Z0.shape
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
+        B, D, N1, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, self.n)
+        kernels.check_arguments(target=(tensors[1], (B,)))
         loss, dP, dQc = torch.empty(()), torch.empty_like(P), torch.empty_like(Qc)
         dZ = torch.empty(Z0.shape) if Z0.requires_grad else None  # contiguous, unlike Z0
         status = library.la_loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),

@@ -45,8 +45,11 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
         tP, tQc = v_first.reshape(K, L, D, D), v_second.reshape(K, L, D, D)
     Z0 = model.prompt(batch.x, batch.y).detach()
     tensors = [t.contiguous() for t in (Z0, batch.target.detach(), P, Qc, tP, tQc)]
+    B, _, _, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, n)
+    kernels.check_arguments(target=(tensors[1], (B,)), tP=(tensors[4], (K, L, D, D)),
+                            tQc=(tensors[5], (K, L, r, r)))
     HP, HQc = torch.empty(K, L, D, D), torch.empty(K, L, r, r)
-    status = library.la_hvp(len(batch), D, n + 1, r, n, L, *(t.data_ptr() for t in tensors[:4]), K,
+    status = library.la_hvp(B, D, n + 1, r, n, L, *(t.data_ptr() for t in tensors[:4]), K,
                             tensors[4].data_ptr(), tensors[5].data_ptr(), HP.data_ptr(), HQc.data_ptr())
     if status:
         raise MemoryError("linear-attention kernel: out of memory")

@@ -19,6 +19,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("linear_attention.cpp")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
 
@@ -86,3 +88,29 @@ def load() -> ctypes.CDLL | None:
     library.la_loss_grad.argtypes = int_args + [pointer] * 8
     library.la_loss_grad.restype = ctypes.c_int
     return library
+
+
+def stack_sizes(Z0: torch.Tensor, P: torch.Tensor, Qc: torch.Tensor, r: int, n: int) -> tuple[int, int, int, int]:
+    """(B, D, N1, L) of a kernel call on prompts Z0 (B, D, n+1) with P (L, D, D) and the core Qc
+    (L, r, r) of Q, after checking all three (see ``check_arguments``)."""
+    if Z0.dim() != 3 or P.dim() != 3:
+        raise ValueError(f"linear-attention kernel: Z0 of shape {tuple(Z0.shape)} and P of shape "
+                         f"{tuple(P.shape)}, expected (B, D, n+1) and (L, D, D)")
+    (B, D, _), L = Z0.shape, P.shape[0]
+    if not 0 < r <= D:
+        raise ValueError(f"linear-attention kernel: Q acts on r = {r} rows, expected 1 to D = {D}")
+    check_arguments(Z0=(Z0, (B, D, n + 1)), P=(P, (L, D, D)), Qc=(Qc, (L, r, r)))
+    return B, D, n + 1, L
+
+
+def check_arguments(**arguments: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+    """Raise ValueError unless every tensor (name=(tensor, shape)) is float32, contiguous, on the CPU
+    and of exactly its shape. The C++ code reads and writes through raw pointers with the sizes it is
+    passed: a mismatch would run out of bounds (an abort) or read garbage. Reads no entry."""
+    for name, (tensor, shape) in arguments.items():
+        if tensor.shape != shape or tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            layout = "" if tensor.is_contiguous() else ", not contiguous"
+            raise ValueError(f"linear-attention kernel: {name} is a {dtype} tensor of shape "
+                             f"{tuple(tensor.shape)} on {tensor.device}{layout}; expected a contiguous "
+                             f"float32 tensor of shape {shape} on cpu")
