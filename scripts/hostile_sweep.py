@@ -54,18 +54,22 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 # ====================================================================== what a case is
 
+# Exit codes as a shell reports them: a process that died of signal n exits 128 + n. So a driver
+# that ends itself by SIGINT after Ctrl-C (the Unix convention, which lets a calling script stop
+# too) exits 130 like one that calls sys.exit(130).
 OK_EXITS = frozenset({0, 1, 130})  # issue 11: every command ends with one of these
 DONE = frozenset({0})
 ERROR = frozenset({1})
 STOPPED = frozenset({130})
-KILLED = frozenset({-signal.SIGKILL})  # Popen's code for a process we killed with SIGKILL
+KILLED = frozenset({128 + signal.SIGKILL})  # a process the case killed with SIGKILL
 
 RUNS = "runs"  # the --logdir of every case (the default of `testbed run` is "runs" too)
 CHECKPOINT = "runs/**/checkpoint.pt"  # "the run is under way": its first checkpoint exists
 CRASH_MARKERS = ("Traceback (most recent call last)", "Fatal Python error", "Segmentation fault",
                  "core dumped", "munmap_chunk", "double free", "corrupted size")
 FINISHED = ("completed", "diverged")
-STATUSES = ("completed", "diverged", "failed", "interrupted")
+STATUSES = ("completed", "diverged", "failed", "interrupted")  # of a run
+EXPERIMENT_STATUSES = ("complete", "interrupted", "failed")  # of results.json: failed = stopped by an error
 
 When = Union[str, float]  # a glob (relative to the working directory) that must match, or seconds
 
@@ -627,8 +631,9 @@ def _environment(run: CaseRun | None, plugins: Mapping[str, str], extra: Mapping
     return env
 
 
-def run_step(step: Step, run: CaseRun) -> Outcome:
-    """Run one command (and its actions), check it, and record its outcome in ``run``."""
+def run_step(step: Step, run: CaseRun, beside: Step | None = None) -> Outcome:
+    """Run one command (and its actions), check it, and record its outcome in ``run``. A command
+    started ``beside`` another may also write where that one does (the fence cannot tell who wrote)."""
     before = snapshot(run.case_dir, run.harness)
     finished = finished_artifacts(run.work)
     index = len(run.outcomes)
@@ -639,7 +644,7 @@ def run_step(step: Step, run: CaseRun) -> Outcome:
                                env=_environment(run, run.case.plugins, run.case.env), stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     stdout, stderr = Drain(process.stdout), Drain(process.stderr)
-    actions = ActionRunner(step.during, process, run)
+    actions = ActionRunner(step, process, run)
     actions.start()
     try:
         code: int | None = process.wait(timeout=run.settings.timeout)
@@ -648,6 +653,8 @@ def run_step(step: Step, run: CaseRun) -> Outcome:
         _kill_group(process.pid)
         process.wait()
     actions.join()
+    if code is not None and code < 0:
+        code = 128 - code  # killed by signal -code
     outcome = Outcome(step.argv, code, time.monotonic() - started, stdout.text(), stderr.text())
     (run.harness / f"{index}.out").write_text(outcome.stdout)
     (run.harness / f"{index}.err").write_text(outcome.stderr)
@@ -661,7 +668,7 @@ def run_step(step: Step, run: CaseRun) -> Outcome:
         outcome.problems += _reap(process.pid)
     else:
         run.groups.append(process.pid)
-    outcome.problems += fence_problems(step, before, snapshot(run.case_dir, run.harness), run)
+    outcome.problems += fence_problems(step, before, snapshot(run.case_dir, run.harness), run, beside)
     if "--force" not in step.argv:
         outcome.problems += lost_problems(finished, run.work)
     run.outcomes[index] = outcome
@@ -716,7 +723,7 @@ def fresh_results_problems(step: Step, code: int, work: Path, started_ns: int) -
     problems, status = [], set()
     for path in fresh:
         data = _read_json(path)
-        if not isinstance(data, dict) or data.get("status") not in ("complete", "interrupted"):
+        if not isinstance(data, dict) or data.get("status") not in EXPERIMENT_STATUSES:
             problems.append(f"{path.relative_to(work)} is not a well-formed results file")
             continue
         status.add(data["status"])
@@ -780,9 +787,11 @@ def allowed_roots(step: Step) -> list[str]:
     return roots
 
 
-def fence_problems(step: Step, before: dict[str, tuple], after: dict[str, tuple], run: CaseRun) -> list[str]:
+def fence_problems(step: Step, before: dict[str, tuple], after: dict[str, tuple], run: CaseRun,
+                   beside: Step | None = None) -> list[str]:
     work = os.path.relpath(run.work, run.case_dir)
-    roots = [os.path.normpath(os.path.join(work, root)) for root in allowed_roots(step)]
+    allowed = allowed_roots(step) + (allowed_roots(beside) if beside is not None else [])
+    roots = [os.path.normpath(os.path.join(work, root)) for root in allowed]
     changed = {p for p in after if after[p] != before.get(p)} | {p for p in before if p not in after}
     outside = sorted(p for p in changed - run.deleted
                      if not any(p == root or p.startswith(root + os.sep) for root in roots))
@@ -862,9 +871,44 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 
 def _workers(driver: int) -> list[int]:
-    """The driver's multiprocessing worker processes (not its resource tracker)."""
-    return sorted(pid for pid, cmdline in _children(driver)
-                  if "multiprocessing" in cmdline and "resource_tracker" not in cmdline)
+    """The driver's multiprocessing worker processes: its children, or those of its worker server
+    (a forkserver, whose forked workers show the server's command line); not its resource tracker."""
+    workers = []
+    for pid, cmdline in _children(driver):
+        if "multiprocessing.forkserver" in cmdline:
+            workers += [worker for worker, _ in _children(pid)]
+        elif "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+            workers.append(pid)
+    return sorted(workers)
+
+
+def _writes_under(pid: int, root: Path) -> bool:
+    """Whether process ``pid`` has a file under ``root`` open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root) + os.sep):
+            return True
+    return False
+
+
+def _remove_while_written(path: Path, attempts: int = 50) -> None:
+    """Delete ``path`` although a running command keeps creating files in it."""
+    for _ in range(attempts):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.02)
+    raise HarnessError(f"could not delete {path.name} while the command wrote into it")
 
 
 def _kill_group(pgid: int) -> None:
@@ -907,9 +951,9 @@ class ActionRunner(threading.Thread):
     """Performs a step's actions in order while its command runs; an action whose moment never came
     (the command ended first) is a problem: the case did not test what it meant to."""
 
-    def __init__(self, actions: Sequence[Action], process: subprocess.Popen, run: CaseRun) -> None:
+    def __init__(self, step: Step, process: subprocess.Popen, run: CaseRun) -> None:
         super().__init__(daemon=True)
-        self.actions, self.process, self.case_run = actions, process, run
+        self.step, self.actions, self.process, self.case_run = step, step.during, process, run
         self.started = time.monotonic()
         self.problems: list[str] = []
 
@@ -947,10 +991,10 @@ class ActionRunner(threading.Thread):
                 time.sleep(action.again_after)
                 self._signal(action)
         elif isinstance(action, Concurrently):
-            run_step(action.step, self.case_run)
+            run_step(action.step, self.case_run, beside=self.step)
         else:
             for path in glob.glob(str(self.case_run.work / action.pattern), recursive=True):
-                _clear(Path(path))
+                _remove_while_written(Path(path))
                 self.case_run.deleted.add(os.path.relpath(path, self.case_run.case_dir))
 
     def _signal(self, action: Signal) -> None:
@@ -959,20 +1003,26 @@ class ActionRunner(threading.Thread):
             if action.target == "group":
                 os.killpg(pid, action.signum)
             elif action.target == "worker":
-                os.kill(self._a_worker(pid), action.signum)
+                worker = self._busy_worker(pid)
+                try:
+                    os.kill(worker, action.signum)
+                except ProcessLookupError:
+                    raise HarnessError(f"worker {worker} ended before the signal") from None
             else:
                 os.kill(pid, action.signum)
         except ProcessLookupError:
-            pass  # it ended a moment ago; its exit code tells
+            pass  # the command ended a moment ago; its exit code tells
 
-    def _a_worker(self, driver: int) -> int:
+    def _busy_worker(self, driver: int) -> int:
+        """A worker process in the middle of a run: one with a file under the working directory
+        open (its run's event file)."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self._alive():
-            workers = _workers(driver)
-            if workers:
-                return workers[0]
+            busy = [pid for pid in _workers(driver) if _writes_under(pid, self.case_run.work)]
+            if busy:
+                return busy[0]
             time.sleep(0.1)
-        raise HarnessError("no worker process to signal")
+        raise HarnessError("no worker process in the middle of a run to signal")
 
 
 # ====================================================================== the cases
@@ -1017,7 +1067,7 @@ def config_cases() -> list[Case]:
                     checks=[marker_absent("marker-yaml")]),
         config_case("yaml-python-name-tag", no_workers + "workers: !!python/name:os.system\n"),
         config_case("yaml-duplicate-key", to_yaml(TINY) + "workers: 2\n", "twice"),
-        config_case("yaml-alias-bomb-unknown-key", to_yaml(TINY) + f"bomb: {bomb}\n", "bomb"),
+        config_case("yaml-alias-bomb-unknown-key", to_yaml(TINY) + f"bomb: {bomb}\n"),
         config_case("yaml-alias-bomb-torch-kwargs", with_yaml(TORCH_SGD, '"momentum": 0.9', f'"foreach": {bomb}')),
         config_case("yaml-alias-bomb-torch-kwargs-run", with_yaml(TORCH_SGD, '"momentum": 0.9', f'"foreach": {bomb}'),
                     command="run"),
@@ -1030,7 +1080,7 @@ def config_cases() -> list[Case]:
         config_case("unknown-eval-key", t({"eval.often": 3}), "eval.often"),
         config_case("unknown-optimizer-key", t({"optimizers.0.momentum": 0.9}), "momentum"),
         config_case("unknown-optimizer-option", t({"optimizers.0.options.nesterov_typo": True}), "nesterov_typo"),
-        config_case("unknown-task-option", t({"task.options.scale": 2.0}), "scale"),
+        config_case("unknown-task-option", t({"task.options.shap": 2.0}), "shap"),
         config_case("unknown-tune-key", t({"optimizers.0.tune": {"lr": [0.1, 0.01], "budget": 3}}), "budget"),
         config_case("unknown-diagnostic-key", t({"diagnostics": [{"name": "block_norms", "when": 3}]}), "when"),
         config_case("unknown-sweep-key", t({"sweep": {"grids": {"task.n": [4, 6]}}}), "grids"),
@@ -1421,7 +1471,7 @@ def plugin_cases() -> list[Case]:
                     optimizer_source("register('badsig', lambda params: torch.optim.SGD(params, lr=0.1))"),
                     testbed(*validate, exits=ERROR, mentions=("badsig",)), config=with_optimizer("badsig")),
         plugin_case("optimizer-factory-returns-string", optimizer_source("register('strs', lambda params, lr: 'hi')"),
-                    testbed(*validate, exits=ERROR, mentions=("strs",)), config=with_optimizer("strs")),
+                    testbed(*validate, exits=ERROR, mentions=("optimizers[0]",)), config=with_optimizer("strs")),
         plugin_case("optimizer-step-raises", optimizer_source("register('boom', Boom)"),
                     testbed(*RUN_TINY, exits=ERROR), config=with_optimizer("boom")),
         plugin_case("optimizer-producing-nan", optimizer_source("register('nanopt', NanOpt)"),
@@ -1499,34 +1549,42 @@ def disk_cases() -> list[Case]:
 
 
 def concurrency_cases() -> list[Case]:
-    second = Concurrently(testbed(*RUN_TINY, exits=ERROR))
+    # The first command of a "twice at once" case runs far longer than the case: it is always
+    # stopped with Ctrl-C once the second one is done, so a slow start of the second cannot find it
+    # finished (and without a lock both would run until the timeout fails the case).
+    endless = tiny({"name": "long", "train.steps": 1_000_000}, LONG)
+    endless2 = tiny({"workers": 2, "train.seeds": 2}, endless)
+    second = Concurrently(testbed(*RUN_TINY, exits=ERROR, mentions=("in use",)))
     stop_first = Signal(signal.SIGINT, when=0.0)
     short = tiny({"train.steps": 1000}, LONG1)
+    beside = tiny({"name": "other"}, LONG1)
     return [
         Case("same-experiment-twice-workers-1", "concurrency",
-             (testbed(*RUN_TINY, exits=STOPPED, during=[second, stop_first]), testbed(*RUN_TINY, exits=DONE)),
-             config=LONG, checks=(resumed("long"),)),
+             (testbed(*RUN_TINY, exits=STOPPED, during=[second, stop_first]),), config=endless,
+             checks=(checkpoint_kept("long"),)),
         Case("same-experiment-twice-workers-2", "concurrency",
-             (testbed(*RUN_TINY, exits=STOPPED, during=[second, stop_first]),), config=LONG2),
+             (testbed(*RUN_TINY, exits=STOPPED, during=[second, stop_first]),), config=endless2,
+             checks=(checkpoint_kept("long"),)),
         Case("same-experiment-twice-with-force", "concurrency",
              (testbed(*RUN_TINY, exits=STOPPED, during=[Concurrently(testbed(*RUN_TINY, "--force", exits=ERROR)),
-                                                        stop_first]),), config=LONG),
+                                                        stop_first]),), config=endless),
         Case("two-experiments-one-logdir", "concurrency",
              (testbed(*RUN_TINY, exits=DONE, during=[Concurrently(testbed("run", "other.yaml", "--logdir", RUNS,
                                                                           exits=DONE))]),),
-             config=LONG1, files={"other.yaml": to_yaml(tiny({"name": "other"}, LONG1))}),
+             config=LONG1, files={"other.yaml": to_yaml(beside)}),
         Case("stale-lock-after-sigkill", "concurrency",
              (testbed(*RUN_TINY, exits=KILLED, during=[Signal(signal.SIGKILL, "group")]),
               testbed(*RUN_TINY, exits=DONE)), config=LONG1, checks=(resumed("long"),)),
         Case("stale-lock-two-takeovers-at-once", "concurrency",
              (testbed(*RUN_TINY, exits=KILLED, during=[Signal(signal.SIGKILL, "group")]),
-              testbed(*RUN_TINY, during=[Concurrently(testbed(*RUN_TINY), when=0.0)])), config=LONG1),
+              testbed(*RUN_TINY, during=[Concurrently(testbed(*RUN_TINY), when=0.0)])), config=LONG1,
+             checks=(one_of_them_finished("long"),)),
         Case("dry-run-while-running", "concurrency",
              (testbed(*RUN_TINY, exits=STOPPED, during=[Concurrently(testbed(*RUN_TINY, "--dry-run", exits=DONE)),
-                                                        stop_first]),), config=LONG),
+                                                        stop_first]),), config=endless),
         Case("report-while-running", "concurrency",
              (testbed(*RUN_TINY, exits=STOPPED, during=[Concurrently(testbed("report", RUNS, "--out", "report")),
-                                                        stop_first]),), config=LONG),
+                                                        stop_first]),), config=endless),
         Case("delete-experiment-dir-while-running", "concurrency", (testbed(*RUN_TINY, during=[Delete("runs/long")]),),
              config=LONG),
         Case("delete-event-file-while-running", "concurrency",
@@ -1537,6 +1595,16 @@ def concurrency_cases() -> list[Case]:
         Case("delete-config-file-while-running", "concurrency",
              (testbed(*RUN_TINY, exits=DONE, during=[Delete("config.yaml")]),), config=short),
     ]
+
+
+def one_of_them_finished(experiment: str) -> Check:
+    """Of two commands racing for one experiment, one finished it: results.json is complete."""
+    def check(run: CaseRun) -> list[str]:
+        results = _read_json(run.work / RUNS / experiment / "results.json")
+        if isinstance(results, dict) and results.get("status") == "complete":
+            return []
+        return [f"{experiment}/results.json is not complete after both commands ended"]
+    return check
 
 
 def all_cases() -> list[Case]:
