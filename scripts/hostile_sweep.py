@@ -26,7 +26,7 @@ command are needed):
 
 Cases share HOME and TESTBED_CACHE, so the compiled kernel is built once. Every command runs with
 an address-space limit (--memory-gib, default 4) so that a case that allocates without bound fails
-alone instead of taking the shared machine down. Exit status: 0 when every case passed, else 1.
+alone instead of taking the shared machine down. Exit status: 0 when every case passed, 1 when one failed, 2 when `testbed` cannot be started.
 """
 
 from __future__ import annotations
@@ -1672,9 +1672,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{case.category:12} {case.name}")
         print(f"{len(cases)} cases")
         return 0
+    command = testbed_command()
+    check = subprocess.run([*command, "--version"], capture_output=True, text=True)
+    if check.returncode != 0:  # e.g. run with a Python that has no testbed installed
+        last = (check.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"error: `{' '.join(command)} --version` failed: {last}\n"
+              "Run the sweep with the project's virtualenv active.", file=sys.stderr)
+        return 2
     base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hostile-sweep-"))
     memory = int(args.memory_gib * 2**30) if args.memory_gib > 0 else None
-    settings = Settings(base.resolve(), args.timeout, memory, testbed_command(), args.keep)
+    settings = Settings(base.resolve(), args.timeout, memory, command, args.keep)
     print(f"{len(cases)} cases in {settings.base}, {args.jobs} at a time", file=sys.stderr)
     done = [0]
 
