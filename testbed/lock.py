@@ -36,6 +36,9 @@ def directory_lock(directory: str | Path) -> Iterator[None]:
     path = Path(directory) / LOCK_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TestbedError(f"cannot prepare the log directory {path.parent}: {exc.strerror or exc}") from None
+    try:
         fd = _acquire(path)
     except StorageError:  # already one clear line (the lock file could not be written)
         raise
