@@ -21,6 +21,7 @@ from .tuning import describe_tuning, plan_pilots
 from .plugins import load_plugins
 from .progress import Progress
 from .registry import KINDS
+from .signals import command_signals
 
 
 class TestbedGroup(click.Group):
@@ -90,6 +91,7 @@ def main() -> None:
               help="With --executor ray: join this cluster ('auto': the one on this machine); default: start one.")
 @click.option("--force", is_flag=True, help="Run again runs that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs, what is done, estimated time) and stop.")
+@command_signals()  # Ctrl-C and SIGTERM (`kill`, `timeout`, schedulers) stop the runs alike
 def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int | None, executor: str,
         address: str | None, force: bool, dry_run: bool) -> None:
     """Run an experiment or a sweep: every point x optimizer entry x seed of CONFIG."""
@@ -258,6 +260,7 @@ def _warn(line: str) -> None:
 @click.option("--force", is_flag=True, help="Run again runs that are already done (by default an interrupted "
                                             "reproduction goes on where it stopped).")
 @click.option("--dry-run", is_flag=True, help="Per experiment: runs done, resumable and to run, and an estimated time.")
+@command_signals()
 def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool, dry_run: bool) -> None:
     """Run the paper's suite (testbed/paper_suite) and write the report with the claims checked."""
     from .reproduce import QUICK_NOTE, SUITE, relative_cost, suite_configs

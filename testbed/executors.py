@@ -1,32 +1,45 @@
 """Executors: where the runs of an experiment execute. Every executor calls ``engine.train`` with one
 torch thread, so a given run gives the same numbers whichever executor runs it.
 
-``local`` (the default) runs them in this machine's worker processes (or in this process with one
-worker); ``ray`` (testbed.ray_executor) runs them as Ray tasks. An executor takes run plans and
-returns their results in the same order, with ``interrupted`` set when the user stopped it.
+``local`` (the default) runs them in this machine's worker processes; ``ray``
+(testbed.ray_executor) runs them as Ray tasks. An executor takes run plans and returns their
+results in the same order, with ``interrupted`` set when the user stopped it.
 
-Local workers are spawned processes with one torch thread each (two OpenMP threads fighting over two
-cores are slower than one thread each). They report progress through a queue and stop cleanly, at a
-step boundary with a checkpoint, when the driver sets the stop event (Ctrl-C reaches only the
-driver; workers ignore SIGINT). In-process runs stop the same way on the first Ctrl-C.
+Local workers are processes with one torch thread each (two OpenMP threads fighting over two cores
+are slower than one thread each), even when there is one: a run that kills its process (a crashing
+extension, the OOM killer, ``os._exit`` in a plugin) then fails alone, and the next run gets a fresh
+worker. Each worker has a pipe of its own to the driver (plans in; progress events and its result
+out) and shares no lock with the others, so one dying mid-message harms no other; its pipe closing
+is how each side learns that the other died. Only plugins handed in as objects
+(``load_plugins(extra=...)``), which a worker could not load, make the runs execute in the driver's
+process.
+
+Ctrl-C and SIGTERM stop the runs as testbed.signals says; workers ignore both signals: the driver
+decides when to stop.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import signal
 import threading
-import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from .engine import Report, train
-from .errors import TestbedError
+from .engine import Report, train, write_json
+from .errors import StorageError, TestbedError
 from .plugins import Plugins, load_plugins
 from .run import RunPlan, RunResult
+from .signals import SIGNALS, stop_on_signals
 
 EXECUTORS = ("local", "ray")
 
@@ -64,112 +77,234 @@ class LocalExecutor:
         return self.workers or os.cpu_count() or 1
 
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
-        count = min(self.capacity(), len(plans))
-        if count <= 1:
+        if plugins.in_this_process_only:  # a worker's own load_plugins() would miss the extra objects
             return _run_in_process(plans, plugins, report)
-        return _run_in_pool(plans, count, report)
+        return _run_in_pool(plans, min(self.capacity(), len(plans)), plugins, report)
 
     def close(self) -> None:
         pass
 
 
 def _run_in_process(plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
-    """One run after the other in this process. The first Ctrl-C asks the running run to stop at
-    its next step (with a checkpoint); a second one interrupts at once."""
+    """One run after the other in this process."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     stop = threading.Event()
-    handler = None
-    if threading.current_thread() is threading.main_thread():
-        def request_stop(signum, frame):
-            if stop.is_set():
-                raise KeyboardInterrupt
-            stop.set()
-        handler = signal.signal(signal.SIGINT, request_stop)
     results: list[RunResult] = []
     try:
-        for plan in plans:
-            try:
-                result = train(plan, plugins, should_stop=stop.is_set, report=report)
-            except KeyboardInterrupt:
-                result = not_run(plan)
-            results.append(result)
-            if result.status == "interrupted" or stop.is_set():
-                break
+        with stop_on_signals(stop.set, stop_at_once=_raise_keyboard_interrupt):  # train() stops where it is
+            for plan in plans:
+                try:
+                    result = train(plan, plugins, should_stop=stop.is_set, report=report)
+                except KeyboardInterrupt:
+                    result = not_run(plan)
+                results.append(result)
+                if result.status == "interrupted" or stop.is_set():
+                    break
     finally:
         torch.set_num_threads(threads)
-        if handler is not None:
-            signal.signal(signal.SIGINT, handler)
     done = {r.run_dir for r in results}
     results += [not_run(p) for p in plans if p.run_dir not in done]
     return results, stop.is_set() or any(r.status == "interrupted" for r in results)
 
 
-_WORKER: dict[str, Any] = {}
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
-def _init_worker(queue, stop) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
+POLL_SECONDS = 0.5  # the driver wakes at once for a message or a death; this only bounds a wait
+# What the worker server imports once for all its workers, besides the installed plugins: the
+# engine (torch, TensorBoard) and torch._dynamo, which torch imports at a process's first optimizer
+# (seconds, in every fresh worker otherwise).
+PRELOAD = ["testbed.executors", "torch._dynamo"]
+
+
+def _run_in_pool(plans: list[RunPlan], count: int, plugins: Plugins,
+                 report: Report) -> tuple[list[RunResult], bool]:
+    """The runs on up to ``count`` worker processes, longest first."""
+    pool = _Pool(count, preload=[*PRELOAD, *plugins.entry_point_modules()])
+    waiting = deque(longest_first(plans))
+    finished: dict[str, RunResult] = {}  # by run_dir: unique in a sweep
+    # The signal handlers only set flags: an exception raised between two reads of a pipe would
+    # leave half a message in it.
+    with stop_on_signals(pool.request_stop, pool.request_stop_at_once):
+        try:
+            while (waiting and not pool.stopping) or pool.running():
+                pool.start_runs(waiting)
+                for result in pool.collect(POLL_SECONDS, report):
+                    finished[result.run_dir] = result
+                if pool.at_once:  # runs keep what their last checkpoint holds
+                    finished.update({plan.run_dir: _unfinished(plan, "interrupted", "stopped at once")
+                                     for plan in pool.running()})
+                    break
+        finally:
+            pool.close()
+    results = [finished.get(plan.run_dir) or not_run(plan) for plan in plans]
+    return results, pool.stopping or any(r.status == "interrupted" for r in results)
+
+
+@dataclass
+class _Worker:
+    """A worker process, the driver's end of its pipe, and the run it executes (None: idle)."""
+
+    process: BaseProcess
+    conn: Connection
+    plan: RunPlan | None = None
+    last_step: int = 0  # the last step its run reported: that many steps were done at least
+
+
+class _Pool:
+    """Up to ``size`` worker processes, started as runs need them; a dead one is replaced.
+
+    Workers fork from a server process (multiprocessing's forkserver) that imported torch and the
+    installed plugins once, so one starts in a fraction of a second where a spawned one re-imports
+    for seconds; the server has run no torch code, so forking it is safe. Where there is no
+    forkserver, workers are spawned."""
+
+    def __init__(self, size: int, preload: list[str]):
+        self.size = size
+        if "forkserver" in mp.get_all_start_methods():
+            self.context = mp.get_context("forkserver")
+            self.context.set_forkserver_preload(preload)  # used when the server starts: once per driver
+        else:
+            self.context = mp.get_context("spawn")
+        # Read by every worker at every step: shared memory, no lock a dying worker could hold.
+        self.stop = self.context.RawValue(ctypes.c_bool, False)
+        self.workers: list[_Worker] = []
+        self.at_once = False
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stop.value)
+
+    def request_stop(self) -> None:
+        """Running runs stop at their next step, with a checkpoint; no other run starts."""
+        self.stop.value = True
+
+    def request_stop_at_once(self) -> None:
+        """The driver kills the running runs' workers (``close``), at its next look."""
+        self.at_once = True
+
+    def running(self) -> list[RunPlan]:
+        return [w.plan for w in self.workers if w.plan is not None]
+
+    def start_runs(self, waiting: deque[RunPlan]) -> None:
+        """Hand waiting plans to idle workers, starting workers up to ``size``."""
+        while waiting and not self.stopping:
+            worker = next((w for w in self.workers if w.plan is None), None)
+            if worker is None and len(self.workers) < self.size:
+                worker = self._spawn()
+            if worker is None:
+                return
+            try:
+                worker.conn.send(waiting[0])
+            except OSError:  # it died while idle: retire it, the plan waits for another
+                self._retire(worker)
+                continue
+            worker.plan, worker.last_step = waiting.popleft(), 0
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=_work, args=(theirs, self.stop, dict(os.environ)),
+                                       name="testbed-worker")
+        process.start()
+        theirs.close()  # only the worker holds its end now, so its death closes the pipe
+        worker = _Worker(process, ours)
+        self.workers.append(worker)
+        return worker
+
+    def collect(self, timeout: float, report: Report) -> list[RunResult]:
+        """Wait up to ``timeout`` seconds for the workers; pass their progress events on to
+        ``report``; return the results of the runs that ended, a run whose worker died as failed."""
+        ready = wait([w.conn for w in self.workers], timeout)
+        ended: list[RunResult] = []
+        for worker in [w for w in self.workers if w.conn in ready]:
+            if self._receive(worker, report, ended):  # its pipe closed: it died
+                self._retire(worker)
+                if worker.plan is not None:
+                    ended.append(_died(worker.plan, worker.process.exitcode, worker.last_step))
+        return ended
+
+    def _receive(self, worker: _Worker, report: Report, ended: list[RunResult]) -> bool:
+        """Take what the worker sent; True if its pipe is closed (the worker died)."""
+        try:
+            while worker.conn.poll():
+                kind, payload = worker.conn.recv()
+                if kind == "event":
+                    worker.last_step = payload.get("step") or payload.get("resumed_from") or worker.last_step
+                    report(payload)
+                else:
+                    ended.append(payload)
+                    worker.plan = None
+        except (EOFError, OSError):
+            return True
+        return False
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.conn.close()
+        worker.process.join()
+        self.workers.remove(worker)
+
+    def close(self) -> None:
+        """Idle workers exit when their pipe closes; busy ones (left only when stopping at once) are killed."""
+        for worker in self.workers:
+            if worker.plan is not None:
+                worker.process.kill()
+            worker.conn.close()
+        for worker in self.workers:
+            worker.process.join()
+        self.workers.clear()
+
+
+def _work(conn: Connection, stop: Any, environ: dict[str, str]) -> None:
+    """A worker process: execute the plans the driver sends, one at a time, until its pipe closes.
+    ``environ`` is the driver's (a forked worker has the server's): $TESTBED_PLUGINS and the like."""
+    for signum in SIGNALS:  # the driver decides when to stop
+        signal.signal(signum, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update(environ)
     torch.set_num_threads(1)
-    _WORKER.update(queue=queue, stop=stop, plugins=load_plugins(), driver=os.getppid(), busy=threading.Event())
-    threading.Thread(target=_exit_when_orphaned, daemon=True).start()
-
-
-ORPHAN_CHECK_SECONDS = 1.0
-
-
-def _orphaned() -> bool:
-    return os.getppid() != _WORKER["driver"]
-
-
-def _exit_when_orphaned() -> None:
-    """An idle worker of a killed driver would wait for work forever (its siblings keep the task
-    queue open): it exits. A busy one first stops its run, with a checkpoint (see should_stop)."""
-    while True:
-        time.sleep(ORPHAN_CHECK_SECONDS)
-        if _orphaned() and not _WORKER["busy"].is_set():
-            os._exit(0)
-
-
-def _train_in_worker(plan: RunPlan) -> RunResult:
-    queue, stop, busy = _WORKER["queue"], _WORKER["stop"], _WORKER["busy"]
+    plugins = load_plugins()
 
     def should_stop() -> bool:
-        # A killed driver leaves its workers running: they stop too (with a checkpoint), so that a
-        # new attempt never shares a run directory with an orphan.
-        return stop.is_set() or _orphaned()
+        # The driver sends nothing to a busy worker, so a readable pipe is a closed one: a killed
+        # driver. Its workers stop too (with a checkpoint), so that a new attempt never shares a
+        # run directory with an orphan.
+        return bool(stop.value) or conn.poll()
 
-    busy.set()
+    while True:
+        try:
+            plan = conn.recv()
+        except (EOFError, OSError):  # the driver is done, or dead
+            return
+        result = train(plan, plugins, should_stop=should_stop, report=lambda event: _send(conn, ("event", event)))
+        _send(conn, ("result", result))
+
+
+def _send(conn: Connection, message: tuple[str, Any]) -> None:
     try:
-        return train(plan, _WORKER["plugins"], should_stop=should_stop, report=queue.put)
-    finally:
-        busy.clear()
+        conn.send(message)
+    except OSError:  # the driver is gone; the run's own summary.json records it
+        pass
 
 
-def _run_in_pool(plans: list[RunPlan], count: int, report: Report) -> tuple[list[RunResult], bool]:
-    context = mp.get_context("spawn")
-    queue, stop = context.Queue(), context.Event()
-    interrupted = False
-    finished: dict[str, RunResult] = {}
-    with cf.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
-                                initargs=(queue, stop)) as pool:
-        futures = {pool.submit(_train_in_worker, plan): plan for plan in longest_first(plans)}
-        pending = set(futures)
-        while pending:
-            try:
-                done, pending = cf.wait(pending, timeout=0.2)
-                _drain(queue, report)
-                for future in done:
-                    plan = futures[future]
-                    finished[plan.run_dir] = _outcome(future, plan)
-            except KeyboardInterrupt:
-                interrupted = True
-                stop.set()
-                for future in pending:
-                    future.cancel()
-        _drain(queue, report)
-    results = [finished.get(plan.run_dir) or not_run(plan) for plan in plans]  # run_dir: unique in a sweep
-    return results, interrupted or any(r.status == "interrupted" for r in results)
+def _died(plan: RunPlan, exitcode: int | None, steps_done: int) -> RunResult:
+    """The result of a run whose worker process died under it; its summary.json says so too."""
+    result = failed(plan, f"worker process died ({_exit_cause(exitcode)})")
+    result.steps_done = steps_done
+    with contextlib.suppress(StorageError):  # a full disk: results.json still records it, if it can
+        write_json(Path(plan.run_dir) / "summary.json", result.__dict__)
+    return result
+
+
+def _exit_cause(exitcode: int | None) -> str:
+    """"exit code 1", "killed by signal SIGKILL" (a negative exit code is the signal's number)."""
+    if exitcode is None or exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        return f"killed by signal {signal.Signals(-exitcode).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-exitcode}"
 
 
 def longest_first(plans: list[RunPlan]) -> list[RunPlan]:
@@ -179,24 +314,6 @@ def longest_first(plans: list[RunPlan]) -> list[RunPlan]:
         return sum(spec.applies_to(plan.optimizer.label, plan.seed) for spec in plan.config.diagnostics)
 
     return sorted(plans, key=diagnostics, reverse=True)
-
-
-def _outcome(future: cf.Future, plan: RunPlan) -> RunResult:
-    if future.cancelled():
-        return not_run(plan)
-    error = future.exception()
-    if error is None:
-        return future.result()
-    return failed(plan, f"{type(error).__name__}: {error}")
-
-
-def _drain(queue, report: Report) -> None:
-    while True:
-        try:
-            event = queue.get_nowait()
-        except Exception:  # queue.Empty, or a queue closed under us
-            return
-        report(event)
 
 
 def not_run(plan: RunPlan) -> RunResult:

@@ -148,7 +148,8 @@ def run_sweep(sweep: Sweep, plugins: Plugins, logdir: str | Path, report: Report
     tune section) and write each point's ``results.json`` (and ``sweep.json`` for a sweep).
     ``report`` receives the engine events of every run, pilots included; ``on_phase`` is called as
     each phase starts. Local worker processes load the plugins the way the driver did (entry points
-    and $TESTBED_PLUGINS); in-process ``extra`` plugins therefore need ``workers=1``.
+    and $TESTBED_PLUGINS); ``extra`` plugins, objects a worker cannot load, make the runs execute one
+    after the other in this process.
     The sweep's directory is locked meanwhile (a second writer gets DirectoryInUseError), and
     nothing below ``logdir`` is written through a symbolic link."""
     logdir = Path(logdir)

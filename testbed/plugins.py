@@ -21,6 +21,8 @@ from .registry import Registry
 
 GROUP = "testbed"
 ENV_VAR = "TESTBED_PLUGINS"
+EXTRA = "local"  # the distribution recorded for plugins handed to load_plugins(extra=...) as objects
+FROM_ENV = f"${ENV_VAR}"  # the distribution recorded for plugins named in $TESTBED_PLUGINS
 _REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks", "diagnostic": "register_diagnostics"}
 
 
@@ -53,6 +55,18 @@ class Plugins:
                 f"{info.error}. Fix or uninstall it; `testbed plugins` lists every plugin."
             )
 
+    @property
+    def in_this_process_only(self) -> bool:
+        """Whether some plugins were handed in as objects (``load_plugins(extra=...)``), which a
+        worker process loading its own plugins would not have."""
+        return any(info.distribution == EXTRA for info in self.infos)
+
+    def entry_point_modules(self) -> list[str]:
+        """The modules of the plugins loaded, without error, through entry points: installed code
+        that a process can import ahead of the workers it will start (see executors)."""
+        return sorted({info.module.split(":")[0] for info in self.infos
+                       if info.error is None and info.distribution not in (EXTRA, FROM_ENV)})
+
     def versions(self) -> dict[str, str]:
         """``{plugin name: 'distribution version'}`` of every loaded plugin, for provenance."""
         return {i.name: f"{i.distribution} {i.version}" for i in self.infos if i.error is None}
@@ -76,7 +90,7 @@ def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = Tr
             version = ep.dist.version if ep.dist is not None else "unknown"
             sources.append((PluginInfo(ep.name, ep.value, dist, version), ep.load))
     for module in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
-        sources.append((PluginInfo(module, module, f"${ENV_VAR}", "-"), partial(importlib.import_module, module)))
+        sources.append((PluginInfo(module, module, FROM_ENV, "-"), partial(importlib.import_module, module)))
     for info, load in sources:
         try:
             obj = load()
@@ -85,7 +99,7 @@ def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = Tr
             continue
         _add(plugins, info.name, obj, info)
     for name, obj in (extra or {}).items():
-        _add(plugins, name, obj, PluginInfo(name, getattr(obj, "__name__", repr(obj)), "local", "-"))
+        _add(plugins, name, obj, PluginInfo(name, getattr(obj, "__name__", repr(obj)), EXTRA, "-"))
     _collect_registrations(plugins)
     return plugins
 
