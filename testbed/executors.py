@@ -133,9 +133,8 @@ def _run_in_pool(plans: list[RunPlan], count: int, plugins: Plugins,
                 pool.start_runs(waiting)
                 for result in pool.collect(POLL_SECONDS, report):
                     finished[result.run_dir] = result
-                if pool.at_once:  # runs keep what their last checkpoint holds
-                    finished.update({plan.run_dir: _unfinished(plan, "interrupted", "stopped at once")
-                                     for plan in pool.running()})
+                if pool.at_once:
+                    finished.update((result.run_dir, result) for result in pool.kill_running())
                     break
         finally:
             pool.close()
@@ -182,8 +181,18 @@ class _Pool:
         self.stop.value = True
 
     def request_stop_at_once(self) -> None:
-        """The driver kills the running runs' workers (``close``), at its next look."""
+        """The driver kills the running runs' workers at its next look (``kill_running``)."""
         self.at_once = True
+
+    def kill_running(self) -> list[RunResult]:
+        """Kill the workers of the running runs; their results (interrupted, as their last
+        checkpoint left them)."""
+        stopped = []
+        for worker in [w for w in self.workers if w.plan is not None]:
+            worker.process.kill()
+            self._retire(worker)
+            stopped.append(_stopped_at_once(worker.plan, worker.last_step))
+        return stopped
 
     def running(self) -> list[RunPlan]:
         return [w.plan for w in self.workers if w.plan is not None]
@@ -246,10 +255,9 @@ class _Pool:
         self.workers.remove(worker)
 
     def close(self) -> None:
-        """Idle workers exit when their pipe closes; busy ones (left only when stopping at once) are killed."""
+        """Workers exit when their pipe closes: idle ones at once, a busy one (only on an error in
+        the driver) at its next step, with a checkpoint, as a driver's death would make it."""
         for worker in self.workers:
-            if worker.plan is not None:
-                worker.process.kill()
             worker.conn.close()
         for worker in self.workers:
             worker.process.join()
@@ -294,6 +302,12 @@ def _died(plan: RunPlan, exitcode: int | None, steps_done: int) -> RunResult:
     result.steps_done = steps_done
     with contextlib.suppress(StorageError):  # a full disk: results.json still records it, if it can
         write_json(Path(plan.run_dir) / "summary.json", result.__dict__)
+    return result
+
+
+def _stopped_at_once(plan: RunPlan, steps_done: int) -> RunResult:
+    result = _unfinished(plan, "interrupted", "stopped at once")
+    result.steps_done = steps_done
     return result
 
 
