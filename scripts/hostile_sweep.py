@@ -430,6 +430,7 @@ def work_dir(case_dir: Path) -> Path:
 
 
 def case_dir_of(work: Path) -> Path:
+    """The case directory of a working directory (the inverse of ``work_dir``)."""
     return work.parents[3]
 
 
@@ -473,6 +474,8 @@ class Row:
 
 @dataclass
 class Settings:
+    """How the sweep runs its cases."""
+
     base: Path  # every case directory is made under it
     timeout: float  # seconds any one command may take
     memory: int | None  # RLIMIT_AS of every command, bytes
@@ -658,10 +661,10 @@ def run_step(step: Step, run: CaseRun, beside: Step | None = None) -> Outcome:
     outcome = Outcome(step.argv, code, time.monotonic() - started, stdout.text(), stderr.text())
     (run.harness / f"{index}.out").write_text(outcome.stdout)
     (run.harness / f"{index}.err").write_text(outcome.stderr)
-    outcome.problems += actions.problems
-    if code is None:
+    if code is None:  # the timeout, not the actions it cut short, is what happened
         outcome.problems.append(f"timed out after {run.settings.timeout:.0f} s")
     else:
+        outcome.problems += actions.problems
         outcome.problems += command_problems(step, outcome)
         outcome.problems += fresh_results_problems(step, code, run.work, started_ns)
     if step.reap:
@@ -687,6 +690,7 @@ class Drain(threading.Thread):
     def run(self) -> None:
         for chunk in iter(lambda: self.pipe.read1(65536), b""):
             self.data += chunk
+        self.pipe.close()
 
     def text(self, wait: float = 10.0) -> str:
         self.join(wait)
