@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from . import __version__, checkpoint
+from .cache import SUMMARY_FILE
 from .config import ExperimentConfig, build_diagnostic, build_optimizer, build_task, needs_closure
 from .diagnostics import DiagnosticRunner, Probe
 from .errors import StorageError
@@ -115,13 +116,18 @@ def _save_summary(result: RunResult, run_dir: Path) -> None:
     A summary that cannot be written fails the run, unless it failed before, and keeps the
     checkpoint: the next attempt goes on from it."""
     try:
-        write_json(run_dir / "summary.json", result.__dict__)
+        write_summary(run_dir, result)
     except StorageError as exc:
         if result.status != "failed":
             result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
         return
     if result.status in ("completed", "diverged"):
         checkpoint.remove(run_dir)
+
+
+def write_summary(run_dir: Path, result: RunResult) -> None:
+    """The run's summary.json: its result, which the cache reads (``cache.finished_result``)."""
+    write_json(run_dir / SUMMARY_FILE, result.__dict__)
 
 
 def _end_hook(plugins: Plugins, context: RunContext, result: RunResult) -> None:

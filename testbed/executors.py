@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .engine import Report, train, write_json
+from .engine import Report, train, write_summary
 from .errors import StorageError, TestbedError
 from .plugins import Plugins, load_plugins
 from .run import RunPlan, RunResult
@@ -298,17 +298,14 @@ def _send(conn: Connection, message: tuple[str, Any]) -> None:
 
 def _died(plan: RunPlan, exitcode: int | None, steps_done: int) -> RunResult:
     """The result of a run whose worker process died under it; its summary.json says so too."""
-    result = failed(plan, f"worker process died ({_exit_cause(exitcode)})")
-    result.steps_done = steps_done
+    result = _unfinished(plan, "failed", f"worker process died ({_exit_cause(exitcode)})", steps_done)
     with contextlib.suppress(StorageError):  # a full disk: results.json still records it, if it can
-        write_json(Path(plan.run_dir) / "summary.json", result.__dict__)
+        write_summary(Path(plan.run_dir), result)
     return result
 
 
 def _stopped_at_once(plan: RunPlan, steps_done: int) -> RunResult:
-    result = _unfinished(plan, "interrupted", "stopped at once")
-    result.steps_done = steps_done
-    return result
+    return _unfinished(plan, "interrupted", "stopped at once", steps_done)
 
 
 def _exit_cause(exitcode: int | None) -> str:
@@ -338,6 +335,6 @@ def failed(plan: RunPlan, error: str) -> RunResult:
     return _unfinished(plan, "failed", error)
 
 
-def _unfinished(plan: RunPlan, status: str, error: str) -> RunResult:
-    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, status, 0,
+def _unfinished(plan: RunPlan, status: str, error: str, steps_done: int = 0) -> RunResult:
+    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, status, steps_done,
                      plan.run_dir, 0.0, lr=plan.optimizer.lr, error=error, run_id=plan.run_id or None)
