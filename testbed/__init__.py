@@ -12,8 +12,8 @@ from typing import Any
 
 import pluggy
 
-from .errors import ConfigError, PluginError, TestbedError
-from .options import REQUIRED, Option
+from testbed.errors import ConfigError, PluginError, TestbedError
+from testbed.options import REQUIRED, Option
 
 __version__ = "0.1.0"
 
@@ -23,8 +23,9 @@ hookimpl = pluggy.HookimplMarker("testbed")
 _LAZY = {
     "Batch": ".tasks",
     "Task": ".tasks",
-    **{name: ".diagnostics" for name in ("Diagnostic", "Figure", "Histogram", "Probe", "Scalar", "Schedule",
+    **{name: ".diagnostics" for name in ("Diagnostic", "Figure", "Histogram", "Scalar", "Schedule",
                                          "Text", "schedule_from", "schedule_options")},
+    "Probe": ".engine.probe",
 }
 
 

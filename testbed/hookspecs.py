@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .registry import Register
-    from .run import RunContext
+    from testbed.plugins.registry import Register
+    from testbed.engine.run import RunContext
 
 hookspec = pluggy.HookspecMarker("testbed")
 

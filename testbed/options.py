@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ConfigError
+from testbed.errors import ConfigError
 
 REQUIRED = object()  # sentinel default: the user must give the option
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import BatchError
+from testbed.errors import BatchError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from testbed.plugins import ENV_VAR, load_plugins
-from testbed.registry import Registry
+from testbed.plugins.registry import Registry
 
 # A valid experiment small enough to run in a fraction of a second per run.
 TINY: dict[str, Any] = {

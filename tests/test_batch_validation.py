@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner, Result
 
-from testbed import kernels
-from testbed.cli import main
-from testbed.config import parse_config
-from testbed.experiment import run_experiment
-from testbed.linear_attention import CompiledLinearAttentionStack
-from testbed.model import FeatureMapConfig, LinearTransformer, ModelConfig
+from testbed.model import kernel as kernels
+from testbed.cli.commands import main
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import run_experiment
+from testbed.model.kernel.linear_attention import CompiledLinearAttentionStack
+from testbed.model.config import FeatureMapConfig, ModelConfig
+from testbed.model.transformer import LinearTransformer
 from testbed.plugins import load_plugins
 
 # A task that is wrong in one way (`kind`) at some of its batches (`when`): always, from the third

@@ -5,7 +5,7 @@ import math
 
 from click.testing import CliRunner
 
-from testbed.cli import main
+from testbed.cli.commands import main
 
 
 def test_bench_quick_reports_every_measurement(tmp_path):

@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner, Result
 
 from testbed import __version__
-from testbed.cli import main
-from testbed.progress import Progress
+from testbed.cli.commands import main
+from testbed.cli.progress import Progress
 
 HEADER = "final eval loss (mean ± std)"
 

@@ -10,15 +10,9 @@ import pytest
 import yaml
 
 from testbed import ConfigError
-from testbed.config import (
-    EvalConfig,
-    ExperimentConfig,
-    TrainConfig,
-    apply_overrides,
-    load_yaml,
-    parse_config,
-)
-from testbed.model import FeatureMapConfig, ModelConfig
+from testbed.engine.specs import EvalConfig, ExperimentConfig, TrainConfig
+from testbed.experiment.config import apply_overrides, load_yaml, parse_config
+from testbed.model.config import FeatureMapConfig, ModelConfig
 
 MINIMAL = {"task": {"name": "gaussian", "d": 3, "n": 5}, "optimizers": [{"name": "sgd", "lr": 0.1}]}
 
@@ -356,7 +350,7 @@ def test_load_yaml_missing_file(tmp_path):
 def test_examples_validate(registry):
     from pathlib import Path
 
-    from testbed.sweep import expand
+    from testbed.experiment.sweep import expand
 
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
     assert examples

@@ -18,8 +18,9 @@ import pytest
 import torch
 import yaml
 
-from testbed.config import build_optimizer, parse_config
-from testbed.limits import MAX_YAML_NODES
+from testbed.engine.build import build_optimizer
+from testbed.experiment.config import parse_config
+from testbed.engine.limits import MAX_YAML_NODES
 from testbed.plugins import ENV_VAR
 
 from conftest import TINY

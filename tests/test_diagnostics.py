@@ -19,10 +19,12 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
-from testbed import ConfigError, Diagnostic, Figure, Probe, Scalar, Schedule, Text, hookimpl, schedule_from, schedule_options
-from testbed.config import DiagnosticSpec, parse_config
-from testbed.experiment import RESULTS_FILE, run_experiment
-from testbed.model import LinearTransformer, ModelConfig, mse_loss
+from testbed import (ConfigError, Diagnostic, Figure, Probe, Scalar, Schedule, Text, hookimpl, schedule_from, schedule_options)
+from testbed.engine.specs import DiagnosticSpec
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import RESULTS_FILE, run_experiment
+from testbed.model.transformer import LinearTransformer, mse_loss
+from testbed.model.config import ModelConfig
 from testbed.plugins import load_plugins
 from testbed.tasks import Batch
 from testbed_std import noise_stats

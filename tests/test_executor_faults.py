@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from testbed import hookimpl
-from testbed.checkpoint import CHECKPOINT_FILE, EVENT_FILE_PREFIX
-from testbed.config import parse_config
-from testbed.experiment import run_sweep
+from testbed.engine.checkpoint import CHECKPOINT_FILE, EVENT_FILE_PREFIX
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import run_sweep
 from testbed.plugins import load_plugins
-from testbed.sweep import Sweep
+from testbed.experiment.sweep import Sweep
 
 from conftest import TINY
 

@@ -4,8 +4,9 @@ the literal formula."""
 import pytest
 import torch
 
-from testbed import kernels
-from testbed.model import FeatureMapConfig, LinearTransformer, ModelConfig, direct_forward, mse_loss
+from testbed.model import kernel as kernels
+from testbed.model.config import FeatureMapConfig, ModelConfig
+from testbed.model.transformer import LinearTransformer, direct_forward, mse_loss
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C++ compiler: the kernel is not built")
 

@@ -18,10 +18,10 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 from testbed import hookimpl, hookspecs
-from testbed.config import parse_config
-from testbed.experiment import run_experiment
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import run_experiment
 from testbed.plugins import load_plugins, new_manager
-from testbed.run import STATUSES, RunContext
+from testbed.engine.run import STATUSES, RunContext
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "testbed"
@@ -69,7 +69,7 @@ def test_every_hookspec_is_documented_with_its_signature():
 def _hook_calls() -> list[tuple[str, int, ast.Call]]:
     """Every ``<...>hook.<hookname>(...)`` call in the package's source."""
     calls = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in DOCUMENTED):

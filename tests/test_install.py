@@ -15,8 +15,8 @@ from pathlib import Path
 
 import testbed
 import testbed_std
-from testbed import kernels
-from testbed.reproduce import SUITE
+from testbed.model import kernel as kernels
+from testbed.paper.reproduce import SUITE
 
 EXPECT_INSTALLED = os.environ.get("TESTBED_EXPECT_INSTALLED") == "1"
 PACKAGE = Path(testbed.__file__).resolve().parent

@@ -24,12 +24,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from testbed import checkpoint
-from testbed.cache import run_id
-from testbed.cli import main
-from testbed.config import parse_config
-from testbed.engine import train
-from testbed.experiment import plan_runs, run_experiment
+from testbed.engine import checkpoint
+from testbed.experiment.cache import run_id
+from testbed.cli.commands import main
+from testbed.experiment.config import parse_config
+from testbed.engine.loop import train
+from testbed.experiment.runner import plan_runs, run_experiment
 from testbed.plugins import ENV_VAR, load_plugins
 
 from conftest import TINY
@@ -258,7 +258,7 @@ def test_report_reads_the_redone_experiment(redone, tmp_path):
 
 
 def test_a_kept_aside_summary_is_never_overwritten(tmp_path):
-    from testbed.cache import SUMMARY_FILE, set_aside_invalid_summary
+    from testbed.experiment.cache import SUMMARY_FILE, set_aside_invalid_summary
 
     for text in ("[1]", '"x"'):
         (tmp_path / SUMMARY_FILE).write_text(text)

@@ -29,12 +29,12 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
-from testbed import checkpoint
-from testbed.checkpoint import CHECKPOINT_FILE
-from testbed.cli import main
-from testbed.engine import write_json
+from testbed.engine import checkpoint
+from testbed.engine.checkpoint import CHECKPOINT_FILE
+from testbed.cli.commands import main
+from testbed.files.json_io import write_json
 from testbed.errors import StorageError, TestbedError
-from testbed.lock import LOCK_FILE, directory_lock
+from testbed.files.lock import LOCK_FILE, directory_lock
 
 from conftest import TINY
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.model import FeatureMapConfig, LinearTransformer, ModelConfig, direct_forward, mse_loss
+from testbed.model.config import FeatureMapConfig, ModelConfig
+from testbed.model.transformer import LinearTransformer, direct_forward, mse_loss
 
 D, N, BATCH = 3, 6, 4
 FM = FeatureMapConfig(hidden=(7,))

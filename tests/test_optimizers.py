@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from testbed.config import OptimizerSpec, build_optimizer
-from testbed.engine import _non_finite, training_step
+from testbed.engine.specs import OptimizerSpec
+from testbed.engine.build import build_optimizer
+from testbed.engine.loop import _non_finite, training_step
 from testbed.options import validate_options
 from testbed.tasks import Batch
 

@@ -8,10 +8,9 @@ import torch
 from click.testing import CliRunner
 from torch.utils.tensorboard import SummaryWriter
 
-from testbed.cli import main
+from testbed.cli.commands import main
 from testbed.report import make_report
-from testbed.report.claims import (FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, larger_model,
-                                   noise_ordering)
+from testbed.paper.claims import (FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, larger_model, noise_ordering)
 from testbed.report.data import Experiment, Run
 
 STEPS = [0, 250, 500, 750, 1000, 1250]
@@ -177,7 +176,7 @@ def test_condition_ratios_pair_by_seed():
 
 
 def test_condition_gap_claims_on_constructed_ratios():
-    from testbed.report.claims import condition_gap_depth, condition_gap_heavy_tails
+    from testbed.paper.claims import condition_gap_depth, condition_gap_heavy_tails
 
     def with_ratio(name, cfg, ratio):
         e = experiment(name, {"sgd": [0.1], "adam": [0.1]}, cfg)
@@ -198,7 +197,7 @@ def test_condition_gap_claims_on_constructed_ratios():
 
 
 def test_condition_number_claim_is_the_papers_table_only():
-    from testbed.report.claims import condition_number
+    from testbed.paper.claims import condition_number
 
     def with_ratio(name, cfg, ratio):
         e = experiment(name, {"sgd": [0.1], "adam": [0.1]}, cfg)

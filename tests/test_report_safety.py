@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from testbed.cli import main
-from testbed.config import parse_config
+from testbed.cli.commands import main
+from testbed.experiment.config import parse_config
 from testbed.errors import TestbedError
-from testbed.paths import path_under, safe_filename
-from testbed.reproduce import record_profile
+from testbed.files.safe_paths import path_under, safe_filename
+from testbed.paper.reproduce import record_profile
 
 from conftest import TINY
 

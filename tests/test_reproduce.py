@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from testbed.cli import main
-from testbed.reproduce import SUITE, quick_profile, suite_configs
+from testbed.cli.commands import main
+from testbed.paper.reproduce import SUITE, quick_profile, suite_configs
 
 
 def test_the_suite_validates_in_both_profiles(registry):

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch.func import grad, jacrev
 
-from testbed import kernels
-from testbed.diagnostics import Probe
-from testbed.model import LinearTransformer, ModelConfig
-from testbed.second_order import kernel_hessian, kernel_hvp, kernel_supports
+from testbed.model import kernel as kernels
+from testbed.engine.probe import Probe
+from testbed.model.transformer import LinearTransformer
+from testbed.model.config import ModelConfig
+from testbed.model.kernel.second_order import kernel_hessian, kernel_hvp, kernel_supports
 from testbed.tasks import Batch
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C++ compiler: the kernel is not built")

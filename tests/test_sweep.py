@@ -13,12 +13,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from testbed.cache import identity, run_id
-from testbed.cli import main
+from testbed.experiment.cache import identity, run_id
+from testbed.cli.commands import main
 from testbed.errors import ConfigError
-from testbed.experiment import plan_runs, run_sweep
+from testbed.experiment.runner import plan_runs, run_sweep
 from testbed.plugins import load_plugins
-from testbed.sweep import expand
+from testbed.experiment.sweep import expand
 
 from conftest import TINY
 

@@ -11,7 +11,7 @@ import torch
 
 from testbed import ConfigError
 from testbed.options import validate_options
-from testbed.registry import Registry
+from testbed.plugins.registry import Registry
 from testbed_std import tasks
 
 D, N = 5, 20

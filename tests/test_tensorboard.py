@@ -22,8 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from testbed.config import parse_config
-from testbed.experiment import RESULTS_FILE, run_experiment
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import RESULTS_FILE, run_experiment
 from testbed.plugins import load_plugins
 
 NAME = "exp"
@@ -207,8 +207,8 @@ def _post_json(url: str, body: dict):
 
 
 def test_hparams_dashboard_lists_every_run_of_a_sweep_with_its_swept_keys(tmp_path):
-    from testbed.experiment import run_sweep
-    from testbed.sweep import expand
+    from testbed.experiment.runner import run_sweep
+    from testbed.experiment.sweep import expand
 
     plugins = load_plugins()
     raw = {

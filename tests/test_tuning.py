@@ -18,12 +18,13 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 from testbed import ConfigError, hookimpl
-from testbed.cli import main
-from testbed.config import TuneSpec, parse_config
-from testbed.experiment import RESULTS_FILE, plan_runs, run_experiment
-from testbed.tuning import plan_pilots, select_lr, tuning_markdown
+from testbed.cli.commands import main
+from testbed.engine.specs import TuneSpec
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import RESULTS_FILE, plan_runs, run_experiment
+from testbed.experiment.tuning import plan_pilots, select_lr, tuning_markdown
 from testbed.plugins import load_plugins
-from testbed.run import format_lr
+from testbed.engine.run import format_lr
 
 GRID = [1e-6, 0.05, 1e6]  # barely trains, trains, diverges (no clipping)
 TUNED_SGD = {"name": "sgd", "options": {"momentum": 0.0}, "tune": {"lr": GRID}}
@@ -304,7 +305,7 @@ def test_lr_is_required_without_a_tune_section(registry):
 
 
 def test_tune_grid_can_be_overridden_with_set(tmp_path):
-    from testbed.config import apply_overrides
+    from testbed.experiment.config import apply_overrides
 
     raw = apply_overrides(tuned_raw({"lr": [0.1]}), ["optimizers.sgd.tune.lr=[0.2, 2e-1]"])
     assert "grid values must be distinct" in config_error(raw, load_plugins().registry)

@@ -11,13 +11,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import ResultsError
-from ..paths import path_under, safe_filename
-from . import figures, sweeps
-from .claims import Claim, check_claims, condition_ratios, median_smoothness, noise_skewness
-from .data import Experiment
-from .load import find_experiments
-from .render import Section, write, writing
+from testbed.errors import ResultsError
+from testbed.files.safe_paths import path_under, safe_filename
+from testbed.report import figures, sweeps
+from testbed.paper.claims import Claim, check_claims, condition_ratios, median_smoothness, noise_skewness
+from testbed.report.data import Experiment
+from testbed.report.load import find_experiments
+from testbed.report.render import Section, write, writing
 
 QUICK_PROFILE = ("Quick profile (testbed reproduce --quick): every experiment was shrunk (fewer steps, prompts "
                  "and seeds, smaller tuning grids and diagnostic budgets) to run in minutes, so its verdicts "

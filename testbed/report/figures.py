@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .data import Experiment, Run, noise_histogram
-from .render import writing
+from testbed.report.data import Experiment, Run, noise_histogram
+from testbed.report.render import writing
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 

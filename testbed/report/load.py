@@ -10,9 +10,9 @@ import reprlib
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResultsError, TestbedError
-from ..paths import path_under
-from .data import Experiment, Run
+from testbed.errors import ResultsError, TestbedError
+from testbed.files.safe_paths import path_under
+from testbed.report.data import Experiment, Run
 
 RESULTS_FILE = "results.json"
 # Written by `testbed reproduce` beside each experiment's results.json: the profile it ran with.

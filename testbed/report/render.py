@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StorageError
-from .claims import Claim
+from testbed.errors import StorageError
+from testbed.paper.claims import Claim
 
 
 @dataclass

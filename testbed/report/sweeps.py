@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .data import Experiment
-from .figures import COLOURS, _save_band_figure
+from testbed.report.data import Experiment
+from testbed.report.figures import COLOURS, _save_band_figure
 
 
 @dataclass

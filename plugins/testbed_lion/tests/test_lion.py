@@ -9,7 +9,7 @@ import torch
 
 import testbed
 from testbed.options import validate_options
-from testbed.registry import Registry
+from testbed.plugins.registry import Registry
 from testbed_lion import Lion, plugin
 
 

@@ -1,0 +1,28 @@
+"""The ``testbed`` console script. Loading the CLI imports torch, about a second: a Ctrl-C or SIGTERM
+in that second is a quiet exit 130 (stopped before anything ran), not a KeyboardInterrupt traceback.
+From then on the commands handle signals themselves (``testbed.experiment.signals``)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Load the CLI, then run it."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        from testbed.cli.commands import main as cli
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        if previous is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, previous)
+    cli()

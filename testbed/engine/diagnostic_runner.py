@@ -1,0 +1,96 @@
+"""Runs one run's diagnostics at their scheduled steps and logs their records."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from testbed.diagnostics import Diagnostic, Figure, Histogram, Record, Scalar, Text
+from testbed.engine.probe import Probe, flat_gradient, flatten
+from testbed.errors import StorageError
+
+
+class DiagnosticRunner:
+    """Runs one run's diagnostics at their steps and logs their records under diag/<name>/.
+    A diagnostic that raises is reported (TensorBoard text and the run's results) and disabled for
+    the rest of the run; the run itself goes on."""
+
+    def __init__(self, diagnostics: list[tuple[str, Diagnostic]], probe: Probe, logger) -> None:
+        self.diagnostics, self.probe, self.logger = diagnostics, probe, logger
+        self.disabled: set[str] = set()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"disabled": sorted(self.disabled), "diagnostics": {n: d.state_dict() for n, d in self.diagnostics}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.disabled = set(state["disabled"])
+        for name, diagnostic in self.diagnostics:
+            diagnostic.load_state_dict(state["diagnostics"][name])
+
+    def _due(self, step: int, update: bool) -> list[tuple[str, Diagnostic]]:
+        return [(name, d) for name, d in self.diagnostics
+                if d.needs_update == update and name not in self.disabled and d.schedule.due(step)]
+
+    def at_point(self, model: torch.nn.Module, step: int, result) -> None:
+        due = self._due(step, update=False)
+        if due:
+            self.probe.params = flatten(model)
+            self._measure(due, step, result)
+
+    def before_update(self, model: torch.nn.Module, point: int) -> torch.Tensor | None:
+        """The parameters before the update from ``point``, if an update diagnostic is due there."""
+        return flatten(model) if self._due(point, update=True) else None
+
+    def after_update(self, model: torch.nn.Module, point: int, before: torch.Tensor | None, result) -> None:
+        if before is None:
+            return
+        self.probe.params, self.probe.next_params = before, flatten(model)
+        self.probe.train_gradient = flat_gradient(model)
+        try:
+            self._measure(self._due(point, update=True), point, result)
+        finally:
+            self.probe.next_params = self.probe.train_gradient = None
+
+    def finish(self, model: torch.nn.Module, step: int, result) -> None:
+        self.probe.params = flatten(model)
+        for name, diagnostic in self.diagnostics:
+            if name not in self.disabled:
+                self._call(name, lambda: diagnostic.finish(self.probe, step), step, result)
+
+    def _measure(self, due: list[tuple[str, Diagnostic]], step: int, result) -> None:
+        for name, diagnostic in due:
+            self._call(name, lambda: diagnostic.measure(self.probe, step), step, result)
+
+    def _call(self, name: str, measure: Callable[[], list[Record]], step: int, result) -> None:
+        try:
+            for record in measure():
+                self._log(name, record, step, result)
+        except StorageError:  # the log directory failed, not the diagnostic: the run stops
+            raise
+        except Exception as exc:  # a diagnostic's bug must not stop the run
+            message = f"{name} failed at step {step} and is disabled for this run: {type(exc).__name__}: {exc}"
+            result.diagnostic_errors.append(message)
+            self.logger.text(f"diag/{name}/error", message, step)
+            self.disabled.add(name)
+
+    def _log(self, name: str, record: Record, step: int, result) -> None:
+        if not isinstance(record, (Scalar, Histogram, Figure, Text)):
+            raise TypeError(f"a diagnostic returned {type(record).__name__}, not a record")
+        tag = f"diag/{name}/{record.tag}"
+        if isinstance(record, Scalar):
+            value = float(record.value)
+            self.logger.scalar(tag, value, step)
+            result.diagnostics.setdefault(f"{name}/{record.tag}", []).append([step, value])
+            if not math.isfinite(value):
+                result.diagnostic_errors.append(f"{name}: {record.tag} is {value} at step {step}")
+        elif isinstance(record, Histogram):
+            values = torch.as_tensor(record.values, dtype=torch.float64)
+            finite = values[torch.isfinite(values)]
+            if finite.numel():
+                self.logger.histogram(tag, finite, step, bins=record.bins)
+        elif isinstance(record, Figure):
+            self.logger.figure(tag, record.figure, step)
+        else:
+            self.logger.text(tag, record.text, step)

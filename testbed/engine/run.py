@@ -1,0 +1,107 @@
+"""What one run is: its plan (picklable, sent to a worker) and the context plugins' hooks receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from testbed.engine.specs import ExperimentConfig, OptimizerSpec
+from testbed.engine.tblog import RunLogger
+
+STATUSES = ("completed", "diverged", "failed", "interrupted")
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate, compact but exact: 0.02, 1e-05, 1e+06 (the repr where %g would round)."""
+    short = f"{lr:g}"
+    return short if float(short) == lr else repr(lr)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One (optimizer entry x seed) of an experiment, or one pilot run of learning-rate tuning."""
+
+    config: ExperimentConfig
+    optimizer: OptimizerSpec
+    seed: int
+    run_dir: str
+    pilot: bool = False  # a tuning pilot: config and optimizer are the pilot's (lr = one grid value)
+    texts: tuple[tuple[str, str], ...] = ()  # extra TensorBoard text entries (tag, markdown) at step 0
+    run_id: str = ""  # set by the driver (cache.run_id); "" = no identity, so no checkpoints
+    point: tuple[tuple[str, Any], ...] = ()  # the sweep point's (key, value)s that apply to this run
+    group: str = ""  # the sweep point's directory name ("" outside a sweep)
+
+    def swept(self) -> dict[str, Any]:
+        return dict(self.point)
+
+    @property
+    def key(self) -> str:
+        """Unique within a sweep; mirrors the run directory below the sweep's (the experiment's)."""
+        if self.pilot:
+            own = f"tuning/{self.optimizer.label}/lr-{format_lr(self.optimizer.lr)}/seed-{self.seed}"
+        else:
+            own = f"{self.optimizer.label}/seed-{self.seed}"
+        return f"{self.group}/{own}" if self.group else own
+
+
+@dataclass
+class RunContext:
+    """Handed to lifecycle hooks: the live objects of a run and a way to log into its directory."""
+
+    plan: RunPlan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    logger: RunLogger
+    extra: dict[str, Any] = field(default_factory=dict)  # free space for plugins
+
+    @property
+    def label(self) -> str:
+        return self.plan.optimizer.label
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.plan.config
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        self.logger.scalar(tag, value, step)
+
+
+@dataclass
+class RunResult:
+    """The machine-readable outcome of one run (also saved as the run's summary.json)."""
+
+    key: str
+    label: str
+    optimizer: str
+    seed: int
+    status: str
+    steps_done: int
+    run_dir: str
+    seconds: float
+    lr: float | None = None  # the learning rate the run used (after tuning, the chosen one)
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    diverged_at: int | None = None
+    diverged_on: str | None = None  # what was non-finite: "loss", "gradient" or "eval loss"
+    # steps whose gradient norm overflowed float32 while every entry was finite: clipping scaled the
+    # gradient to zero (max_norm / inf) and training went on, as torch's clip_grad_norm_ does
+    zeroed_steps: list[int] = field(default_factory=list)
+    error: str | None = None
+    # problems that leave the numbers right but something around them wrong: a TensorBoard event file
+    # deleted or cut short while the run wrote it (its curves miss points), or a checkpoint not written
+    # because a plugin's state would not load safely (a stopped run would start over); the status
+    # stays what training gave
+    warnings: list[str] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_losses: list[float] = field(default_factory=list)
+    diagnostics: dict[str, list[list[float]]] = field(default_factory=dict)  # "name/tag": [[step, value]]
+    diagnostic_errors: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+    resumed_from: list[int] = field(default_factory=list)  # the checkpoint step of each resume

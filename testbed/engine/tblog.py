@@ -1,0 +1,206 @@
+"""TensorBoard output of one run, following the project's tag conventions.
+
+Tags are grouped by their first segment (train/, eval/, optim/, perf/, diag/<name>/) and never
+depend on the optimizer, so runs overlay; each run has its own directory so TensorBoard's run filter
+selects by optimizer and seed. HParams are written into the same directory (not a sub-run, which
+``SummaryWriter.add_hparams`` would make).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+from torch.utils.tensorboard.summary import hparams
+
+from testbed.errors import StorageError
+
+# Metrics shown in the HParams dashboard; their values are read from these scalar tags.
+HPARAM_METRICS = {"eval/loss": 0.0, "eval/best_loss": 0.0}
+
+_SESSION_STATUS = {
+    "completed": api_pb2.STATUS_SUCCESS,
+    "diverged": api_pb2.STATUS_FAILURE,
+    "failed": api_pb2.STATUS_FAILURE,
+    "interrupted": api_pb2.STATUS_UNKNOWN,  # the proto has no "aborted"
+}
+
+CUSTOM_SCALARS = {
+    "Loss": {
+        "eval loss (fixed batch)": ["Multiline", ["eval/loss"]],
+        "train loss (minibatch)": ["Multiline", ["train/loss"]],
+    },
+    "Optimizer": {
+        "gradient norm before clipping": ["Multiline", ["optim/grad_norm"]],
+        "learning rate": ["Multiline", ["optim/lr"]],
+    },
+    "Diagnostics": {
+        "all diagnostics": ["Multiline", ["diag/.*"]],
+    },
+}
+
+
+def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
+    """The HParams dashboard's columns for every run below ``directory`` (the union of the runs'
+    hparams, with a sample value each, and the metrics), in an event file of its own at the top:
+    runs of different optimizers or sweep points have different keys, and TensorBoard shows only
+    the columns of the one experiment summary it finds. An earlier attempt's file is replaced."""
+    try:
+        for old in directory.glob("events.out.tfevents.*"):
+            old.unlink()
+        experiment, _, _ = hparams(dict(columns), HPARAM_METRICS)
+        writer = SummaryWriter(log_dir=str(directory))
+        writer._get_file_writer().add_summary(experiment)
+        writer.close()
+    except OSError as exc:
+        raise StorageError.writing(directory, exc) from None
+
+
+def _quiet_writer_thread(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """A threading.excepthook that leaves out write errors of tensorboard's writer thread: the
+    writer raises each again at its next call, where the run reports it as one StorageError (a
+    second, raw traceback on stderr would only bury that message)."""
+    def excepthook(args: Any) -> object:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return None
+        return previous(args)
+
+    return excepthook
+
+
+threading.excepthook = _quiet_writer_thread(threading.excepthook)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _writing(method: _Method) -> _Method:
+    """A RunLogger method whose failed write (raised here, or in tensorboard's writer thread and
+    raised again at the next call) becomes a StorageError naming the run's event file."""
+    @functools.wraps(method)
+    def wrapper(self: "RunLogger", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise StorageError.writing(self.event_file(), exc) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RunLogger:
+    """Writes one run's scalars, text and hparams; a thin, convention-keeping SummaryWriter. It
+    knows how many bytes each event file of the run should hold (``earlier_files``: those of the
+    attempts before a resumed run's checkpoint), so that one deleted or cut short is noticed."""
+
+    @_writing
+    def __init__(self, run_dir: str, flush_secs: int = 10, earlier_files: Mapping[str, int] | None = None):
+        self.run_dir = Path(run_dir)
+        self._event_file = self.run_dir  # until the writer has made its file
+        self.writer = SummaryWriter(log_dir=run_dir, flush_secs=flush_secs)
+        self._event_file = Path(self.writer._get_file_writer().event_writer._file_name)
+        self.earlier_files = dict(earlier_files or {})
+        self._written = _WrittenBytes(self.writer)
+
+    def written(self) -> dict[str, int]:
+        """Event file name -> the bytes written into it by this run (this logger's after a flush)."""
+        return {**self.earlier_files, self._written.path.name: self._written.count}
+
+    def event_file(self) -> Path:
+        """The run's event file (its directory while the writer is not made yet)."""
+        return self._event_file
+
+    def lost_event_files(self) -> list[str]:
+        """One line per event file of this run that holds less than was written into it (flush first)."""
+        return lost_event_files(self.run_dir, self.written())
+
+    @_writing
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    @_writing
+    def histogram(self, tag: str, values: Any, step: int, bins: Any = "tensorflow") -> None:
+        self.writer.add_histogram(tag, values, step, bins=bins)
+
+    @_writing
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        self.writer.add_figure(tag, figure, step, close=True)
+
+    @_writing
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        self.writer.add_text(tag, markdown, step)
+
+    def config(self, resolved: Mapping[str, Any]) -> None:
+        # Indented four spaces: a Markdown code block in TensorBoard's text dashboard.
+        body = yaml.safe_dump(dict(resolved), sort_keys=False)
+        self.text("config", "\n".join("    " + line for line in body.splitlines()))
+
+    @_writing
+    def hparams(self, values: Mapping[str, Any]) -> None:
+        """The run's hparams (its session start); the session ends with the real status in
+        ``end_session``. The columns are declared once for all runs: ``write_hparams_config``."""
+        _, session_start, _ = hparams(dict(values), HPARAM_METRICS)
+        self.writer._get_file_writer().add_summary(session_start)
+
+    @_writing
+    def end_session(self, status: str) -> None:
+        # torch's hparams() always reports success; build the session end with the real status.
+        content = HParamsPluginData(session_end_info=SessionEndInfo(status=_SESSION_STATUS[status]),
+                                    version=PLUGIN_DATA_VERSION)
+        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=content.SerializeToString()))
+        summary = Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
+        self.writer._get_file_writer().add_summary(summary)
+
+    @_writing
+    def layout(self) -> None:
+        self.writer.add_custom_scalars(CUSTOM_SCALARS)
+
+    @_writing
+    def flush(self) -> None:
+        self.writer.flush()
+
+    @_writing
+    def close(self) -> None:
+        try:
+            self.writer.flush()
+        finally:
+            self.writer.close()
+
+
+class _WrittenBytes:
+    """Counts the bytes a SummaryWriter writes into its event file. Tensorboard's file object opens
+    the path anew for every record it appends, so a file deleted meanwhile is silently recreated
+    holding only the later records: only the count of what was written tells."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        event_writer = writer._get_file_writer().event_writer
+        self.path = Path(event_writer._file_name)
+        self.count = self.path.stat().st_size  # its first record, written (and flushed) as it was made
+        file = event_writer._general_file_writer
+        write = file.write
+
+        def counted(content: bytes) -> None:
+            write(content)
+            self.count += len(content)
+
+        file.write = counted
+
+
+def lost_event_files(run_dir: Path, written: Mapping[str, int]) -> list[str]:
+    """One line per event file in ``run_dir`` missing or smaller than the bytes ``written`` into it."""
+    problems = []
+    for name, size in written.items():
+        path = run_dir / name
+        if not path.exists():
+            problems.append(f"TensorBoard event file {name} was deleted during the run: its curves are lost")
+        elif path.stat().st_size < size:
+            problems.append(f"TensorBoard event file {name} was deleted or cut short during the run: "
+                            "its curves miss points")
+    return problems

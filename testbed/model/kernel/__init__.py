@@ -1,0 +1,116 @@
+"""A compiled kernel for the linear-attention stack, built on first use with the system C++ compiler.
+
+The torch implementation (``linear_attention.py`` beside it) spends its time in batched products of
+tiny matrices; this C++ version stores prompts batch-innermost so every inner loop is a vectorized
+pass over the batch, and runs the same code on dual numbers for exact Hessian-vector products. It is
+optional: without a C++ compiler, or with TESTBED_KERNEL=torch, the torch implementation (and
+torch.func for second derivatives) runs instead, with the same results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("linear_attention.cpp")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TESTBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "testbed")
+    return Path(root) / "kernels"
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native code is only valid on the CPU model it was built for.
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def _library_path(compiler: str) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
+                 platform.machine().encode(), _cpu_fingerprint().encode()):
+        key.update(part)
+    return cache_dir() / f"linear_attention-{key.hexdigest()[:16]}.so"
+
+
+def _compile(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: parallel workers may compile at the same time.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def load() -> ctypes.CDLL | None:
+    """The compiled library, or None when it is disabled or cannot be built here."""
+    if os.environ.get("TESTBED_KERNEL", "c") == "torch":
+        return None
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        return None
+    target = _library_path(compiler)
+    try:
+        if not target.exists():
+            _compile(compiler, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    int_args = [ctypes.c_int] * 6
+    pointer = ctypes.c_void_p
+    library.la_forward.argtypes = int_args + [pointer] * 5
+    library.la_backward.argtypes = int_args + [pointer] * 7
+    library.la_forward.restype = library.la_backward.restype = ctypes.c_int
+    library.la_saved_size.argtypes = [ctypes.c_int] * 5
+    library.la_saved_size.restype = ctypes.c_size_t
+    library.la_hvp.argtypes = int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4
+    library.la_hvp.restype = ctypes.c_int
+    library.la_loss_grad.argtypes = int_args + [pointer] * 8
+    library.la_loss_grad.restype = ctypes.c_int
+    return library
+
+
+def stack_sizes(Z0: torch.Tensor, P: torch.Tensor, Qc: torch.Tensor, r: int, n: int) -> tuple[int, int, int, int]:
+    """(B, D, N1, L) of a kernel call on prompts Z0 (B, D, n+1) with P (L, D, D) and the core Qc
+    (L, r, r) of Q, after checking all three (see ``check_arguments``)."""
+    if Z0.dim() != 3 or P.dim() != 3:
+        raise ValueError(f"linear-attention kernel: Z0 of shape {tuple(Z0.shape)} and P of shape "
+                         f"{tuple(P.shape)}, expected (B, D, n+1) and (L, D, D)")
+    (B, D, _), L = Z0.shape, P.shape[0]
+    if not 0 < r <= D:
+        raise ValueError(f"linear-attention kernel: Q acts on r = {r} rows, expected 1 to D = {D}")
+    check_arguments(Z0=(Z0, (B, D, n + 1)), P=(P, (L, D, D)), Qc=(Qc, (L, r, r)))
+    return B, D, n + 1, L
+
+
+def check_arguments(**arguments: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+    """Raise ValueError unless every tensor (name=(tensor, shape)) is float32, contiguous, on the CPU
+    and of exactly its shape. The C++ code reads and writes through raw pointers with the sizes it is
+    passed: a mismatch would run out of bounds (an abort) or read garbage. Reads no entry."""
+    for name, (tensor, shape) in arguments.items():
+        if tensor.shape != shape or tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            layout = "" if tensor.is_contiguous() else ", not contiguous"
+            raise ValueError(f"linear-attention kernel: {name} is a {dtype} tensor of shape "
+                             f"{tuple(tensor.shape)} on {tensor.device}{layout}; expected a contiguous "
+                             f"float32 tensor of shape {shape} on cpu")

@@ -1,0 +1,68 @@
+"""Exact Hessian-vector products through the compiled kernel (forward-over-reverse on dual numbers).
+
+Parameter-space directions are mapped to tangents of the attention matrices (P, Qc) and back. P is
+a linear function of the parameters (block-sparse: B padded, plus a constant), so the Hessian in
+the parameters is this map's transpose around the Hessian in (P, Qc): no second-order term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from testbed.model import kernel as kernels
+from testbed.model.transformer import LinearTransformer
+from testbed.tasks import Batch
+
+
+def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
+    """The kernel covers linear attention without a feature map, in float32."""
+    return (model.config.attention == "linear" and model.feature_map is None
+            and batch.x.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+            and kernels.load() is not None)
+
+
+def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """H(params) v for every row v of ``directions`` (K, N): the Hessian of the batch's mean squared
+    error in the flattened parameters (the order of ``model.named_parameters()``)."""
+    library = kernels.load()
+    L, d = model.config.layers, model.d
+    D, n = d + 1, model.n
+    first, second = (p.numel() for p in model.parameters())
+    blocks = dict(zip(("first", "second"), params.detach().split([first, second])))
+    K = directions.shape[0]
+    v_first, v_second = directions.detach().to(torch.float32).split([first, second], dim=1)
+    if model.config.parameterization == "block_sparse":  # parameters A (= Qc), then B
+        r = d
+        A, B = blocks["first"].view(L, d, d), blocks["second"].view(L, d, d)
+        P = F.pad(B, (0, 1, 0, 1))
+        P[:, d, d] = 1.0
+        Qc = A
+        tP, tQc = F.pad(v_second.reshape(K, L, d, d), (0, 1, 0, 1)), v_first.reshape(K, L, d, d)
+    else:  # parameters P, then Q
+        r = D
+        P, Qc = blocks["first"].view(L, D, D), blocks["second"].view(L, D, D)
+        tP, tQc = v_first.reshape(K, L, D, D), v_second.reshape(K, L, D, D)
+    Z0 = model.prompt(batch.x, batch.y).detach()
+    tensors = [t.contiguous() for t in (Z0, batch.target.detach(), P, Qc, tP, tQc)]
+    B, _, _, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, n)
+    kernels.check_arguments(target=(tensors[1], (B,)), tP=(tensors[4], (K, L, D, D)),
+                            tQc=(tensors[5], (K, L, r, r)))
+    HP, HQc = torch.empty(K, L, D, D), torch.empty(K, L, r, r)
+    status = library.la_hvp(B, D, n + 1, r, n, L, *(t.data_ptr() for t in tensors[:4]), K,
+                            tensors[4].data_ptr(), tensors[5].data_ptr(), HP.data_ptr(), HQc.data_ptr())
+    if status:
+        raise MemoryError("linear-attention kernel: out of memory")
+    if model.config.parameterization == "block_sparse":
+        return torch.cat([HQc.reshape(K, -1), HP[:, :, :d, :d].reshape(K, -1)], dim=1)
+    return torch.cat([HP.reshape(K, -1), HQc.reshape(K, -1)], dim=1)
+
+
+def kernel_hessian(model: LinearTransformer, batch: Batch, params: torch.Tensor) -> torch.Tensor:
+    """The full Hessian; rows and columns of parameters the prediction cannot depend on are exact
+    zeros and are not computed."""
+    active = ~model.inert_parameters()
+    size = params.numel()
+    H = torch.zeros(size, size)
+    H[active] = kernel_hvp(model, batch, params, torch.eye(size)[active])
+    return (H + H.T) / 2  # symmetric up to float rounding; make it exactly so

@@ -1,0 +1,237 @@
+"""The linear Transformer of Ahn et al. (ICLR 2024), PAPER.md section 1.
+
+One prompt is a matrix Z with d+1 rows and n+1 columns: column i <= n is (x_i, y_i), the last column
+is the query (x_q, 0). Layer l maps
+
+    Z <- Z + (1/n) P_l Z M (Z^T Q_l Z),    M = diag(1, ..., 1, 0)
+
+and the prediction is yhat = -Z[d, n] after the last layer. ``LinearTransformer`` computes the layer
+in the associative form, ``P (Z M Z^T) Q Z``, whose inner product is only (d+1) x (d+1): linear in n.
+``direct_forward`` is a literal transcription with the (n+1) x (n+1) score matrix, the reference the
+tests and the benchmark compare against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from testbed.model import kernel as kernels
+from testbed.model.kernel.linear_attention import CompiledLinearAttentionStack, LinearAttentionStack
+from testbed.tasks import shape_problem
+from testbed.model.config import ATTENTIONS, PARAMETERIZATIONS, ModelConfig
+
+
+class FeatureMap(nn.Module):
+    """ReLU MLP on covariates; Linear-layer default init law, drawn from the init generator."""
+
+    def __init__(self, sizes: list[int], generator: torch.Generator):
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        with torch.no_grad():
+            for linear in self.linears:
+                bound = 1.0 / math.sqrt(linear.in_features)
+                linear.weight.uniform_(-bound, bound, generator=generator)
+                linear.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, linear in enumerate(self.linears):
+            x = linear(x)
+            if i < len(self.linears) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class LinearTransformer(nn.Module):
+    """The paper's model. Parameters are stacked over layers (one tensor each for A and B, or P and Q),
+    which keeps the optimizer step to a couple of tensor operations.
+
+    block_sparse: P_l = [[B_l, 0], [0, 1]], Q_l = [[A_l, 0], [0, 0]], trainable A (L,d,d), B (L,d,d).
+    full:         P_l, Q_l unconstrained, trainable P (L,d+1,d+1), Q (L,d+1,d+1).
+    """
+
+    def __init__(self, config: ModelConfig, d: int, n: int, generator: torch.Generator):
+        super().__init__()
+        if config.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {config.parameterization!r}")
+        if config.attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {config.attention!r}")
+        self.config = config
+        self.n = n
+        self.use_kernel = True  # False: always the plain-autograd path (twice differentiable)
+        self.feature_map = None
+        if config.feature_map is not None:
+            out_dim = config.feature_map.out_dim or d
+            sizes = [d, *config.feature_map.hidden, out_dim]
+            self.feature_map = FeatureMap(sizes, generator)
+            d = out_dim
+        self.d = d
+        L, std = config.layers, config.init_std
+        if config.parameterization == "block_sparse":
+            self.A = nn.Parameter(torch.randn(L, d, d, generator=generator) * std)
+            self.B = nn.Parameter(torch.randn(L, d, d, generator=generator) * std)
+        else:
+            self.P = nn.Parameter(torch.randn(L, d + 1, d + 1, generator=generator) * std)
+            self.Q = nn.Parameter(torch.randn(L, d + 1, d + 1, generator=generator) * std)
+
+    def attention_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """P and Q of every layer as (L, d+1, d+1) tensors."""
+        if self.config.parameterization == "full":
+            return self.P, self.Q
+        d = self.d
+        # Pad to (d+1)x(d+1); the fixed 1 of P is a constant, so B of the last layer keeps an
+        # exactly-zero (not missing) gradient.
+        P = nn.functional.pad(self.B, (0, 1, 0, 1)) + _corner(d, self.B)
+        Q = nn.functional.pad(self.A, (0, 1, 0, 1))
+        return P, Q
+
+    @property
+    def input_d(self) -> int:
+        """Features of a covariate: the task's d (a feature map maps them to ``self.d``)."""
+        return self.d if self.feature_map is None else self.feature_map.linears[0].in_features
+
+    def prompt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Z (B, d+1, n+1) from covariates and labels, with the query's label hidden (set to 0).
+        Every path (compiled kernel, torch, autograd, Hessians) starts here, so it rejects prompts of
+        another shape: torch would take extra tokens for context and compute a meaningless loss."""
+        problem = shape_problem(x, y, x.shape[0] if x.dim() else 0, self.n, self.input_d)
+        if problem is not None:
+            raise ValueError(f"prompts of the wrong shape: {problem}")
+        if self.feature_map is not None:
+            x = self.feature_map(x)
+        y = torch.cat([y[:, :-1], torch.zeros_like(y[:, -1:])], dim=1)
+        return torch.cat([x, y.unsqueeze(-1)], dim=2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Predictions yhat (B,) for the query of every prompt.
+
+        Linear attention runs through the hand-written gradient of ``linear_attention`` (first
+        order); ``autograd_forward`` is the same computation in plain autograd, which supports
+        higher derivatives (Hessians) and ``torch.func`` transforms.
+        """
+        if self.config.attention != "linear" or not self.use_kernel:
+            return self.autograd_forward(x, y)
+        P, Qc, r = self.kernel_matrices()
+        library = self._compiled_kernel()
+        if library is not None:
+            return CompiledLinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
+        return LinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n)
+
+    def loss_backward(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean squared error of the predictions, with its gradient accumulated into every
+        parameter's ``.grad`` (as ``loss.backward()`` would). For linear attention in float32 the
+        compiled kernel computes both in one pass over the batch, tile by tile."""
+        library = self._compiled_kernel()
+        if library is None:
+            loss = mse_loss(self(x, y), target)
+            loss.backward()
+            return loss.detach()
+        P, Qc, r = self.kernel_matrices()
+        Z0 = self.prompt(x, y)
+        tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
+        B, D, N1, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, self.n)
+        kernels.check_arguments(target=(tensors[1], (B,)))
+        loss, dP, dQc = torch.empty(()), torch.empty_like(P), torch.empty_like(Qc)
+        dZ = torch.empty(Z0.shape) if Z0.requires_grad else None  # contiguous, unlike Z0
+        status = library.la_loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
+                                      loss.data_ptr(), dZ.data_ptr() if dZ is not None else None,
+                                      dP.data_ptr(), dQc.data_ptr())
+        if status:
+            raise MemoryError("linear-attention kernel: out of memory")
+        # The rest of the graph (P from B, a feature map under Z0) is plain autograd.
+        roots, grads = [P, Qc], [dP, dQc]
+        if dZ is not None:
+            roots.append(Z0)
+            grads.append(dZ)
+        torch.autograd.backward(roots, grads)
+        return loss
+
+    def _compiled_kernel(self):
+        """The compiled kernel when it covers this model (linear attention in float32), else None."""
+        if self.config.attention != "linear" or not self.use_kernel:
+            return None
+        if any(p.dtype != torch.float32 for p in self.parameters()):
+            return None
+        return kernels.load()
+
+    def kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """P (L, D, D), the core Qc (L, r, r) of Q and r: Q acts only on the first r rows of Z."""
+        P, _ = self.attention_matrices()
+        if self.config.parameterization == "block_sparse":
+            return P, self.A, self.d
+        return P, self.Q, self.d + 1
+
+    def inert_parameters(self) -> torch.Tensor:
+        """A mask over the flattened parameters: True where the prediction cannot depend on the
+        entry (structural zeros of every derivative): B of the last layer, or every row but the
+        last of the last layer's full P."""
+        masks = []
+        for name, p in self.named_parameters():
+            mask = torch.zeros_like(p, dtype=torch.bool)
+            if name == "B":
+                mask[-1] = True
+            elif name == "P":
+                mask[-1, :-1] = True
+            masks.append(mask.reshape(-1))
+        return torch.cat(masks)
+
+    def autograd_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``forward`` in plain autograd: twice differentiable, works under ``torch.func``."""
+        Z = self.prompt(x, y)
+        P, Q = self.attention_matrices()
+        last = self.config.layers - 1
+        for layer in range(last):
+            Z = Z + self._update(Z, P[layer], Q[layer])
+        return -(Z[:, -1, -1] + self._query_label_update(Z, P[last], Q[last]))
+
+    def _update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        """(1/n) P Z M (Z^T Q Z) for every column."""
+        context = Z[:, :, : self.n]
+        if self.config.attention == "softmax":
+            return P @ context @ self._softmax_weights(Z, Q)
+        # Associative form: (P (Z M Z^T) Q) Z, a (d+1)x(d+1) product per prompt.
+        kernel = P @ (context @ context.transpose(1, 2)) @ Q
+        return (kernel @ Z) / self.n
+
+    def _query_label_update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        """Only entry (d, n) of the last layer's update: the rest cannot reach the prediction."""
+        context = Z[:, :, : self.n]
+        if self.config.attention == "softmax":
+            weights = self._softmax_weights(Z, Q)[:, :, -1:]  # (B, n, 1)
+            return ((P[-1] @ context).unsqueeze(1) @ weights).reshape(-1)
+        row = P[-1] @ (context @ context.transpose(1, 2)) @ Q  # (B, d+1): row d of the kernel
+        return (row.unsqueeze(1) @ Z[:, :, -1:]).reshape(-1) / self.n
+
+    def _softmax_weights(self, Z: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, n, n+1) / n: softmax of Z^T Q Z over keys (including the query,
+        before the mask), then the query's key row dropped (the mask M)."""
+        scores = Z.transpose(1, 2) @ Q @ Z  # (B, keys n+1, queries n+1)
+        return torch.softmax(scores, dim=1)[:, : self.n, :] / self.n
+
+
+def _corner(d: int, like: torch.Tensor) -> torch.Tensor:
+    corner = torch.zeros(d + 1, d + 1, dtype=like.dtype, device=like.device)
+    corner[d, d] = 1.0
+    return corner
+
+
+def direct_forward(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Literal transcription of PAPER.md: every layer in full with the (n+1)x(n+1) score matrix and
+    the mask matrix M. Slow (quadratic in n); the reference for tests and `testbed bench`."""
+    Z = model.prompt(x, y)
+    P, Q = model.attention_matrices()
+    n = model.n
+    M = torch.diag(torch.cat([torch.ones(n), torch.zeros(1)])).to(Z)
+    for layer in range(model.config.layers):
+        scores = Z.transpose(1, 2) @ Q[layer] @ Z
+        if model.config.attention == "softmax":
+            scores = torch.softmax(scores, dim=1)
+        Z = Z + (P[layer] @ Z @ M @ scores) / n
+    return -Z[:, -1, -1]
+
+
+def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The paper's loss: mean squared error over the batch (no 1/2)."""
+    return (prediction - target).square().mean()

@@ -1,0 +1,163 @@
+"""`testbed bench`: the engine against the direct formula, side by side, plus diagnostic costs.
+
+Training cases run the same full step (fresh batch, forward, backward, clipping, Adam) for both
+sides in one process with one torch thread, alternating rounds so that machine noise hits both
+alike; the median round is reported. The direct formula is the literal transcription of the paper's
+layer (explicit (n+1)x(n+1) score matrix and mask) in plain autograd.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import torch
+
+from testbed.engine.specs import OptimizerSpec, TaskSpec, DiagnosticSpec
+from testbed.engine.build import build_diagnostic, build_optimizer, build_task
+from testbed.engine.probe import Probe
+from testbed.engine.seeds import generator
+from testbed.engine.loop import training_step
+from testbed.model.transformer import LinearTransformer, direct_forward
+from testbed.model.config import ModelConfig
+from testbed.options import validate_options
+from testbed.plugins import load_plugins
+
+ADAM = OptimizerSpec("adam", "adam", 0.02, {"betas": [0.9, 0.9], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False})
+GAUSSIAN = {"label_noise": 0.0}
+GAMMA = {"shape": 0.1, "scale": None, "label_noise": 0.0}
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    name: str
+    task: TaskSpec
+    model: ModelConfig
+    batch_size: int = 1000
+
+
+TRAINING_CASES = [
+    TrainingCase("setting 1 (L=3, d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN), ModelConfig(layers=3)),
+    TrainingCase("setting 3, gamma (L=3, d=5, n=20, B=1000)", TaskSpec("gamma", 5, 20, GAMMA), ModelConfig(layers=3)),
+    TrainingCase("L=8 (d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN), ModelConfig(layers=8)),
+]
+# The direct formula's score matrices grow as n^2: the context-length sweep uses 100 prompts a step.
+CONTEXT_LENGTHS = (20, 80, 320, 1280)
+CONTEXT_BATCH = 100
+
+
+def _seconds_per_step(step: Callable[[], Any], budget: float, max_steps: int) -> float:
+    for _ in range(2):  # warm-up: allocator, lazy initialization, kernel build
+        step()
+    count, started = 0, time.perf_counter()
+    while count < max_steps and (count < 3 or time.perf_counter() - started < budget):
+        step()
+        count += 1
+    return (time.perf_counter() - started) / count
+
+
+def time_training(case: TrainingCase, registry, budget: float, rounds: int, max_steps: int) -> dict[str, float]:
+    task = build_task(case.task, registry)
+    steps = {}
+    for side in ("engine", "direct"):
+        model = LinearTransformer(case.model, task.d, task.n, generator(0))
+        optimizer = build_optimizer(ADAM, registry, model.parameters())
+        forward = None if side == "engine" else partial(direct_forward, model)
+        data = generator(1)
+        steps[side] = lambda m=model, o=optimizer, f=forward, g=data: training_step(
+            m, o, task.sample(case.batch_size, g), 1.0, forward=f)
+    timings: dict[str, list[float]] = {"engine": [], "direct": []}
+    for _ in range(rounds):
+        for side, step in steps.items():
+            timings[side].append(_seconds_per_step(step, budget, max_steps))
+    engine, direct = statistics.median(timings["engine"]), statistics.median(timings["direct"])
+    return {"engine_ms_per_step": 1e3 * engine, "direct_ms_per_step": 1e3 * direct,
+            "engine_steps_per_sec": 1 / engine, "direct_steps_per_sec": 1 / direct, "speedup": direct / engine}
+
+
+def time_hessian(registry, repeats: int = 3) -> float:
+    """Seconds for one full Hessian of the eval-batch loss, L=3, d=5, n=20, 1000 prompts."""
+    task = build_task(TaskSpec("gaussian", 5, 20, GAUSSIAN), registry)
+    model = LinearTransformer(ModelConfig(layers=3), task.d, task.n, generator(0))
+    probe = Probe.of(model, task, task.sample(1000, generator(99)), 1000, 0)
+    probe.hessian()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        probe.hessian()
+    return (time.perf_counter() - started) / repeats
+
+
+def time_gradient_noise(registry, samples: int) -> float:
+    """Seconds for one gradient_noise evaluation on setting 3 (defaults: 100 x 1000 prompts for g,
+    then ``samples`` minibatch gradients of 1000 prompts)."""
+    task = build_task(TaskSpec("gamma", 5, 20, GAMMA), registry)
+    model = LinearTransformer(ModelConfig(layers=3), task.d, task.n, generator(0))
+    probe = Probe.of(model, task, task.sample(1000, generator(99)), 1000, 1)
+    entry = registry.get("diagnostic", "gradient_noise", "bench")
+    options = validate_options(entry.options, {"samples": samples}, "bench")
+    diagnostic = build_diagnostic(DiagnosticSpec("gradient_noise", options), registry)
+    started = time.perf_counter()
+    diagnostic.measure(probe, 0)
+    return time.perf_counter() - started
+
+
+def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_samples: int = 10_000,
+              context_lengths: tuple[int, ...] = CONTEXT_LENGTHS) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    registry = load_plugins().registry
+    try:
+        training = {case.name: time_training(case, registry, budget, rounds, max_steps) for case in TRAINING_CASES}
+        context = {}
+        for n in context_lengths:
+            case = TrainingCase(f"n={n}", TaskSpec("gaussian", 5, n, GAUSSIAN), ModelConfig(layers=3), CONTEXT_BATCH)
+            context[str(n)] = time_training(case, registry, budget, 1, max_steps)
+        hessian_seconds = time_hessian(registry)
+        noise_seconds = time_gradient_noise(registry, noise_samples)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "threads": 1,
+        "torch": torch.__version__,
+        "training": training,
+        "context_length": {"batch_size": CONTEXT_BATCH, "cases": context},
+        "hessian_seconds": hessian_seconds,
+        "gradient_noise": {"seconds": noise_seconds, "samples": noise_samples, "full_batch": 100_000},
+        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def format_bench(results: dict[str, Any]) -> str:
+    rows = [("training step", "engine steps/s", "direct steps/s", "engine / direct")]
+    for name, case in results["training"].items():
+        rows.append((name, f"{case['engine_steps_per_sec']:.1f}", f"{case['direct_steps_per_sec']:.1f}",
+                     f"{case['speedup']:.2f}x"))
+    lines = _table(rows) + [""]
+    context = results["context_length"]
+    rows = [(f"context length (B={context['batch_size']})", "engine ms/step", "direct ms/step", "engine / direct")]
+    base = None
+    for n, case in context["cases"].items():
+        base = base or case
+        rows.append((f"n={n}", f"{case['engine_ms_per_step']:.2f} ({case['engine_ms_per_step'] / base['engine_ms_per_step']:.1f}x)",
+                     f"{case['direct_ms_per_step']:.2f} ({case['direct_ms_per_step'] / base['direct_ms_per_step']:.1f}x)",
+                     f"{case['speedup']:.2f}x"))
+    lines += _table(rows) + [""]
+    noise = results["gradient_noise"]
+    lines += [
+        f"full Hessian, L=3, d=5, n=20, 1000 prompts: {results['hessian_seconds']:.3f} s",
+        f"gradient_noise, setting 3, {noise['full_batch']} + {noise['samples']} x 1000 prompts: {noise['seconds']:.1f} s",
+        f"peak memory: {results['peak_memory_mib']:.0f} MiB",
+        f"(one torch thread, torch {results['torch']}; context-length times in parentheses are relative to n={next(iter(context['cases']))})",
+    ]
+    return "\n".join(lines)

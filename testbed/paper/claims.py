@@ -1,0 +1,318 @@
+"""The paper's claims (PAPER.md section 5), each checked on measured data: holds, does not hold,
+or not measured, with the numbers behind the verdict. Pure functions of loaded experiments."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+from testbed.report.data import Experiment
+
+HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
+
+
+@dataclass(frozen=True)
+class Claim:
+    title: str
+    verdict: str
+    evidence: str
+
+
+def _pair(experiment: Experiment) -> tuple[str, str] | None:
+    """(SGD-like, Adam-like) labels: "sgd" and "adam" when present."""
+    labels = experiment.labels
+    if "sgd" in labels and "adam" in labels:
+        return "sgd", "adam"
+    return None
+
+
+def _verdict(results: list[bool]) -> str:
+    return UNMEASURED if not results else HOLDS if all(results) else FAILS
+
+
+def _ratio(top: float, bottom: float) -> float:
+    """top / bottom, infinite over a loss of exactly 0 (results files are read, not trusted)."""
+    return top / bottom if bottom else math.inf
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _main_model(e: Experiment) -> bool:
+    """The paper's main-comparison model: 3 block-sparse linear-attention layers, no feature map.
+    The depth study, softmax attention, the larger model and the nonlinear variant have claims of
+    their own."""
+    model = e.config["model"]
+    return (e.attention == "linear" and e.layers == 3 and model.get("parameterization") == "block_sparse"
+            and not model.get("feature_map") and e.config["task"]["d"] == 5)
+
+
+def adam_beats_sgd(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        pair = _pair(e) if _main_model(e) else None
+        if pair is None or e.mean_final(pair[0]) is None or e.mean_final(pair[1]) is None:
+            continue
+        sgd, adam = e.mean_final(pair[0]), e.mean_final(pair[1])
+        results.append(adam < sgd)
+        evidence.append(f"{e.name}: Adam {_fmt(adam)} vs SGD {_fmt(sgd)} (SGD/Adam {_ratio(sgd, adam):.2f})")
+    return Claim("Adam reaches a lower eval loss than SGD with momentum (L = 3 linear attention: Settings 1-3, "
+                 "spherical)", _verdict(results), "; ".join(evidence))
+
+
+def noise_skewness(experiment: Experiment) -> float | None:
+    values = [r.value_at("gradient_noise/skewness", 0) for r in experiment.runs]
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def noise_heavy_tailed(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        skew = noise_skewness(e)
+        if skew is None:
+            continue
+        kurtosis = [r.value_at("gradient_noise/excess_kurtosis", 0) for r in e.runs]
+        kurtosis = statistics.fmean([k for k in kurtosis if k is not None])
+        results.append(skew > 0 and kurtosis > 0)
+        evidence.append(f"{e.name}: skewness {skew:.2f}, excess kurtosis {kurtosis:.2f}")
+    return Claim("Gradient noise at init is heavy-tailed (right-skewed, long tail)", _verdict(results),
+                 "; ".join(evidence))
+
+
+def noise_ordering(experiments: list[Experiment]) -> Claim:
+    by_task = {}
+    for e in experiments:
+        skew = noise_skewness(e)
+        if skew is not None and e.layers == 3:
+            by_task.setdefault(e.task, skew)
+    if not {"gamma", "gaussian", "spherical"} <= set(by_task):
+        return Claim("Noise is heavier with Gamma covariates, nearly Gaussian with spherical ones", UNMEASURED,
+                     f"needs noise measured on gamma, gaussian and spherical tasks (have: {sorted(by_task) or 'none'})")
+    gamma, gaussian, spherical = by_task["gamma"], by_task["gaussian"], by_task["spherical"]
+    return Claim("Noise is heavier with Gamma covariates, nearly Gaussian with spherical ones",
+                 _verdict([gamma > gaussian > spherical]),
+                 f"skewness: gamma {gamma:.2f} > gaussian {gaussian:.2f} > spherical {spherical:.2f}")
+
+
+def _setting1_shape(e: Experiment) -> bool:
+    """Gaussian data with d = 5, n = 20 and linear attention: the depth study's family."""
+    task = e.config["task"]
+    return e.task == "gaussian" and task["d"] == 5 and task["n"] == 20 and e.attention == "linear"
+
+
+def noise_depth(experiments: list[Experiment]) -> Claim:
+    shallow = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (2, 4)]
+    deep = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (6, 8)]
+    shallow, deep = [s for s in shallow if s is not None], [s for s in deep if s is not None]
+    if not shallow or not deep:
+        return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", UNMEASURED,
+                     "needs noise measured at L in {2, 4} and in {6, 8}")
+    return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", _verdict([min(deep) > max(shallow)]),
+                 f"skewness L=2,4: {', '.join(f'{s:.2f}' for s in shallow)}; L=6,8: {', '.join(f'{s:.2f}' for s in deep)}")
+
+
+def condition_ratios(experiment: Experiment, steps: tuple[int, ...], numerator: str, denominator: str,
+                     key: str = "robust_condition_number/proxy") -> dict[int, tuple[float, float, int]]:
+    """{step: (mean, std, seeds)} of numerator/denominator R_med, paired by seed."""
+    table = {}
+    for step in steps:
+        ratios = []
+        for run in experiment.runs_of(numerator):
+            partner = next((r for r in experiment.runs_of(denominator) if r.seed == run.seed), None)
+            top, bottom = run.value_at(key, step), partner.value_at(key, step) if partner else None
+            if top is not None and bottom:
+                ratios.append(top / bottom)
+        if ratios:
+            spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+            table[step] = (statistics.fmean(ratios), spread, len(ratios))
+    return table
+
+
+def condition_number(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    """The paper's table: the main comparison (the depth study has a claim of its own)."""
+    results, evidence = [], []
+    for e in experiments:
+        pair = _pair(e) if _main_model(e) else None
+        if pair is None:
+            continue
+        for step, (mean, std, count) in condition_ratios(e, steps, *pair).items():
+            results.append(mean > 1)
+            evidence.append(f"{e.name} step {step}: SGD/Adam R_med {mean:.2f} ({std:.2f}), {count} seeds")
+    return Claim("SGD's trajectory has a larger robust condition number than Adam's (L = 3 linear attention)",
+                 _verdict(results),
+                 "; ".join(evidence))
+
+
+def _mean_ratio(e: Experiment, steps: tuple[int, ...]) -> float | None:
+    """SGD/Adam R_med averaged over the table's steps (each step's ratio is a mean over seeds)."""
+    pair = _pair(e)
+    ratios = condition_ratios(e, steps, *pair) if pair else {}
+    return statistics.fmean(mean for mean, _, _ in ratios.values()) if ratios else None
+
+
+def condition_gap_heavy_tails(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    title = "The R_med gap (SGD/Adam) is larger with heavy-tailed (Gamma) covariates than Gaussian ones"
+    ratio = lambda task: next((r for e in experiments if e.task == task and e.layers == 3  # noqa: E731
+                               and e.config["task"]["n"] == 20 and (r := _mean_ratio(e, steps)) is not None), None)
+    gamma, gaussian = ratio("gamma"), ratio("gaussian")
+    if gamma is None or gaussian is None:
+        return Claim(title, UNMEASURED, "needs R_med for SGD and Adam on gamma and gaussian tasks (L = 3, n = 20)")
+    return Claim(title, _verdict([gamma > gaussian]),
+                 f"SGD/Adam R_med, mean over steps {', '.join(map(str, steps))}: gamma {gamma:.2f}, gaussian {gaussian:.2f}")
+
+
+def condition_gap_depth(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    title = "The R_med gap (SGD/Adam) grows with the number of layers"
+    family = [e for e in experiments if _setting1_shape(e) and _mean_ratio(e, steps) is not None]
+    if len({e.layers for e in family if _tuned(e)}) >= 2:
+        family = [e for e in family if _tuned(e)]
+    by_depth = {e.layers: _mean_ratio(e, steps) for e in sorted(family, key=lambda e: e.layers)}
+    if len(by_depth) < 2:
+        return Claim(title, UNMEASURED, "needs R_med for SGD and Adam on Gaussian data at two or more depths")
+    ratios = list(by_depth.values())
+    return Claim(title, _verdict([all(b > a for a, b in zip(ratios, ratios[1:]))]),
+                 ", ".join(f"L={L}: {r:.2f}" for L, r in by_depth.items()))
+
+
+def median_smoothness(experiment: Experiment, label: str, start: int = 0) -> float | None:
+    medians = []
+    for run in experiment.runs_of(label):
+        steps, values = run.series("directional_smoothness/value")
+        values = [v for s, v in zip(steps, values) if s >= start]
+        if values:
+            medians.append(statistics.median(values))
+    return statistics.median(medians) if medians else None
+
+
+def smaller_smoothness(experiments: list[Experiment], start: int = 250) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        pair = _pair(e)
+        if pair is None:
+            continue
+        sgd, adam = median_smoothness(e, pair[0], start), median_smoothness(e, pair[1], start)
+        if sgd is None or adam is None:
+            continue
+        results.append(adam < sgd)
+        evidence.append(f"{e.name}: median DS from step {start}, Adam {adam:.3g} vs SGD {sgd:.3g}")
+    return Claim("Adam's directional smoothness is smaller than SGD's", _verdict(results), "; ".join(evidence))
+
+
+def generalized_smoothness(experiments: list[Experiment]) -> Claim:
+    results, evidence = [], []
+    for e in experiments:
+        for run in e.runs:
+            steps, values = run.series("generalized_smoothness/correlation")
+            if values:
+                slope = run.series("generalized_smoothness/slope")[1]
+                results.append(values[-1] > 0)
+                evidence.append(f"{e.name} {run.label} seed {run.seed}: correlation {values[-1]:.2f}"
+                                + (f", slope {slope[-1]:.2f}" if slope else ""))
+    return Claim("log gradient norm and log directional smoothness are positively correlated", _verdict(results),
+                 "; ".join(evidence))
+
+
+def _progress(experiment: Experiment, label: str) -> float | None:
+    """Final over initial eval loss, mean over completed runs: smaller = faster convergence."""
+    ratios = [r.eval_losses[-1] / r.eval_losses[0] for r in experiment.runs_of(label, completed=True)
+              if r.eval_losses and r.eval_losses[0] and r.eval_losses[-1] is not None]
+    return statistics.fmean(ratios) if ratios else None
+
+
+def spherical_vs_gamma(experiments: list[Experiment]) -> Claim:
+    title = "Spherical data: both converge much faster than with Gamma data; Adam's advantage does not shrink"
+    spherical = next((e for e in experiments if e.task == "spherical" and _pair(e)), None)
+    gamma = next((e for e in experiments if e.task == "gamma" and _pair(e) and e.layers == 3), None)
+    if spherical is None or gamma is None:
+        return Claim(title, UNMEASURED, "needs SGD and Adam on both spherical and gamma tasks")
+    checks, evidence = [], []
+    for label in ("sgd", "adam"):
+        s, g = _progress(spherical, label), _progress(gamma, label)
+        if s is None or g is None:
+            return Claim(title, UNMEASURED, f"no completed {label} runs")
+        checks.append(s < g)
+        evidence.append(f"{label} final/initial loss: spherical {s:.3g} vs gamma {g:.3g}")
+    advantage = {e.task: _ratio(e.mean_final("sgd"), e.mean_final("adam")) for e in (spherical, gamma)}
+    checks.append(advantage["spherical"] >= advantage["gamma"])
+    evidence.append(f"SGD/Adam final loss: spherical {advantage['spherical']:.2f} vs gamma {advantage['gamma']:.2f}")
+    return Claim(title, _verdict(checks), "; ".join(evidence))
+
+
+def _tuned(e: Experiment) -> bool:
+    return any(o.get("tune") for o in e.config.get("optimizers", []))
+
+
+def _final(e: Experiment, label: str) -> tuple[float | None, str]:
+    """Mean final eval loss over the completed runs, and how to print it (with the diverged count)."""
+    runs, mean = e.runs_of(label), e.mean_final(label)
+    diverged = sum(r.status == "diverged" for r in runs)
+    text = _fmt(mean) if mean is not None else "no run finished"
+    return mean, text + (f" ({diverged} of {len(runs)} diverged)" if diverged else "")
+
+
+def depth(experiments: list[Experiment]) -> Claim:
+    title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
+    family = [e for e in experiments if _setting1_shape(e) and _pair(e)]
+    # The depth study tunes each depth's learning rates: compare its experiments with each other,
+    # not with fixed-rate ones (Setting 1 at L = 3), when it has two depths or more.
+    if len({e.layers for e in family if _tuned(e)}) >= 2:
+        family = [e for e in family if _tuned(e)]
+    chosen = {e.layers: e for e in sorted(family, key=lambda e: e.layers)}
+    if len(chosen) < 2:
+        return Claim(title, UNMEASURED, "needs SGD and Adam on Gaussian data at two or more depths")
+    finals = {L: (_final(e, "sgd"), _final(e, "adam")) for L, e in chosen.items()}
+    # A depth where every run of an optimizer diverged has no loss to compare: the claim fails there.
+    measured = {L: (s, a) for L, ((s, _), (a, _)) in finals.items() if s is not None and a is not None}
+    sgd, adam = [s for s, _ in measured.values()], [a for _, a in measured.values()]
+    gap = [_ratio(s, a) for s, a in zip(sgd, adam)]
+    checks = [all(b < a for a, b in zip(seq, seq[1:])) for seq in (sgd, adam)]
+    checks += [all(b > a for a, b in zip(gap, gap[1:])), len(measured) == len(finals)]
+    evidence = [f"L={L}: SGD {s_text}, Adam {a_text}" + (f", SGD/Adam {_ratio(s, a):.2f}" if L in measured else "")
+                for L, ((s, s_text), (a, a_text)) in finals.items()]
+    return Claim(title, _verdict(checks), "; ".join(evidence))
+
+
+def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
+    title = "Linear attention trains much faster than softmax attention (L = 3)"
+    def key(e: Experiment) -> tuple:
+        task = e.config["task"]
+        return task["name"], task["d"], task["n"], e.layers
+
+    linear = {key(e): e for e in experiments if e.attention == "linear" and e.layers == 3}
+    pairs = [(linear[key(e)], e) for e in experiments if e.attention == "softmax" and e.layers == 3 and key(e) in linear]
+    checks, evidence = [], []
+    for lin, soft in pairs:
+        for label in set(lin.labels) & set(soft.labels):
+            a, b = lin.mean_final(label), soft.mean_final(label)
+            if a is not None and b is not None:
+                checks.append(a < b)
+                evidence.append(f"{label} on {lin.task}: linear {a:.3g} vs softmax {b:.3g}")
+    return Claim(title, _verdict(checks), "; ".join(evidence) or "needs linear and softmax runs on the same task")
+
+
+def larger_model(experiments: list[Experiment]) -> Claim:
+    large = [e for e in experiments if e.config["task"]["d"] >= 20 and e.layers >= 8 and _pair(e)]
+    checks, evidence = [], []
+    for e in large:
+        (sgd, sgd_text), (adam, adam_text) = _final(e, "sgd"), _final(e, "adam")
+        checks.append(sgd is not None and adam is not None and adam < sgd)
+        evidence.append(f"{e.name}: Adam {adam_text} vs SGD {sgd_text}")
+    return Claim("A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)", _verdict(checks),
+                 "; ".join(evidence) or "needs SGD and Adam on a model with d >= 20 and L >= 8")
+
+
+def check_claims(experiments: list[Experiment], steps: tuple[int, ...] = (750, 1250),
+                 smoothness_from: int = 250) -> list[Claim]:
+    """Every claim; R_med ratios at ``steps``, directional smoothness from step ``smoothness_from``."""
+    checks: list[Callable[[list[Experiment]], Claim]] = [
+        adam_beats_sgd, noise_heavy_tailed, noise_ordering, noise_depth,
+        lambda es: condition_number(es, steps), lambda es: condition_gap_heavy_tails(es, steps),
+        lambda es: condition_gap_depth(es, steps), lambda es: smaller_smoothness(es, smoothness_from),
+        generalized_smoothness,
+        spherical_vs_gamma, depth, linear_vs_softmax, larger_model,
+    ]
+    return [check(experiments) for check in checks]

@@ -1,0 +1,136 @@
+"""Loading plugins: every entry point of the group ``testbed`` through one path.
+
+The standard plugins (in ``plugins/testbed_std``) are registered through the same entry-point group
+as a third party's, so they get no special treatment here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from functools import partial
+
+import pluggy
+
+from testbed import hookspecs
+from testbed.errors import PluginError
+from testbed.plugins.registry import Registry
+
+GROUP = "testbed"
+ENV_VAR = "TESTBED_PLUGINS"
+EXTRA = "local"  # the distribution recorded for plugins handed to load_plugins(extra=...) as objects
+FROM_ENV = f"${ENV_VAR}"  # the distribution recorded for plugins named in $TESTBED_PLUGINS
+_REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks", "diagnostic": "register_diagnostics"}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str
+    version: str
+    error: str | None = None  # set when the plugin failed to import
+
+
+@dataclass
+class Plugins:
+    """A loaded plugin set: the pluggy manager, what each plugin is, and what they registered."""
+
+    manager: pluggy.PluginManager
+    infos: list[PluginInfo] = field(default_factory=list)
+    registry: Registry = field(default_factory=Registry)
+
+    @property
+    def failed(self) -> list[PluginInfo]:
+        return [info for info in self.infos if info.error is not None]
+
+    def require_healthy(self) -> None:
+        """Raise a PluginError naming the first plugin that failed to import."""
+        for info in self.failed:
+            raise PluginError(
+                f"plugin {info.name!r} (distribution {info.distribution} {info.version}) failed to load: "
+                f"{info.error}. Fix or uninstall it; `testbed plugins` lists every plugin."
+            )
+
+    @property
+    def in_this_process_only(self) -> bool:
+        """Whether some plugins were handed in as objects (``load_plugins(extra=...)``), which a
+        worker process loading its own plugins would not have."""
+        return any(info.distribution == EXTRA for info in self.infos)
+
+    def entry_point_modules(self) -> list[str]:
+        """The modules of the plugins loaded, without error, through entry points: installed code
+        that a process can import ahead of the workers it will start (see executors)."""
+        return sorted({info.module.split(":")[0] for info in self.infos
+                       if info.error is None and info.distribution not in (EXTRA, FROM_ENV)})
+
+    def versions(self) -> dict[str, str]:
+        """``{plugin name: 'distribution version'}`` of every loaded plugin, for provenance."""
+        return {i.name: f"{i.distribution} {i.version}" for i in self.infos if i.error is None}
+
+
+def new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("testbed")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = True) -> Plugins:
+    """Load every ``testbed`` entry point, the modules named in $TESTBED_PLUGINS (comma-separated,
+    for developing a plugin without installing it) and ``extra`` ({name: module or object}), and
+    collect their registrations. A plugin that fails to import is recorded with its error."""
+    plugins = Plugins(new_manager())
+    sources = []
+    if entry_points:
+        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            sources.append((PluginInfo(ep.name, ep.value, dist, version), ep.load))
+    for module in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
+        sources.append((PluginInfo(module, module, FROM_ENV, "-"), partial(importlib.import_module, module)))
+    for info, load in sources:
+        try:
+            obj = load()
+        except Exception as exc:  # any import failure of third-party code
+            plugins.infos.append(dataclasses.replace(info, error=_describe(exc)))
+            continue
+        _add(plugins, info.name, obj, info)
+    for name, obj in (extra or {}).items():
+        _add(plugins, name, obj, PluginInfo(name, getattr(obj, "__name__", repr(obj)), EXTRA, "-"))
+    _collect_registrations(plugins)
+    return plugins
+
+
+def _add(plugins: Plugins, name: str, module: object, info: PluginInfo) -> None:
+    if plugins.manager.has_plugin(name):
+        raise PluginError(f"two plugins are named {name!r}; entry-point names must be unique")
+    try:
+        plugins.manager.register(module, name=name)
+    except Exception as exc:  # pluggy validates hook signatures here
+        plugins.infos.append(dataclasses.replace(info, error=_describe(exc)))
+        return
+    plugins.infos.append(info)
+
+
+def _collect_registrations(plugins: Plugins) -> None:
+    """Call each plugin's register hooks alone, so every entry records which plugin made it."""
+    manager = plugins.manager
+    everyone = manager.get_plugins()
+    for plugin in everyone:
+        name = manager.get_name(plugin)
+        others = [p for p in everyone if p is not plugin]
+        for kind, hook_name in _REGISTER_HOOKS.items():
+            caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+            try:
+                caller(register=plugins.registry.binder(kind, name))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r} failed in {hook_name}: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
