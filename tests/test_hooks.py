@@ -253,3 +253,33 @@ def test_hookspec_module_is_a_pluggy_spec_module():
     manager = new_manager()
     for name in DOCUMENTED:
         assert getattr(manager.hook, name).spec is not None, name
+
+
+# ------------------------------------------------------------------ what a run context holds
+class ContextWatcher:
+    """Records, at each run start, what the engine left in ``run.extra`` and ``run.resumed_from``."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[dict, int | None]] = []
+
+    @hookimpl
+    def on_run_start(self, run):
+        self.starts.append((dict(run.extra), run.resumed_from))
+
+
+def test_run_extra_is_the_plugins_own_and_resumed_from_says_where_a_run_goes_on(tmp_path):
+    from dataclasses import replace
+
+    from testbed.engine.loop import train
+    from testbed.experiment.cache import run_id
+    from testbed.experiment.runner import plan_runs
+
+    watcher = ContextWatcher()
+    plugins = load_plugins(extra={"watcher": watcher})
+    config = parse_config(hooks_raw([{"name": "sgd", "lr": 0.01}], steps=20, seeds=[0]), plugins.registry)
+    (plan,) = plan_runs(config, tmp_path / "hooks")
+    plan = replace(plan, run_id=run_id(plan, plugins))
+    calls = iter(range(1, 100))
+    assert train(plan, plugins, should_stop=lambda: next(calls) >= 12).status == "interrupted"
+    assert train(plan, plugins).status == "completed"
+    assert watcher.starts == [({}, None), ({}, 12)]  # the engine keeps nothing in extra

@@ -17,21 +17,17 @@ from typing import Any, Callable
 
 import torch
 
-from testbed import __version__
 from testbed.engine import checkpoint
-from testbed.experiment.cache import SUMMARY_FILE
-from testbed.engine.build import build_diagnostic, build_optimizer, needs_closure
-from testbed.engine.diagnostic_runner import DiagnosticRunner
-from testbed.engine.probe import Probe
+from testbed.engine.provenance import versions
 from testbed.errors import StorageError
 from testbed.model.transformer import mse_loss
 from testbed.plugins import Plugins
 from testbed.engine.run import RunContext, RunPlan, RunResult
+from testbed.engine.state import RunState, build_run
 from testbed.tasks import Batch
 from testbed.engine.tblog import RunLogger
-from testbed.engine.build import run_model, run_task
-from testbed.engine.seeds import generator, stream_seed
 from testbed.files.json_io import write_json
+from testbed.files.layout import ERROR_FILE, SUMMARY_FILE
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -51,18 +47,16 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     resume = checkpoint.load(run_dir, plan.run_id) if plan.run_id else None
     if resume is not None:
         checkpoint.rewind_event_files(run_dir, resume.event_files)
-    hook = plugins.manager.hook
     logger: RunLogger | None = None
-    context: RunContext | None = None
+    run: RunState | None = None
     started = time.perf_counter()
     report({"event": "start", "key": plan.key, "steps": plan.config.train.steps,
             "resumed_from": None if resume is None else resume.step})
     try:
         logger = RunLogger(plan.run_dir, earlier_files=None if resume is None else resume.event_files)
-        context = _start(plan, plugins, logger, resume, result)
-        context.extra["attempt_started"] = started
-        hook.on_run_start(run=context)
-        _loop(context, plugins, result, should_stop, report, first_step=1 if resume is None else resume.step + 1)
+        run = _start(plan, plugins, logger, resume, result, started)
+        plugins.manager.hook.on_run_start(run=run.context)
+        _loop(run, plugins, result, should_stop, report)
     except KeyboardInterrupt:
         result.status = "interrupted"
     except Exception as exc:  # a plugin's bug must not take the experiment down
@@ -70,8 +64,8 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     finally:
         result.seconds += time.perf_counter() - started
         try:
-            if context is not None:  # on_run_end pairs with on_run_start
-                _end_hook(plugins, context, result)
+            if run is not None:  # on_run_end pairs with on_run_start
+                _end_hook(plugins, run.context, result)
         finally:
             if logger is not None:
                 _close_logger(result, logger, run_dir)
@@ -133,70 +127,60 @@ def _end_hook(plugins: Plugins, context: RunContext, result: RunResult) -> None:
 
 
 def _record_failure(result: RunResult, run_dir: Path, error: str) -> None:
-    """Mark the run failed with ``error``; the traceback being handled goes to error.txt."""
+    """Mark the run failed with ``error``; the traceback being handled goes to ERROR_FILE (error.txt)."""
     result.status, result.error = "failed", error
     with contextlib.suppress(OSError):  # a full disk: the error is in the result all the same
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        (run_dir / ERROR_FILE).write_text(traceback.format_exc())
 
 
 def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoint.Checkpoint | None,
-           result: RunResult) -> RunContext:
-    """Build the run's task, model, optimizer, streams and fixed eval batch; log its metadata (a
-    resumed run logged it before); restore the checkpoint's state if resuming."""
-    config, registry = plan.config, plugins.registry
-    task = run_task(config, registry)
-    model = run_model(config, task, generator(stream_seed(plan.seed, "init")))
-    optimizer = build_optimizer(plan.optimizer, registry, model.parameters())
+           result: RunResult, started: float) -> RunState:
+    """Log a new run's metadata (a resumed run logged it before), build the run's parts, and put a
+    resumed run back where its checkpoint left it."""
     if resume is None:
-        logger.config(config.to_dict())
-        logger.hparams(hparams_of(plan))
-        logger.layout()
-        for tag, markdown in plan.texts:
-            logger.text(tag, markdown)
-    context = RunContext(plan, model, optimizer, logger)
-    eval_batch = task.sample(config.eval.batch_size, generator(config.eval.seed))
-    diagnostics = [(spec.name, build_diagnostic(spec, registry)) for spec in config.diagnostics
-                   if spec.applies_to(plan.optimizer.label, plan.seed)]
-    context.extra.update(
-        task=task,
-        data_stream=generator(stream_seed(plan.seed, "data")),
-        eval_batch=eval_batch,
-        closure_needed=needs_closure(plan.optimizer, registry),
-        diagnostics=DiagnosticRunner(diagnostics, Probe.of(model, task, eval_batch, config.train.batch_size,
-                                                            plan.seed), logger),
-        resumed_from=None if resume is None else resume.step,
-    )
+        _log_metadata(plan, logger)
+    run = build_run(plan, plugins.registry, logger, started, None if resume is None else resume.step)
     if resume is not None:
-        _restore(context, resume, result)
-    return context
+        _restore(run, resume, result)
+    return run
 
 
-def _restore(context: RunContext, resume: checkpoint.Checkpoint, result: RunResult) -> None:
-    context.model.load_state_dict(resume.model)
-    context.optimizer.load_state_dict(resume.optimizer)
-    context.extra["data_stream"].set_state(resume.data_stream)
-    context.extra["diagnostics"].load_state_dict(resume.diagnostics)
+def _log_metadata(plan: RunPlan, logger: RunLogger) -> None:
+    """What TensorBoard shows of a run besides its curves: its config, hparams, layout and texts."""
+    logger.config(plan.config.to_dict())
+    logger.hparams(hparams_of(plan))
+    logger.layout()
+    for tag, markdown in plan.texts:
+        logger.text(tag, markdown)
+
+
+def _restore(run: RunState, resume: checkpoint.Checkpoint, result: RunResult) -> None:
+    """Put the run back where its checkpoint left it: weights, optimizer, streams, diagnostics and
+    the result so far."""
+    run.model.load_state_dict(resume.model)
+    run.optimizer.load_state_dict(resume.optimizer)
+    run.data_stream.set_state(resume.data_stream)
+    run.diagnostics.load_state_dict(resume.diagnostics)
     checkpoint.set_global_random_state(resume.global_random)
     for name, value in resume.result.items():
         setattr(result, name, value)
     result.resumed_from = [*result.resumed_from, resume.step]
 
 
-def _save_checkpoint(context: RunContext, result: RunResult, step: int) -> None:
+def _save_checkpoint(run: RunState, result: RunResult, step: int) -> None:
     """Checkpoint the run at ``step``. Event files found damaged are recorded first (a resumed run
     only knows their sizes at the checkpoint); a checkpoint that would not load safely is not
     written, and that is recorded too."""
-    run_dir = Path(context.plan.run_dir)
-    context.logger.flush()  # the logger position is the event files' size after this flush
-    _add_warnings(result, context.logger.lost_event_files())
+    run_dir = Path(run.plan.run_dir)
+    run.logger.flush()  # the logger position is the event files' size after this flush
+    _add_warnings(result, run.logger.lost_event_files())
     try:
         checkpoint.save(run_dir, checkpoint.Checkpoint(
-            context.plan.run_id, step, context.model.state_dict(), context.optimizer.state_dict(),
-            context.extra["data_stream"].get_state(), checkpoint.global_random_state(),
-            context.extra["diagnostics"].state_dict(),
+            run.plan.run_id, step, run.model.state_dict(), run.optimizer.state_dict(),
+            run.data_stream.get_state(), checkpoint.global_random_state(), run.diagnostics.state_dict(),
             {**{name: copy.deepcopy(getattr(result, name)) for name in CHECKPOINTED_RESULT_FIELDS},
              # result.seconds holds earlier attempts only; train() adds this one's at the end
-             "seconds": result.seconds + time.perf_counter() - context.extra["attempt_started"]},
+             "seconds": result.seconds + time.perf_counter() - run.attempt_started},
             checkpoint.event_file_sizes(run_dir)))
     except checkpoint.UnsafeCheckpoint as exc:
         _add_warnings(result, [f"no checkpoint written: its {exc} (a stopped run starts over)"])
@@ -212,15 +196,15 @@ CHECKPOINTED_RESULT_FIELDS = ("steps_done", "eval_steps", "eval_losses", "diagno
                               "diagnostic_errors", "resumed_from", "zeroed_steps", "warnings")
 
 
-def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
-          report: Report, first_step: int = 1) -> None:
+def _loop(run: RunState, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
+          report: Report) -> None:
     """The training loop: a fresh batch, one step, logging, evaluation, diagnostics, checkpoints.
-    ``first_step`` > 1 goes on from a restored checkpoint at ``first_step - 1``."""
-    config, model, optimizer, logger = context.config, context.model, context.optimizer, context.logger
-    task, data_stream, eval_batch = (context.extra[k] for k in ("task", "data_stream", "eval_batch"))
-    diagnostics: DiagnosticRunner = context.extra["diagnostics"]
+    A resumed run goes on from the step after its checkpoint's."""
+    config, model, optimizer, logger = run.plan.config, run.model, run.optimizer, run.logger
+    task, data_stream, eval_batch, diagnostics = run.task, run.data_stream, run.eval_batch, run.diagnostics
     hook = plugins.manager.hook
-    every = config.train.checkpoint_every if context.plan.run_id else None
+    every = config.train.checkpoint_every if run.plan.run_id else None
+    first_step = 1 if run.resumed_from is None else run.resumed_from + 1
 
     def evaluate(step: int) -> float:
         with torch.no_grad():
@@ -228,12 +212,12 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
         logger.scalar("eval/loss", loss, step)
         result.eval_steps.append(step)
         result.eval_losses.append(loss)
-        report({"event": "eval", "key": context.plan.key, "step": step, "loss": loss})
+        report({"event": "eval", "key": run.plan.key, "step": step, "loss": loss})
         return loss
 
     def save(step: int) -> None:
-        if context.plan.run_id:
-            _save_checkpoint(context, result, step)
+        if run.plan.run_id:
+            _save_checkpoint(run, result, step)
 
     if first_step == 1:
         evaluate(0)
@@ -243,8 +227,7 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
         for step in range(first_step, config.train.steps + 1):
             batch = task.sample(config.train.batch_size, data_stream)
             before = diagnostics.before_update(model, step - 1)
-            measured = training_step(model, optimizer, batch, config.train.clip_grad_norm,
-                                     context.extra["closure_needed"])
+            measured = training_step(model, optimizer, batch, config.train.clip_grad_norm, run.closure_needed)
             non_finite = _non_finite(measured, optimizer)
             if non_finite:  # recorded as an outcome; the weights stay the last finite ones
                 result.status, result.diverged_at, result.diverged_on = "diverged", step, non_finite
@@ -264,7 +247,7 @@ def _loop(context: RunContext, plugins: Plugins, result: RunResult, should_stop:
                 logger.scalar("perf/steps_per_sec", (step - last_step) / max(now - last_time, 1e-9), step)
                 eval_finite = math.isfinite(evaluate(step))
                 last_time, last_step = time.perf_counter(), step
-            hook.on_step_end(run=context, step=step, metrics=measured)
+            hook.on_step_end(run=run.context, step=step, metrics=measured)
             if not eval_finite:
                 result.status, result.diverged_at, result.diverged_on = "diverged", step, "eval loss"
                 return
@@ -354,10 +337,5 @@ def hparams_of(plan: RunPlan) -> dict[str, Any]:
         values[f"options.{key}"] = value
     values.update(plan.swept())  # a sweep point's keys, e.g. task.n
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
-
-
-def versions(plugins: Plugins) -> dict[str, str]:
-    """Versions of testbed, torch and every loaded plugin: the provenance saved with results."""
-    return {"testbed": __version__, "torch": torch.__version__, **plugins.versions()}
 
 

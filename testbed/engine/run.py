@@ -9,14 +9,9 @@ import torch
 
 from testbed.engine.specs import ExperimentConfig, OptimizerSpec
 from testbed.engine.tblog import RunLogger
+from testbed.files.layout import pilot_parts, run_parts
 
 STATUSES = ("completed", "diverged", "failed", "interrupted")
-
-
-def format_lr(lr: float) -> str:
-    """A learning rate, compact but exact: 0.02, 1e-05, 1e+06 (the repr where %g would round)."""
-    short = f"{lr:g}"
-    return short if float(short) == lr else repr(lr)
 
 
 @dataclass(frozen=True)
@@ -40,21 +35,24 @@ class RunPlan:
     def key(self) -> str:
         """Unique within a sweep; mirrors the run directory below the sweep's (the experiment's)."""
         if self.pilot:
-            own = f"tuning/{self.optimizer.label}/lr-{format_lr(self.optimizer.lr)}/seed-{self.seed}"
+            own = pilot_parts(self.optimizer.label, self.optimizer.lr, self.seed)
         else:
-            own = f"{self.optimizer.label}/seed-{self.seed}"
-        return f"{self.group}/{own}" if self.group else own
+            own = run_parts(self.optimizer.label, self.seed)
+        return "/".join((self.group, *own) if self.group else own)
 
 
 @dataclass
 class RunContext:
-    """Handed to lifecycle hooks: the live objects of a run and a way to log into its directory."""
+    """Handed to lifecycle hooks: the live objects of a run and a way to log into its directory.
+    ``extra`` is free space for plugins (one hook leaves something for another); the engine keeps
+    nothing in it."""
 
     plan: RunPlan
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     logger: RunLogger
     extra: dict[str, Any] = field(default_factory=dict)  # free space for plugins
+    resumed_from: int | None = None  # the checkpoint step this attempt goes on from; None: from step 0
 
     @property
     def label(self) -> str:
