@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from testbed.model.attention import ATTENTION_VARIANTS
 from testbed.options import Option
 
 PARAMETERIZATIONS = ("block_sparse", "full")
-ATTENTIONS = ("linear", "softmax")
+ATTENTIONS = tuple(ATTENTION_VARIANTS)
 MAX_LAYERS = 1_000
 
 MODEL_SCHEMA = {
     "layers": Option(3, "number of attention layers L", min=1, max=MAX_LAYERS),
     "parameterization": Option("block_sparse", "block_sparse (paper) or full P and Q", choices=PARAMETERIZATIONS),
-    "attention": Option("linear", "linear (paper) or softmax attention", choices=ATTENTIONS),
+    "attention": Option("linear", "the attention variant (linear is the paper's)", choices=ATTENTIONS),
     "init_std": Option(0.05, "std of the i.i.d. normal init of every trainable entry", min=0.0),
     "feature_map": Option(None, "MLP on x before attention: {hidden: [30], out_dim: null}", type=dict, nullable=True),
 }

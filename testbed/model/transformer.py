@@ -5,10 +5,12 @@ is the query (x_q, 0). Layer l maps
 
     Z <- Z + (1/n) P_l Z M (Z^T Q_l Z),    M = diag(1, ..., 1, 0)
 
-and the prediction is yhat = -Z[d, n] after the last layer. ``LinearTransformer`` computes the layer
-in the associative form, ``P (Z M Z^T) Q Z``, whose inner product is only (d+1) x (d+1): linear in n.
-``direct_forward`` is a literal transcription with the (n+1) x (n+1) score matrix, the reference the
-tests and the benchmark compare against.
+and the prediction is yhat = -Z[d, n] after the last layer. That is linear attention; an attention
+variant (``attention.py``) replaces the scores Z^T Q Z by its own weights, e.g. their softmax.
+``LinearTransformer`` asks its variant for the layer update (linear attention: the associative form
+``P (Z M Z^T) Q Z``, whose inner product is only (d+1) x (d+1): linear in n). ``direct_forward`` is
+a literal transcription with the (n+1) x (n+1) weight matrix, the reference the tests and the
+benchmark compare against.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import torch
 from torch import nn
 
 from testbed.model import kernel as kernels
+from testbed.model.attention import attention_variant
+from testbed.model.config import PARAMETERIZATIONS, ModelConfig
 from testbed.model.kernel.linear_attention import CompiledLinearAttentionStack, LinearAttentionStack
 from testbed.tasks import shape_problem
-from testbed.model.config import ATTENTIONS, PARAMETERIZATIONS, ModelConfig
 
 
 class FeatureMap(nn.Module):
@@ -37,6 +40,7 @@ class FeatureMap(nn.Module):
                 linear.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP applied to the last dimension of ``x``."""
         for i, linear in enumerate(self.linears):
             x = linear(x)
             if i < len(self.linears) - 1:
@@ -46,7 +50,8 @@ class FeatureMap(nn.Module):
 
 class LinearTransformer(nn.Module):
     """The paper's model. Parameters are stacked over layers (one tensor each for A and B, or P and Q),
-    which keeps the optimizer step to a couple of tensor operations.
+    which keeps the optimizer step to a couple of tensor operations. The attention variant
+    (``self.attention``, named by ``config.attention``) computes each layer's update.
 
     block_sparse: P_l = [[B_l, 0], [0, 1]], Q_l = [[A_l, 0], [0, 0]], trainable A (L,d,d), B (L,d,d).
     full:         P_l, Q_l unconstrained, trainable P (L,d+1,d+1), Q (L,d+1,d+1).
@@ -56,8 +61,7 @@ class LinearTransformer(nn.Module):
         super().__init__()
         if config.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {config.parameterization!r}")
-        if config.attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {config.attention!r}")
+        self.attention = attention_variant(config.attention)
         self.config = config
         self.n = n
         self.use_kernel = True  # False: always the plain-autograd path (twice differentiable)
@@ -107,11 +111,11 @@ class LinearTransformer(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predictions yhat (B,) for the query of every prompt.
 
-        Linear attention runs through the hand-written gradient of ``linear_attention`` (first
-        order); ``autograd_forward`` is the same computation in plain autograd, which supports
-        higher derivatives (Hessians) and ``torch.func`` transforms.
+        A variant the kernel supports (linear attention) runs through the hand-written gradient of
+        ``linear_attention`` (first order); ``autograd_forward`` is the same computation in plain
+        autograd, which supports higher derivatives (Hessians) and ``torch.func`` transforms.
         """
-        if self.config.attention != "linear" or not self.use_kernel:
+        if not self.attention.kernel_supported or not self.use_kernel:
             return self.autograd_forward(x, y)
         P, Qc, r = self.kernel_matrices()
         library = self._compiled_kernel()
@@ -149,8 +153,8 @@ class LinearTransformer(nn.Module):
         return loss
 
     def _compiled_kernel(self):
-        """The compiled kernel when it covers this model (linear attention in float32), else None."""
-        if self.config.attention != "linear" or not self.use_kernel:
+        """The compiled kernel when it covers this model (a variant it supports, in float32), else None."""
+        if not self.attention.kernel_supported or not self.use_kernel:
             return None
         if any(p.dtype != torch.float32 for p in self.parameters()):
             return None
@@ -183,52 +187,28 @@ class LinearTransformer(nn.Module):
         P, Q = self.attention_matrices()
         last = self.config.layers - 1
         for layer in range(last):
-            Z = Z + self._update(Z, P[layer], Q[layer])
-        return -(Z[:, -1, -1] + self._query_label_update(Z, P[last], Q[last]))
-
-    def _update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-        """(1/n) P Z M (Z^T Q Z) for every column."""
-        context = Z[:, :, : self.n]
-        if self.config.attention == "softmax":
-            return P @ context @ self._softmax_weights(Z, Q)
-        # Associative form: (P (Z M Z^T) Q) Z, a (d+1)x(d+1) product per prompt.
-        kernel = P @ (context @ context.transpose(1, 2)) @ Q
-        return (kernel @ Z) / self.n
-
-    def _query_label_update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-        """Only entry (d, n) of the last layer's update: the rest cannot reach the prediction."""
-        context = Z[:, :, : self.n]
-        if self.config.attention == "softmax":
-            weights = self._softmax_weights(Z, Q)[:, :, -1:]  # (B, n, 1)
-            return ((P[-1] @ context).unsqueeze(1) @ weights).reshape(-1)
-        row = P[-1] @ (context @ context.transpose(1, 2)) @ Q  # (B, d+1): row d of the kernel
-        return (row.unsqueeze(1) @ Z[:, :, -1:]).reshape(-1) / self.n
-
-    def _softmax_weights(self, Z: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-        """Attention weights (B, n, n+1) / n: softmax of Z^T Q Z over keys (including the query,
-        before the mask), then the query's key row dropped (the mask M)."""
-        scores = Z.transpose(1, 2) @ Q @ Z  # (B, keys n+1, queries n+1)
-        return torch.softmax(scores, dim=1)[:, : self.n, :] / self.n
+            Z = Z + self.attention.update(Z, P[layer], Q[layer], self.n)
+        return -(Z[:, -1, -1] + self.attention.query_label_update(Z, P[last], Q[last], self.n))
 
 
 def _corner(d: int, like: torch.Tensor) -> torch.Tensor:
+    """The constant part of a block-sparse P: a 1 at (d, d)."""
     corner = torch.zeros(d + 1, d + 1, dtype=like.dtype, device=like.device)
     corner[d, d] = 1.0
     return corner
 
 
 def direct_forward(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Literal transcription of PAPER.md: every layer in full with the (n+1)x(n+1) score matrix and
-    the mask matrix M. Slow (quadratic in n); the reference for tests and `testbed bench`."""
+    """Literal transcription of PAPER.md: every layer in full with the (n+1)x(n+1) weight matrix of
+    the model's attention variant and the mask matrix M. Slow (quadratic in n); the reference for
+    tests and `testbed bench`."""
     Z = model.prompt(x, y)
     P, Q = model.attention_matrices()
     n = model.n
     M = torch.diag(torch.cat([torch.ones(n), torch.zeros(1)])).to(Z)
     for layer in range(model.config.layers):
-        scores = Z.transpose(1, 2) @ Q[layer] @ Z
-        if model.config.attention == "softmax":
-            scores = torch.softmax(scores, dim=1)
-        Z = Z + (P[layer] @ Z @ M @ scores) / n
+        weights = model.attention.reference_weights(Z, Q[layer])
+        Z = Z + (P[layer] @ Z @ M @ weights) / n
     return -Z[:, -1, -1]
 
 

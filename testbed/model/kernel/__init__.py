@@ -26,6 +26,7 @@ FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-f
 
 
 def cache_dir() -> Path:
+    """Where compiled kernels are kept: $TESTBED_CACHE/kernels, else ~/.cache/testbed/kernels."""
     root = os.environ.get("TESTBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "testbed")
     return Path(root) / "kernels"
 

@@ -99,6 +99,7 @@ class LinearAttentionStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Z0, P, Qc, r: int, n: int):
+        """Predictions yhat (B,); keeps each layer's state for the backward pass."""
         yhat, state = forward_predictions(Z0, P, Qc, r, n)
         ctx.state = state
         ctx.save_for_backward(P, Qc)
@@ -108,6 +109,7 @@ class LinearAttentionStack(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_yhat):
+        """Gradients for Z0, P and Qc (none for the sizes r and n)."""
         P, Qc = ctx.saved_tensors
         r, n = ctx.shape
         dZ, dP, dQc = backward_gradients(grad_yhat, P, Qc, r, n, ctx.state)
@@ -120,10 +122,11 @@ def _address(tensor: torch.Tensor) -> int:
 
 
 class CompiledLinearAttentionStack(torch.autograd.Function):
-    """The same stack through the compiled kernel of ``testbed.kernels`` (float32 only)."""
+    """The same stack through the compiled kernel of ``testbed.model.kernel`` (float32 only)."""
 
     @staticmethod
     def forward(ctx, Z0, P, Qc, r: int, n: int, library):
+        """Predictions yhat (B,); the kernel keeps what its backward pass needs in ``ctx.saved``."""
         Z0, P, Qc = (t.detach().contiguous() for t in (Z0, P, Qc))
         B, D, N1, L = kernels.stack_sizes(Z0, P, Qc, r, n)
         saved = torch.empty(library.la_saved_size(B, D, N1, r, L), dtype=torch.float32)
@@ -137,6 +140,7 @@ class CompiledLinearAttentionStack(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_yhat):
+        """Gradients for Z0, P and Qc from the kernel (none for the sizes and the library)."""
         P, Qc = ctx.saved_tensors
         B, D, N1, r, n, L = ctx.sizes
         grad_yhat = grad_yhat.contiguous()

@@ -16,8 +16,9 @@ from testbed.tasks import Batch
 
 
 def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
-    """The kernel covers linear attention without a feature map, in float32."""
-    return (model.config.attention == "linear" and model.feature_map is None
+    """The kernel covers an attention variant it supports (linear attention) without a feature map,
+    in float32."""
+    return (model.attention.kernel_supported and model.feature_map is None
             and batch.x.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
             and kernels.load() is not None)
 
