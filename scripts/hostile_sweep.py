@@ -159,7 +159,7 @@ class Case:
 
 # ====================================================================== configs and YAML
 
-TINY: dict[str, Any] = {  # tests/conftest.py's TINY: a fraction of a second per run
+TINY: dict[str, Any] = {  # tests/shared_fixtures.py's TINY: a fraction of a second per run
     "name": "tiny",
     "task": {"name": "gamma", "d": 3, "n": 6, "options": {"shape": 0.5}},
     "model": {"layers": 2},

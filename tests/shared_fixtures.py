@@ -1,5 +1,10 @@
-"""Shared fixtures: a clean plugin environment, the standard registry, tiny configs, YAML files and
-throwaway plugin modules loaded through $TESTBED_PLUGINS."""
+"""The fixtures every test directory shares (tests/ for the core, plugins/testbed_std/tests/ for the
+standard plugins): a clean plugin environment, the standard registry, tiny configs, YAML files and
+throwaway plugin modules loaded through $TESTBED_PLUGINS.
+
+A pytest plugin, not a conftest.py: pyproject's `pythonpath` and `-p shared_fixtures` load it for every
+test wherever it lives, and a conftest.py at the repository root would put the checkout on sys.path
+(so the tests would no longer run against the installed wheel)."""
 
 from __future__ import annotations
 

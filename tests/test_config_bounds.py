@@ -23,7 +23,7 @@ from testbed.experiment.config import parse_config
 from testbed.engine.limits import MAX_YAML_NODES
 from testbed.plugins import ENV_VAR
 
-from conftest import TINY
+from shared_fixtures import TINY
 from test_cli import assert_nothing_written, assert_one_error, invoke
 
 COMMANDS = ["validate", "run"]

@@ -27,7 +27,7 @@ from testbed.experiment.runner import run_sweep
 from testbed.plugins import load_plugins
 from testbed.experiment.sweep import Sweep
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 # ------------------------------------------------------------------ helpers
 

@@ -32,7 +32,7 @@ from testbed.engine.loop import train
 from testbed.experiment.runner import plan_runs, run_experiment
 from testbed.plugins import ENV_VAR, load_plugins
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 
 def tiny(**train: Any) -> dict[str, Any]:

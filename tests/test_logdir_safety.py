@@ -36,7 +36,7 @@ from testbed.files.json_io import write_json
 from testbed.errors import StorageError, TestbedError
 from testbed.files.lock import LOCK_FILE, directory_lock
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 # Holds the first run at its first step until the test creates $GATE/go; $GATE/started says it got there.
 GATE = """

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'testbed[ray]')")
 import psutil  # noqa: E402  (Ray ships psutil and puts it on sys.path on import)

@@ -19,7 +19,7 @@ from testbed.errors import TestbedError
 from testbed.files.safe_paths import path_under, safe_filename
 from testbed.paper.reproduce import record_profile
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 STEPS = [0, 50, 100]
 

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from testbed.engine.checkpoint import CHECKPOINT_FILE, EVENT_FILE_PREFIX
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 STEPS, CHECKPOINT_EVERY, KILL_AT = 60, 20, 47
 

@@ -20,7 +20,7 @@ from testbed.experiment.runner import plan_runs, run_sweep
 from testbed.plugins import load_plugins
 from testbed.experiment.sweep import expand
 
-from conftest import TINY
+from shared_fixtures import TINY
 
 SWEEP = {"zip": {"optimizers.sgd.lr": [0.01, 0.02, 0.05], "optimizers.adam.lr": [0.001, 0.002, 0.005]}}
 

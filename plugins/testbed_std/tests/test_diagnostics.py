@@ -1,32 +1,17 @@
-"""Diagnostics: the Probe's exact derivatives against independent computations, the paper's
-diagnostics (PAPER.md section 4) on inputs with known answers, schedules, config restrictions, the
-runner's safety (a failing or NaN diagnostic never stops a run), the bitwise-unchanged training
-trajectory, and what lands in TensorBoard and results.json."""
+"""The standard diagnostics (PAPER.md section 4) on inputs with known answers, and along a real run:
+they leave the training trajectory bitwise unchanged, and what they measure lands in TensorBoard and
+results.json."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import (
-    STORE_EVERYTHING_SIZE_GUIDANCE,
-    EventAccumulator,
-)
 
-from testbed import (ConfigError, Diagnostic, Figure, Probe, Scalar, Schedule, Text, hookimpl, schedule_from, schedule_options)
-from testbed.engine.specs import DiagnosticSpec
-from testbed.experiment.config import parse_config
-from testbed.experiment.runner import RESULTS_FILE, run_experiment
-from testbed.model.transformer import LinearTransformer, mse_loss
-from testbed.model.config import ModelConfig
+from testbed import Figure, Scalar, hookimpl
 from testbed.plugins import load_plugins
-from testbed.tasks import Batch
 from testbed_std import noise_stats
 from testbed_std.diagnostics import (
     BlockNorms,
@@ -38,177 +23,20 @@ from testbed_std.diagnostics import (
     lower_median,
 )
 from testbed_std.spectra import lanczos_extremes
-from helpers import StepLosses
+from helpers import StepLosses, autograd_loop_hessian, load_events, raw_config, read_results, run, tiny_probe
 
 PARAMETERIZATIONS = ("block_sparse", "full")
 
 
 # ------------------------------------------------------------------ helpers
-def tiny_probe(registry, parameterization: str = "block_sparse", d: int = 2, n: int = 4, layers: int = 2,
-               batch: int = 16, init_std: float = 0.3, seed: int = 0) -> Probe:
-    """A Probe of a tiny float64 model on a float64 eval batch of the gaussian task."""
-    task = registry.get("task", "gaussian", "task").factory(d=d, n=n)
-    config = ModelConfig(layers=layers, parameterization=parameterization, init_std=init_std)
-    model = LinearTransformer(config, d, n, torch.Generator().manual_seed(seed)).double()
-    sample = task.sample(batch, torch.Generator().manual_seed(seed + 1000))
-    eval_batch = Batch(sample.x.double(), sample.y.double())
-    return Probe.of(model, task, eval_batch, train_batch_size=batch, seed=seed)
-
-
-def central_difference_hessian(probe: Probe, h: float = 1e-5) -> torch.Tensor:
-    """Column j = (grad(theta + h e_j) - grad(theta - h e_j)) / 2h, with Probe.gradient (the engine's
-    first-order fast path, not torch.func)."""
-    theta = probe.params
-    columns = []
-    for e in torch.eye(theta.numel(), dtype=theta.dtype):
-        columns.append((probe.gradient(theta + h * e) - probe.gradient(theta - h * e)) / (2 * h))
-    return torch.stack(columns, dim=1)
-
-
-def autograd_loop_hessian(probe: Probe) -> torch.Tensor:
-    """Row i = d(grad_i)/d(theta) by torch.autograd.grad(create_graph=True) on the model's own
-    parameters through its plain-autograd forward (no torch.func, no flattening by the Probe)."""
-    model = probe._twice
-    params = [p for p in model.parameters()]
-    with torch.no_grad():
-        for p, block in zip(params, probe.blocks):
-            p.copy_(probe.params[block.start:block.stop].view(block.shape))
-    batch = probe.eval_batch
-    loss = mse_loss(model.autograd_forward(batch.x, batch.y), batch.target)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    rows = []
-    for i in range(flat.numel()):
-        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1)
-                               for r, p in zip(row, params)]))
-    return torch.stack(rows)
-
-
-def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
 def scalars(records) -> dict[str, float]:
+    """The scalar records by tag."""
     return {r.tag: r.value for r in records if isinstance(r, Scalar)}
 
 
-def load_events(run_dir: str | Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
-    accumulator.Reload()
-    return accumulator
-
-
-def run(raw: dict[str, Any], logdir: Path, plugins=None):
-    plugins = plugins or load_plugins()
-    return run_experiment(parse_config(raw, plugins.registry), plugins, logdir, workers=1)
-
-
-def raw_config(optimizers=None, diagnostics=None, steps: int = 30, seeds=(0,), clip: float | None = 1.0,
-               name: str = "exp", d: int = 3, n: int = 10) -> dict[str, Any]:
-    raw = {
-        "name": name,
-        "task": {"name": "gaussian", "d": d, "n": n},
-        "model": {"layers": 2},
-        "optimizers": optimizers or [{"name": "sgd", "lr": 0.01}, {"name": "adam", "lr": 0.01}],
-        "train": {"steps": steps, "batch_size": 64, "seeds": list(seeds), "clip_grad_norm": clip},
-        "eval": {"every": 10, "batch_size": 128},
-    }
-    if diagnostics is not None:
-        raw["diagnostics"] = diagnostics
-    return raw
-
-
-def read_results(outcome) -> dict[str, Any]:
-    return json.loads((outcome.directory / RESULTS_FILE).read_text())
-
-
 def by_key(outcome):
+    """The run results by key (optimizer label/seed-k)."""
     return {r.key: r for r in outcome.results}
-
-
-# ------------------------------------------------------------------ schedules
-@pytest.mark.parametrize("schedule, due, not_due", [
-    (Schedule(every=10), [0, 10, 20, 1000], [1, 5, 9, 11, 25]),
-    (Schedule(every=5, start=3, stop=20), [3, 8, 13, 18], [0, 2, 5, 10, 20, 23]),
-    (Schedule(steps=(0, 7)), [0, 7], [1, 6, 8, 14]),
-    (Schedule(every=10, steps=(25,), stop=30), [0, 10, 20, 25], [30, 40, 15]),
-    (Schedule(), [], [0, 1, 10]),
-    (Schedule(every=1, stop=3), [0, 1, 2], [3, 4]),
-])
-def test_schedule_due(schedule, due, not_due):
-    assert all(schedule.due(s) for s in due), [s for s in due if not schedule.due(s)]
-    assert not any(schedule.due(s) for s in not_due), [s for s in not_due if schedule.due(s)]
-
-
-@pytest.mark.parametrize("schedule, total, last", [
-    (Schedule(every=10), 25, 20),
-    (Schedule(every=10), 20, 20),
-    (Schedule(every=10, stop=20), 100, 10),  # stop is exclusive
-    (Schedule(every=5, start=3, stop=20), 100, 18),
-    (Schedule(steps=(0, 50)), 30, 0),
-    (Schedule(every=10, start=30), 20, None),
-    (Schedule(every=10, steps=(25,)), 25, 25),
-    (Schedule(), 10, None),
-])
-def test_schedule_last(schedule, total, last):
-    assert schedule.last(total) == last
-
-
-def test_schedule_last_is_the_largest_due_step():
-    for every in (None, 1, 3, 7):
-        for start in (0, 2, 9):
-            for stop in (None, 1, 5, 12, 40):
-                for steps in ((), (0,), (4, 33)):
-                    schedule = Schedule(every, steps, start, stop)
-                    for total in (0, 1, 10, 17, 30):
-                        due = [s for s in range(total + 1) if schedule.due(s)]
-                        assert schedule.last(total) == (max(due) if due else None), (schedule, total)
-
-
-def test_schedule_from_options():
-    assert schedule_from({"every": 3, "steps": [1, 2], "start": 4, "stop": 9}) == Schedule(3, (1, 2), 4, 9)
-    defaults = {k: o.default for k, o in schedule_options(every=250).items()}
-    assert schedule_from(defaults) == Schedule(every=250)
-
-
-# ------------------------------------------------------------------ the Probe's exact derivatives
-@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
-def test_hessian_matches_finite_differences_and_an_autograd_loop(registry, parameterization):
-    probe = tiny_probe(registry, parameterization)
-    assert probe.params.dtype == torch.float64
-    H = probe.hessian()
-    P = probe.params.numel()
-    assert H.shape == (P, P) and H.dtype == torch.float64
-    assert float(H.abs().max()) > 1.0  # not a degenerate (all-zero) case
-    assert max_rel_error(H, central_difference_hessian(probe)) < 1e-7
-    assert max_rel_error(H, autograd_loop_hessian(probe)) < 1e-10
-    assert max_rel_error(H, H.T) < 1e-12
-
-
-@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
-def test_gradient_and_hvp_match_independent_computations(registry, parameterization):
-    probe = tiny_probe(registry, parameterization)
-    theta, P = probe.params, probe.params.numel()
-    h = 1e-6
-    fd = torch.tensor([(probe.loss(theta + h * e) - probe.loss(theta - h * e)) / (2 * h)
-                       for e in torch.eye(P, dtype=torch.float64)], dtype=torch.float64)
-    assert max_rel_error(probe.gradient(), fd) < 1e-7
-    v = torch.randn(P, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    assert max_rel_error(probe.hvp(v), probe.hessian() @ v) < 1e-10
-    # The loss and gradient at another point do not move the probe's own point.
-    before = probe.params.clone()
-    probe.gradient(theta + 1.0)
-    assert torch.equal(probe.params, before)
-
-
-def test_block_sparse_last_layer_b_has_structural_zeros(registry):
-    probe = tiny_probe(registry, "block_sparse", d=2, layers=2)
-    H = probe.hessian()
-    (b,) = [blk for blk in probe.blocks if blk.name == "B"]
-    last = slice(b.start + 4, b.stop)  # B of the last layer: (d x d) = 4 entries after layer 0's
-    assert torch.count_nonzero(H[last]) == 0 and torch.count_nonzero(H[:, last]) == 0
-    assert torch.count_nonzero(probe.gradient()[last]) == 0
 
 
 # ------------------------------------------------------------------ directional smoothness
@@ -531,7 +359,6 @@ ALL_DIAGNOSTICS = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def on_and_off(tmp_path_factory):
     """The same tiny experiment (sgd and adam, seed 0) with every standard diagnostic and without."""
@@ -677,207 +504,3 @@ def test_block_norms_of_plain_sgd_are_lr_times_the_gradient(tmp_path):
     for i, step in enumerate(points):
         total = math.sqrt(sum(d[f"block_norms/{b}/grad_norm"][i][1] ** 2 for b in ("A", "B")))
         assert total == pytest.approx(recorder.grad_norms[step + 1], rel=1e-5)
-
-
-# ------------------------------------------------------------------ config: which runs, and errors
-def test_diagnostics_restricted_to_seeds_and_optimizers(tmp_path):
-    diagnostics = [
-        {"name": "block_norms", "options": {"every": 2}, "seeds": [1]},
-        {"name": "robust_condition_number", "options": {"every": 2}, "optimizers": ["adam"]},
-        {"name": "directional_smoothness", "options": {"every": 2}, "seeds": [0], "optimizers": ["sgd"]},
-    ]
-    outcome = run(raw_config(diagnostics=diagnostics, steps=4, seeds=(0, 1)), tmp_path)
-    measured = {r.key: {k.split("/")[0] for k in r.diagnostics} for r in outcome.results}
-    assert measured == {
-        "sgd/seed-0": {"directional_smoothness"},
-        "adam/seed-0": {"robust_condition_number"},
-        "sgd/seed-1": {"block_norms"},
-        "adam/seed-1": {"block_norms", "robust_condition_number"},
-    }
-    for result in outcome.results:
-        tags = {t for t in load_events(result.run_dir).Tags()["scalars"] if t.startswith("diag/")}
-        assert {t.split("/")[1] for t in tags} == measured[result.key]
-
-
-def test_diagnostic_specs_parse(registry):
-    config = parse_config(raw_config(seeds=(0, 1), diagnostics=[
-        "block_norms", {"name": "sharpness", "options": {"iterations": 5}, "seeds": 2, "optimizers": ["adam"]},
-    ]), registry)
-    block_norms, sharpness = config.diagnostics
-    assert block_norms == DiagnosticSpec("block_norms", {"every": 10, "steps": [], "start": 0, "stop": None})
-    assert sharpness.options["iterations"] == 5 and sharpness.options["every"] == 250
-    assert sharpness.seeds == (0, 1) and sharpness.optimizers == ("adam",)
-    assert sharpness.applies_to("adam", 1) and not sharpness.applies_to("sgd", 1)
-    assert not sharpness.applies_to("adam", 2)
-    assert block_norms.applies_to("anything", 123)
-    assert config.to_dict()["diagnostics"][1]["optimizers"] == ["adam"]
-
-
-@pytest.mark.parametrize("diagnostics, start", [
-    ([{"name": "block_norms", "optimizers": ["lion"]}], "diagnostics[0].optimizers: no optimizer labelled 'lion'"),
-    ([{"name": "block_norms", "optimizers": "adam"}], "diagnostics[0].optimizers:"),
-    (["block_norms", {"name": "block_norms", "options": {"every": 3}}], "diagnostics: each diagnostic may appear once"),
-    ([{"name": "sharpness", "options": {"x": 1}}], "diagnostics[0].options.x: unknown option"),
-    ([{"name": "sharpness"}, {"name": "block_norms", "options": {"every": 0}}], "diagnostics[1].options.every:"),
-    ([{"name": "gradient_noise", "options": {"tail_fraction": 0.9}}], "diagnostics[0].options.tail_fraction:"),
-    ([{"name": "sharpness", "seeds": [1, 1]}], "diagnostics[0].seeds:"),
-    ([{"name": "sharpness", "when": 3}], "diagnostics[0].when: unknown key"),
-    ([{"options": {}}], "diagnostics[0].name:"),
-    ([{"name": "nope"}], "diagnostics[0].name:"),
-    ({"name": "sharpness"}, "diagnostics: expected a list"),
-])
-def test_diagnostic_config_errors(registry, diagnostics, start):
-    with pytest.raises(ConfigError) as info:
-        parse_config(raw_config(diagnostics=diagnostics), registry)
-    assert str(info.value).startswith(start), str(info.value)
-
-
-# ------------------------------------------------------------------ safety: a diagnostic's failure
-class Boom(Diagnostic):
-    """Measures fine at steps 0..2, raises at step 3."""
-
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
-        self.calls: list[int] = []
-        self.finished = False
-
-    def measure(self, probe, step):
-        self.calls.append(step)
-        if step == 3:
-            raise RuntimeError("kaboom")
-        return [Scalar("ok", 1.0)]
-
-    def finish(self, probe, step):
-        self.finished = True
-        return [Scalar("finished", 1.0)]
-
-
-class NanValue(Diagnostic):
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
-
-    def measure(self, probe, step):
-        return [Scalar("value", math.nan if step == 4 else float(step)), Text("note", f"step {step}")]
-
-
-class NotARecord(Diagnostic):
-    """Returns something that has a tag but is not one of the record types."""
-
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
-
-    def measure(self, probe, step):
-        return [SimpleNamespace(tag="value", value=1.0)]
-
-
-class Watch(Diagnostic):
-    """The probed point's parameter norm; with needs_update also the next point's and the update's."""
-
-    def __init__(self, needs_update: bool, **schedule):
-        self.schedule = schedule_from(schedule)
-        self.needs_update = needs_update
-        self.finish_steps: list[int] = []
-
-    def measure(self, probe, step):
-        records = [Scalar("param_norm", float(torch.linalg.vector_norm(probe.params)))]
-        if self.needs_update:
-            assert probe.train_gradient is not None and probe.train_gradient.shape == probe.params.shape
-            records += [Scalar("next_norm", float(torch.linalg.vector_norm(probe.next_params))),
-                        Scalar("update_norm", float(torch.linalg.vector_norm(probe.update)))]
-        else:
-            assert probe.next_params is None and probe.train_gradient is None
-        return records
-
-    def finish(self, probe, step):
-        self.finish_steps.append(step)
-        return [Scalar("finished_at", float(step))]
-
-
-class Misbehaving:
-    """An in-process plugin registering diagnostics that fail, return NaN, or need the update."""
-
-    def __init__(self) -> None:
-        self.instances: dict[str, Diagnostic] = {}
-
-    def _keep(self, name, diagnostic):
-        self.instances[name] = diagnostic
-        return diagnostic
-
-    @hookimpl
-    def register_diagnostics(self, register):
-        register("boom", lambda **o: self._keep("boom", Boom(**o)), options=schedule_options(every=1))
-        register("nan_value", lambda **o: NanValue(**o), options=schedule_options(every=2))
-        register("not_a_record", lambda **o: NotARecord(**o), options=schedule_options(steps=[5]))
-        register("watch", lambda **o: self._keep("watch", Watch(False, **o)), options=schedule_options(every=1))
-        register("watch_update", lambda **o: self._keep("watch_update", Watch(True, **o)),
-                 options=schedule_options(every=4, steps=[10]))
-
-
-def test_failing_and_nan_diagnostics_do_not_stop_the_run(tmp_path):
-    plugin = Misbehaving()
-    plugins = load_plugins(extra={"misbehaving": plugin})
-    names = ["boom", "nan_value", "not_a_record", "watch", "watch_update"]
-    diagnostics = names + [{"name": "block_norms", "options": {"every": 5}}]
-    outcome = run(raw_config([{"name": "adam", "lr": 0.01}], diagnostics, steps=10), tmp_path, plugins)
-    (result,) = outcome.results
-    assert result.status == "completed" and result.steps_done == 10
-    assert result.eval_steps == [0, 10]
-    d = result.diagnostics
-
-    # boom: measured at 0, 1, 2, failed at 3, then disabled (not measured again, not finished).
-    boom_errors = [e for e in result.diagnostic_errors if e.startswith("boom")]
-    assert len(boom_errors) == 1
-    assert "step 3" in boom_errors[0] and "RuntimeError: kaboom" in boom_errors[0]
-    assert plugin.instances["boom"].calls == [0, 1, 2, 3]
-    assert not plugin.instances["boom"].finished
-    assert [s for s, _ in d["boom/ok"]] == [0, 1, 2] and "boom/finished" not in d
-
-    # nan_value: the NaN is kept and noted; the diagnostic goes on.
-    assert [s for s, _ in d["nan_value/value"]] == [0, 2, 4, 6, 8, 10]
-    assert math.isnan(d["nan_value/value"][2][1]) and d["nan_value/value"][3][1] == 6.0
-    assert [e for e in result.diagnostic_errors if e.startswith("nan_value")] == ["nan_value: value is nan at step 4"]
-
-    # not_a_record: a TypeError, reported.
-    (weird,) = [e for e in result.diagnostic_errors if e.startswith("not_a_record")]
-    assert "step 5" in weird and "TypeError: a diagnostic returned SimpleNamespace, not a record" in weird
-    assert len(result.diagnostic_errors) == 3, result.diagnostic_errors
-
-    # watch_update: measured after the update leaving 0, 4, 8 (not 10: no update leaves the last point).
-    assert [s for s, _ in d["watch_update/param_norm"]] == [0, 4, 8]
-    at_point = dict(map(tuple, d["watch/param_norm"]))
-    assert sorted(at_point) == list(range(11))
-    for (step, before), (_, after), (_, update) in zip(d["watch_update/param_norm"], d["watch_update/next_norm"],
-                                                       d["watch_update/update_norm"]):
-        assert before == at_point[step] and after == at_point[step + 1]
-        assert update > 0
-    assert plugin.instances["watch"].finish_steps == [10] == plugin.instances["watch_update"].finish_steps
-    assert d["watch/finished_at"] == [[10, 10.0]]
-    # A standard diagnostic in the same run is unaffected.
-    assert [s for s, _ in d["block_norms/A/update_norm"]] == [0, 5]
-
-    # What results.json and TensorBoard show.
-    data = read_results(outcome)
-    (saved,) = data["runs"]
-    assert saved["status"] == "completed" and saved["diagnostic_errors"] == result.diagnostic_errors
-    assert saved["diagnostics"]["nan_value/value"][2] == [4, None]  # strict JSON
-    events = load_events(result.run_dir)
-    texts = set(events.Tags()["tensors"])
-    assert {"diag/boom/error/text_summary", "diag/not_a_record/error/text_summary",
-            "diag/nan_value/note/text_summary"} <= texts
-    assert "diag/watch/error/text_summary" not in texts
-    (error_event,) = events.Tensors("diag/boom/error/text_summary")
-    assert error_event.step == 3
-    message = error_event.tensor_proto.string_val[0].decode()
-    assert "boom" in message and "kaboom" in message
-    nan_points = events.Scalars("diag/nan_value/value")
-    assert [e.step for e in nan_points] == [0, 2, 4, 6, 8, 10] and math.isnan(nan_points[2].value)
-
-
-def test_a_failing_diagnostic_leaves_the_trajectory_unchanged(tmp_path):
-    plugin = Misbehaving()
-    plugins = load_plugins(extra={"misbehaving": plugin})
-    adam = [{"name": "adam", "lr": 0.01}]
-    with_failures = run(raw_config(adam, ["boom", "not_a_record", "watch_update"], steps=10), tmp_path / "a", plugins)
-    without = run(raw_config(adam, steps=10), tmp_path / "b", plugins)
-    assert with_failures.results[0].diagnostic_errors
-    assert with_failures.results[0].eval_losses == without.results[0].eval_losses
