@@ -22,7 +22,7 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
+def save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
                       log: bool = True, legend_size: int = 8) -> Path:
     """Label a mean-over-seeds figure (the name on a title line of its own: long ones were cut off)
     and save it."""
@@ -76,7 +76,7 @@ def loss_curves(experiment: Experiment, path: Path) -> Path | None:
             drawn = True
     if not drawn:
         return None
-    return _save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
+    return save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
 
 
 def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path, log: bool = True) -> Path | None:
@@ -93,7 +93,7 @@ def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path,
         drawn |= _band(axes, curves, colour, label)
     if not drawn:
         return None
-    return _save_band_figure(figure, axes, path, experiment.name, ylabel, "step", ylabel, log=log)
+    return save_band_figure(figure, axes, path, experiment.name, ylabel, "step", ylabel, log=log)
 
 
 def noise_histograms(experiment: Experiment, path: Path) -> Path | None:
