@@ -23,7 +23,7 @@ hookimpl = pluggy.HookimplMarker("testbed")
 _LAZY = {
     "Batch": ".tasks",
     "Task": ".tasks",
-    **{name: ".diagnostics" for name in ("Diagnostic", "Figure", "Histogram", "Scalar", "Schedule",
+    **{name: ".diagnostics" for name in ("Diagnostic", "Figure", "Histogram", "Plot", "Scalar", "Schedule",
                                          "Text", "schedule_from", "schedule_options")},
     "Probe": ".engine.probe",
 }
@@ -49,6 +49,7 @@ __all__ = [
     "Figure",
     "Histogram",
     "Option",
+    "Plot",
     "PluginError",
     "Probe",
     "REQUIRED",

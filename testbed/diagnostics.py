@@ -51,6 +51,58 @@ class Text:
 Record = Scalar | Histogram | Figure | Text
 
 
+# ------------------------------------------------------------------ declared plots
+PLOT_KINDS = ("curve", "histogram", "scatter")
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A figure a diagnostic asks for, declared when it registers (``register(..., plots=[...])``):
+    `testbed report` draws it for every experiment that measured the diagnostic, and TensorBoard's
+    custom-scalar layout gives each scalar it names a chart of its own.
+
+    ``tag`` is one of the diagnostic's own tags (``proxy`` for ``diag/<name>/proxy``). ``kind``:
+    ``"curve"``: the scalar along training, one line per optimizer label, mean over seeds with a band
+    (the range over seeds); ``"histogram"``: the first histogram logged under ``tag`` by the first run
+    that measured the diagnostic, as a density; ``"scatter"``: the scalar ``tag`` against the scalar
+    ``x`` at the steps both were measured, coloured by step (first run with 3 points or more).
+    ``log``: log-scale values (a curve's y axis; a scatter plots the logarithms of both).
+    ``title`` names the quantity (a curve's y label by default); ``caption`` is printed under the
+    figure in the report. ``subtitle``: a second title line, a ``str.format`` template filled with the
+    diagnostic's scalars at the histogram's step (histograms only), e.g. ``"skewness {skewness:.2f}"``.
+    """
+
+    tag: str
+    title: str
+    caption: str = ""
+    kind: str = "curve"
+    log: bool = False
+    x: str | None = None  # scatter: the tag on the x axis
+    xlabel: str | None = None  # default: "step" for a curve, the x tag for a scatter, the tag for a histogram
+    ylabel: str | None = None  # default: the title for a curve, the tag for a scatter, "density" for a histogram
+    subtitle: str | None = None
+
+    def problem(self) -> str | None:
+        """Why this declaration cannot be drawn, or None."""
+        for name in ("tag", "title", "caption"):
+            if not isinstance(getattr(self, name), str):
+                return f"{name} must be a string"
+        if not self.tag or not self.title:
+            return "tag and title must not be empty"
+        if self.kind not in PLOT_KINDS:
+            return f"kind {self.kind!r} is not one of {', '.join(PLOT_KINDS)}"
+        if (self.kind == "scatter") != isinstance(self.x, str):
+            return "a scatter needs the tag of its x axis (x=...), and only a scatter has one"
+        return None
+
+    @property
+    def scalars(self) -> tuple[str, ...]:
+        """The scalar tags this plot draws (none for a histogram)."""
+        if self.kind == "histogram":
+            return ()
+        return (self.tag,) if self.x is None else (self.x, self.tag)
+
+
 # ------------------------------------------------------------------ schedules
 @dataclass(frozen=True)
 class Schedule:

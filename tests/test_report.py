@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from torch.utils.tensorboard import SummaryWriter
 
 from testbed.cli.commands import main
+from testbed.paper.report import paper_extras
 from testbed.report import make_report
 from testbed.paper.claims import (FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, larger_model, noise_ordering)
 from testbed.report.data import Experiment, Run
@@ -55,9 +56,12 @@ def logdir(tmp_path):
 
 
 def test_report_writes_every_figure_and_a_correct_table(logdir, tmp_path):
-    out, claims = make_report([logdir], tmp_path / "report")
+    out, claims = make_report([logdir], tmp_path / "report", paper_extras())
     names = sorted(p.name for p in (out / "figures").iterdir())
-    assert names == [f"synthetic-{kind}.png" for kind in ("ds", "gs", "loss", "noise", "rmed", "sharpness")]
+    # The loss, then each figure a standard diagnostic declares: <experiment>-<diagnostic>-<tag>.png
+    assert names == [f"synthetic-{kind}.png" for kind in (
+        "directional_smoothness-value", "generalized_smoothness-directional_smoothness", "gradient_noise-errors",
+        "loss", "robust_condition_number-proxy", "sharpness-lambda_max")]
     assert all((out / "figures" / n).stat().st_size > 5000 for n in names)
     markdown = (out / "report.md").read_text()
     # R_med ratio sgd/adam at step 750: seed 0: 4*1.75 / (2*1.75) = 2, seed 1: 6/2 = 3 -> 2.50 (0.71)

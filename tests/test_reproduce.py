@@ -47,7 +47,8 @@ def test_reproduce_quick_smoke(tmp_path):
     assert (report / "index.html").exists()
     assert (tmp_path / "out" / "runs" / "paper_setting1" / "results.json").exists()
     assert {p.name for p in (report / "figures").iterdir()} >= {
-        f"paper_setting1-{kind}.png" for kind in ("loss", "noise", "rmed", "ds")}
+        f"paper_setting1-{kind}.png" for kind in ("loss", "gradient_noise-errors", "robust_condition_number-proxy",
+                                                  "directional_smoothness-value")}
     assert "holds  Adam reaches a lower eval loss than SGD with momentum (L = 3" in result.output
     # Quick verdicts test the pipeline, not the paper: the console and the top of the page say so.
     assert result.output.startswith("quick profile: ") and "test the pipeline, not the paper" in result.output

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from testbed import Diagnostic, Histogram, Option, Scalar, hookimpl, schedule_from, schedule_options
+from testbed import Diagnostic, Histogram, Option, Plot, Scalar, hookimpl, schedule_from, schedule_options
 
 from . import noise_stats
 from .figures import noise_figure, smoothness_scatter
@@ -187,6 +187,23 @@ class Sharpness(Diagnostic):
         return [Scalar("lambda_max", lam_max), Scalar("lambda_min", lam_min)]
 
 
+# What `testbed report` draws of each diagnostic, and TensorBoard charts (the paper's figures).
+NOISE_PLOTS = [Plot("errors", "gradient noise", kind="histogram", xlabel=r"$\|g_k - g\|_2$",
+                    subtitle="skewness {skewness:.2f}, excess kurtosis {excess_kurtosis:.1f}",
+                    caption="Density histogram of the gradient-noise norms ||g_k - g|| at initialization")]
+CONDITION_PLOTS = [Plot("proxy", "robust condition number R_med", log=True,
+                        caption="Robust condition number max|H_ii| / median|H_ii| along training, mean over seeds, "
+                                "log scale")]
+SMOOTHNESS_PLOTS = [Plot("value", "directional smoothness",
+                         caption="Directional smoothness along the update actually taken, mean over seeds")]
+GENERALIZED_PLOTS = [Plot("directional_smoothness", "generalized smoothness", kind="scatter", x="grad_norm", log=True,
+                          xlabel=r"$\log \|\nabla f(\theta_t)\|$", ylabel=r"$\log$ directional smoothness",
+                          caption="log directional smoothness against log gradient norm, coloured by step")]
+SHARPNESS_PLOTS = [Plot("lambda_max", "sharpness lambda_max", log=True,
+                        caption="Largest Hessian eigenvalue (Lanczos on the eval batch) along training, mean over "
+                                "seeds, log scale")]
+
+
 @hookimpl
 def register_diagnostics(register) -> None:
     register("gradient_noise", lambda **o: GradientNoise(**o), options={
@@ -201,20 +218,24 @@ def register_diagnostics(register) -> None:
                                 min=0.0, min_exclusive=True, max=0.5),
         **schedule_options(steps=[0]),
     }, doc="Gradient noise ||g_k - g|| at a point (default: initialization): histogram, QQ plot, "
-           "skewness, kurtosis, quantile ratios, Hill tail index")
+           "skewness, kurtosis, quantile ratios, Hill tail index", plots=NOISE_PLOTS)
     register("robust_condition_number", lambda **o: RobustConditionNumber(**o), options={
         "spectrum_histogram": Option(False, "also log the Hessian eigenvalues as a histogram"),
         **schedule_options(every=250),
-    }, doc="Full eval-batch Hessian: max|H_ii|/median|H_ii| (the paper's R_med) and its eigenvalues")
+    }, doc="Full eval-batch Hessian: max|H_ii|/median|H_ii| (the paper's R_med) and its eigenvalues",
+        plots=CONDITION_PLOTS)
     register("directional_smoothness", lambda **o: DirectionalSmoothness(**o), options=schedule_options(every=10),
-             doc="u^T H(theta_t) u along the update actually taken (Pan & Li 2023), eval batch")
+             doc="u^T H(theta_t) u along the update actually taken (Pan & Li 2023), eval batch",
+             plots=SMOOTHNESS_PLOTS)
     register("generalized_smoothness", lambda **o: GeneralizedSmoothness(**o),
              options=schedule_options(every=1, stop=2000),
-             doc="log grad norm vs log directional smoothness over a window: correlation, slope, scatter")
+             doc="log grad norm vs log directional smoothness over a window: correlation, slope, scatter",
+             plots=GENERALIZED_PLOTS)
     register("block_norms", lambda **o: BlockNorms(**o), options=schedule_options(every=10),
              doc="Per parameter block: gradient, update and parameter norms, update/parameter ratio")
     register("sharpness", lambda **o: Sharpness(**o), options={
         "iterations": Option(20, "Lanczos iterations (Hessian-vector products); each keeps a vector of "
                              "the parameters' size", min=2, max=1_000),
         **schedule_options(every=250),
-    }, doc="lambda_max and lambda_min of the eval-batch Hessian by Lanczos on Hessian-vector products")
+    }, doc="lambda_max and lambda_min of the eval-batch Hessian by Lanczos on Hessian-vector products",
+        plots=SHARPNESS_PLOTS)

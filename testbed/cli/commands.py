@@ -15,8 +15,7 @@ from testbed import __version__
 from testbed.experiment.config import apply_overrides, load_yaml
 from testbed.errors import TestbedError
 from testbed.experiment.executors.local import EXECUTORS, make_executor
-from testbed.files.layout import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
-from testbed.experiment.runner import Phase, run_sweep, summary_table
+from testbed.experiment.runner import Phase, format_table, run_sweep
 from testbed.experiment.sweep import Sweep, expand
 from testbed.experiment.tuning import describe_tuning, plan_pilots
 from testbed.plugins import load_plugins
@@ -122,9 +121,9 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
     click.echo("")
     if sweep.swept:
         rows = [(e.directory.name, row) for e in outcome.experiments for row in e.summary()]
-        click.echo(summary_table([row for _, row in rows], points=[point for point, _ in rows]))
+        click.echo(format_table([row for _, row in rows], points=[point for point, _ in rows]))
     else:
-        click.echo(summary_table(outcome.experiments[0].summary()))
+        click.echo(format_table(outcome.experiments[0].summary()))
     click.echo("")
     click.echo(f"{outcome.status} in {outcome.wall_seconds:.1f} s ({outcome.executed} runs executed, "
                f"{outcome.resumed} of them resumed; {outcome.cached} already done); "
@@ -144,7 +143,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
 def _warning_line(result) -> str:
     """One line for a run whose numbers are right but something around them is not (its warnings)."""
     more = len(result.warnings) - 1
-    rest = f" (and {more} more in its {SUMMARY_FILE})" if more else ""
+    rest = f" (and {more} more in its summary.json)" if more else ""
     return f"Warning: run {result.key}: {result.warnings[0]}{rest}"
 
 
@@ -170,7 +169,7 @@ def _run_counts(sweep) -> tuple[int, int]:
 
 
 def _results_path(outcome, sweep) -> Path:
-    return outcome.directory / (SWEEP_FILE if sweep.swept else RESULTS_FILE)
+    return outcome.directory / ("sweep.json" if sweep.swept else "results.json")
 
 
 @main.command()
@@ -237,13 +236,15 @@ def list_command(kind: str) -> None:
               help="Steps of the R_med ratio table, comma-separated (the paper's: 750 and 1250).")
 def report(directories: tuple[str, ...], out: str, steps: str) -> None:
     """Write a report (report.md, index.html, figures) for the experiments under DIR..."""
+    from testbed.paper.report import paper_extras
     from testbed.report import make_report
 
     try:
         table_steps = tuple(int(s) for s in steps.split(",") if s.strip())
     except ValueError:
         raise click.BadParameter("expected comma-separated integers", param_hint="--steps") from None
-    directory, claims = make_report(list(directories), out, table_steps, note=click.echo, warn=_warn)
+    directory, claims = make_report(list(directories), out, paper_extras(table_steps), load_plugins().registry,
+                                    note=click.echo, warn=_warn)
     for claim in claims:
         click.echo(f"{claim.verdict:>13}  {claim.title}")
     click.echo(f"report: {directory / 'report.md'} and {directory / 'index.html'}")
@@ -308,11 +309,11 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, for
 @click.option("--budget", default=2.0, show_default=True, help="Seconds of timed steps per side and round.")
 @click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
 @click.option("--noise-samples", default=10_000, show_default=True,
-              help="Minibatch gradients in the timed gradient-noise measurement (paper: 10,000).")
+              help="Minibatch gradients in the timed gradient_noise evaluation (paper: 10,000).")
 @click.option("--quick", is_flag=True, help="A fast smoke run: short budgets, small n, few noise samples.")
 @click.option("--json", "json_path", default=None, help="Also write the numbers to this JSON file.")
 def bench(budget: float, rounds: int, noise_samples: int, quick: bool, json_path: str | None) -> None:
-    """Time the engine against the direct formula (one thread), a Hessian and the gradient-noise measurement."""
+    """Time the engine against the direct formula (one thread), a Hessian and gradient_noise."""
     from testbed.paper.bench import format_bench, run_bench
 
     if quick:

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from testbed.errors import StorageError
-from testbed.files.layout import CHECKPOINT_FILE, EVENT_FILE_PREFIX
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
 @dataclass

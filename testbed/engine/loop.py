@@ -17,11 +17,13 @@ from typing import Any, Callable
 
 import torch
 
+from testbed.diagnostics import Plot
 from testbed.engine import checkpoint
 from testbed.engine.provenance import versions
 from testbed.errors import StorageError
 from testbed.model.transformer import mse_loss
 from testbed.plugins import Plugins
+from testbed.plugins.registry import Registry
 from testbed.engine.run import RunContext, RunPlan, RunResult
 from testbed.engine.state import RunState, build_run
 from testbed.tasks import Batch
@@ -138,18 +140,18 @@ def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoin
     """Log a new run's metadata (a resumed run logged it before), build the run's parts, and put a
     resumed run back where its checkpoint left it."""
     if resume is None:
-        _log_metadata(plan, logger)
+        _log_metadata(plan, logger, plugins.registry)
     run = build_run(plan, plugins.registry, logger, started, None if resume is None else resume.step)
     if resume is not None:
         _restore(run, resume, result)
     return run
 
 
-def _log_metadata(plan: RunPlan, logger: RunLogger) -> None:
+def _log_metadata(plan: RunPlan, logger: RunLogger, registry: Registry) -> None:
     """What TensorBoard shows of a run besides its curves: its config, hparams, layout and texts."""
     logger.config(plan.config.to_dict())
     logger.hparams(hparams_of(plan))
-    logger.layout()
+    logger.layout(measured_plots(plan, registry))
     for tag, markdown in plan.texts:
         logger.text(tag, markdown)
 
@@ -330,9 +332,17 @@ def _finish(result: RunResult, logger: RunLogger) -> None:
     logger.end_session(result.status)
 
 
+def measured_plots(plan: RunPlan, registry: Registry) -> dict[str, tuple[Plot, ...]]:
+    """The plots declared by each diagnostic this run measures (name -> plots): its TensorBoard charts."""
+    return {spec.name: registry.get("diagnostic", spec.name, "diagnostics.name").metadata["plots"]
+            for spec in plan.config.diagnostics if spec.applies_to(plan.optimizer.label, plan.seed)}
+
+
 def hparams_of(plan: RunPlan) -> dict[str, Any]:
-    values: dict[str, Any] = {"optimizer": plan.optimizer.label, "optimizer_name": plan.optimizer.name,
-                              "lr": plan.optimizer.lr, "seed": plan.seed}
+    """The run's row in TensorBoard's HParams table: its optimizer label (one column: the label is
+    what names its runs; the optimizer's plugin name is in the config text), lr, seed, optimizer
+    options and swept keys. Booleans stay booleans (true/false in the table)."""
+    values: dict[str, Any] = {"optimizer": plan.optimizer.label, "lr": plan.optimizer.lr, "seed": plan.seed}
     for key, value in plan.optimizer.options.items():
         values[f"options.{key}"] = value
     values.update(plan.swept())  # a sweep point's keys, e.g. task.n

@@ -9,23 +9,24 @@ selects by optimizer and seed. HParams are written into the same directory (not 
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2
-from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
-from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
-from torch.utils.tensorboard.summary import hparams
+from tensorboard.plugins.hparams.metadata import (EXPERIMENT_TAG, PLUGIN_DATA_VERSION, PLUGIN_NAME,
+                                                  SESSION_END_INFO_TAG, SESSION_START_INFO_TAG)
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 
+from testbed.diagnostics import Plot
 from testbed.errors import StorageError
-from testbed.files.layout import EVENT_FILE_PREFIX
 
 # Metrics shown in the HParams dashboard; their values are read from these scalar tags.
-HPARAM_METRICS = {"eval/loss": 0.0, "eval/best_loss": 0.0}
+HPARAM_METRICS = ("eval/loss", "eval/best_loss")
 
 _SESSION_STATUS = {
     "completed": api_pb2.STATUS_SUCCESS,
@@ -34,6 +35,7 @@ _SESSION_STATUS = {
     "interrupted": api_pb2.STATUS_UNKNOWN,  # the proto has no "aborted"
 }
 
+# The charts of every run; each diagnostic it measures adds its own (see ``custom_scalar_layout``).
 CUSTOM_SCALARS = {
     "Loss": {
         "eval loss (fixed batch)": ["Multiline", ["eval/loss"]],
@@ -43,10 +45,54 @@ CUSTOM_SCALARS = {
         "gradient norm before clipping": ["Multiline", ["optim/grad_norm"]],
         "learning rate": ["Multiline", ["optim/lr"]],
     },
-    "Diagnostics": {
-        "all diagnostics": ["Multiline", ["diag/.*"]],
-    },
 }
+
+
+def custom_scalar_layout(plots: Mapping[str, Sequence[Plot]]) -> dict[str, dict[str, list]]:
+    """TensorBoard's custom-scalar layout of a run measuring the diagnostics in ``plots`` (name ->
+    the plots it declared): the loss and optimizer charts, then a category per diagnostic with a
+    chart per scalar its plots draw (quantities of different scales never share one). A diagnostic
+    that declares no scalar gets one chart of all its scalars."""
+    layout = dict(CUSTOM_SCALARS)
+    for name, declared in plots.items():
+        charts: dict[str, list] = {}
+        for plot in declared:
+            for tag in plot.scalars:
+                title = plot.title if plot.kind == "curve" else f"{plot.title}: {tag}"
+                charts.setdefault(title if title not in charts else f"{title} ({tag})",
+                                  ["Multiline", [f"^{re.escape(f'diag/{name}/{tag}')}$"]])
+        layout[f"diag/{name}"] = charts or {f"{name}: every scalar": ["Multiline", [f"^{re.escape(f'diag/{name}/')}"]]}
+    return layout
+
+
+def hparam_summaries(values: Mapping[str, Any]) -> tuple[Summary, Summary]:
+    """The HParams plugin's experiment summary (one column per key, typed by its value, and the
+    metrics) and session-start summary (these values) for ``values`` (numbers, strings, booleans).
+    Not torch's ``hparams()``: it writes a boolean as a number (bool is an int), which the dashboard
+    showed as 0.0000."""
+    start = SessionStartInfo()
+    columns = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            start.hparams[key].bool_value, kind = value, api_pb2.DATA_TYPE_BOOL
+        elif isinstance(value, (int, float)):
+            start.hparams[key].number_value, kind = value, api_pb2.DATA_TYPE_FLOAT64
+        else:
+            start.hparams[key].string_value, kind = str(value), api_pb2.DATA_TYPE_STRING
+        columns.append(api_pb2.HParamInfo(name=key, type=kind))
+    experiment = api_pb2.Experiment(hparam_infos=columns,
+                                    metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag))
+                                                  for tag in HPARAM_METRICS])
+    return (_hparams_summary(EXPERIMENT_TAG, HParamsPluginData(experiment=experiment, version=PLUGIN_DATA_VERSION)),
+            _hparams_summary(SESSION_START_INFO_TAG,
+                             HParamsPluginData(session_start_info=start, version=PLUGIN_DATA_VERSION)))
+
+
+def _hparams_summary(tag: str, content: HParamsPluginData) -> Summary:
+    """A summary holding one record of the HParams plugin."""
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
+                                                                      content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
 
 
 def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
@@ -55,9 +101,9 @@ def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
     runs of different optimizers or sweep points have different keys, and TensorBoard shows only
     the columns of the one experiment summary it finds. An earlier attempt's file is replaced."""
     try:
-        for old in directory.glob(EVENT_FILE_PREFIX + "*"):
+        for old in directory.glob("events.out.tfevents.*"):
             old.unlink()
-        experiment, _, _ = hparams(dict(columns), HPARAM_METRICS)
+        experiment, _ = hparam_summaries(columns)
         writer = SummaryWriter(log_dir=str(directory))
         writer._get_file_writer().add_summary(experiment)
         writer.close()
@@ -146,7 +192,7 @@ class RunLogger:
     def hparams(self, values: Mapping[str, Any]) -> None:
         """The run's hparams (its session start); the session ends with the real status in
         ``end_session``. The columns are declared once for all runs: ``write_hparams_config``."""
-        _, session_start, _ = hparams(dict(values), HPARAM_METRICS)
+        _, session_start = hparam_summaries(values)
         self.writer._get_file_writer().add_summary(session_start)
 
     @_writing
@@ -154,14 +200,12 @@ class RunLogger:
         # torch's hparams() always reports success; build the session end with the real status.
         content = HParamsPluginData(session_end_info=SessionEndInfo(status=_SESSION_STATUS[status]),
                                     version=PLUGIN_DATA_VERSION)
-        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
-            plugin_name=PLUGIN_NAME, content=content.SerializeToString()))
-        summary = Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
-        self.writer._get_file_writer().add_summary(summary)
+        self.writer._get_file_writer().add_summary(_hparams_summary(SESSION_END_INFO_TAG, content))
 
     @_writing
-    def layout(self) -> None:
-        self.writer.add_custom_scalars(CUSTOM_SCALARS)
+    def layout(self, plots: Mapping[str, Sequence[Plot]]) -> None:
+        """The run's custom-scalar layout, from the plots its diagnostics declare (``custom_scalar_layout``)."""
+        self.writer.add_custom_scalars(custom_scalar_layout(plots))
 
     @_writing
     def flush(self) -> None:

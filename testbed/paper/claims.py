@@ -5,19 +5,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 from typing import Callable
 
 from testbed.report.data import Experiment
-
-HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
-
-
-@dataclass(frozen=True)
-class Claim:
-    title: str
-    verdict: str
-    evidence: str
+from testbed.report.render import FAILS, HOLDS, UNMEASURED, Claim
 
 
 def _pair(experiment: Experiment) -> tuple[str, str] | None:

@@ -17,12 +17,13 @@ from testbed.experiment.config import load_yaml, parse_config
 from testbed.errors import StorageError, TestbedError
 from testbed.engine.loop import Report
 from testbed.experiment.runner import ExperimentOutcome, Phase, run_experiment
-from testbed.files.layout import PROFILE_FILE
 from testbed.files.links import refuse_links
 from testbed.files.lock import directory_lock
 from testbed.plugins import Plugins
 from testbed.report import make_report
 from testbed.paper.claims import Claim
+from testbed.paper.report import SMOOTHNESS_FROM, paper_extras
+from testbed.report.load import PROFILE_FILE
 
 # Package data, so that an installed testbed has it; examples/paper in a checkout is a link to it.
 SUITE = Path(__file__).resolve().parent / "suite"
@@ -107,8 +108,8 @@ def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: i
                                            on_phase=on_phase, force=force))
         # The quick profile is too short for the paper's table steps and the DS window from step 250.
         steps = (50, 100) if quick else (750, 1250)
-        directory, claims = make_report([out / "runs"], out / "report", steps, smoothness_from=0 if quick else 250,
-                                        note=note, warn=warn)
+        extras = paper_extras(steps, smoothness_from=0 if quick else SMOOTHNESS_FROM)
+        directory, claims = make_report([out / "runs"], out / "report", extras, plugins.registry, note=note, warn=warn)
     return outcomes, directory, claims
 
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from testbed.diagnostics import Plot
 from testbed.errors import ConfigError, PluginError
 from testbed.options import Option
 
@@ -19,7 +20,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _METADATA: dict[str, dict[str, Any]] = {
     "optimizer": {"needs_closure": False},
     "task": {},
-    "diagnostic": {},
+    "diagnostic": {"plots": ()},  # testbed.Plot declarations: the report's figures, TensorBoard's charts
 }
 
 
@@ -76,6 +77,8 @@ class Registry:
                 f"{kind} {name!r} is registered by two plugins: {existing.plugin!r} and {plugin!r}"
             )
         full_metadata = {**_METADATA[kind], **metadata}
+        if kind == "diagnostic":
+            full_metadata["plots"] = checked_plots(full_metadata["plots"], where)
         self.entries[kind][name] = Entry(kind, name, factory, dict(options), doc.strip(), plugin, full_metadata)
 
     def get(self, kind: str, name: str, where: str) -> Entry:
@@ -88,3 +91,16 @@ class Registry:
 
     def list(self, kind: str) -> list[Entry]:
         return sorted(self.entries[kind].values(), key=lambda e: e.name)
+
+
+def checked_plots(plots: Any, where: str) -> tuple[Plot, ...]:
+    """A diagnostic's ``plots=`` metadata as a tuple of valid testbed.Plot; a PluginError otherwise."""
+    if isinstance(plots, (str, bytes)) or not isinstance(plots, (list, tuple)):
+        raise PluginError(f"{where}: plots must be a list of testbed.Plot, not {type(plots).__name__}")
+    for index, plot in enumerate(plots):
+        if not isinstance(plot, Plot):
+            raise PluginError(f"{where}: plots[{index}] is of type {type(plot).__name__}, not testbed.Plot")
+        problem = plot.problem()
+        if problem is not None:
+            raise PluginError(f"{where}: plots[{index}] ({plot.tag!r}): {problem}")
+    return tuple(plots)

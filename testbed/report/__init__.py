@@ -1,41 +1,40 @@
 """`testbed report`: turn experiment directories into a self-contained report directory.
 
-For every experiment: eval-loss curves, the gradient-noise histogram, R_med, sharpness and directional
-smoothness along training, the generalized-smoothness scatter, and a results table; across
-experiments: the paper's claims checked on the data. Works on any experiment, not only the paper's.
+For every experiment: a results table, the eval-loss curves and the figures its diagnostics declare
+when they register (testbed.Plot); for every sweep: its best configurations and learning-rate
+sensitivity. Generic: it names no optimizer, task or diagnostic. A layer above adds its own
+paragraphs, claims, columns and tables through ``ReportExtras`` (testbed/paper/ adds the paper's).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
+from testbed.diagnostics import Plot
 from testbed.errors import ResultsError
 from testbed.files.safe_paths import path_under, safe_filename
+from testbed.plugins.registry import Registry
 from testbed.report import figures, sweeps
-from testbed.paper.claims import Claim, check_claims, condition_ratios, median_smoothness, noise_skewness
 from testbed.report.data import Experiment
+from testbed.report.extras import Column, ReportExtras
 from testbed.report.load import find_experiments
-from testbed.report.render import Section, write, writing
+from testbed.report.render import Claim, Claims, Section, write, writing
 
-QUICK_PROFILE = ("Quick profile (testbed reproduce --quick): every experiment was shrunk (fewer steps, prompts "
-                 "and seeds, smaller tuning grids and diagnostic budgets) to run in minutes, so its verdicts "
-                 "test the pipeline, not the paper.")
-FULL_PROFILE = ("Full profile (testbed reproduce): every experiment ran the paper's protocol as its suite file "
-                "states it.")
+LOSS_CAPTION = "Eval loss on the fixed batch, mean over seeds (band: range over seeds), log scale"
 
 
-def _results_table(experiment: Experiment) -> tuple[list[str], list[list[str]]]:
-    header = ["optimizer", "lr", "runs", "diverged", "final eval loss (mean)", "median directional smoothness"]
+def _results_table(experiment: Experiment, columns: Sequence[Column] = ()) -> tuple[list[str], list[list[str]]]:
+    header = ["optimizer", "lr", "runs", "diverged", "final eval loss (mean)", *(c.header for c in columns)]
     rows = []
     for label in experiment.labels:
         runs = experiment.runs_of(label)
         final = experiment.mean_final(label)
-        smooth = median_smoothness(experiment, label)
         lrs = ", ".join(dict.fromkeys(f"{r.lr:g}" for r in runs if r.lr is not None)) or "-"
         rows.append([label, lrs, str(len(runs)), str(sum(r.status == "diverged" for r in runs)),
-                     "-" if final is None else f"{final:.4g}", "-" if smooth is None else f"{smooth:.4g}"])
+                     "-" if final is None else f"{final:.4g}", *(c.cell(experiment, label) for c in columns)])
     return header, rows
 
 
@@ -72,31 +71,34 @@ def unfinished_paragraph(experiment: Experiment) -> str | None:
     return text
 
 
-def _ratio_pair(experiment: Experiment) -> tuple[str, str] | None:
-    """The paper's SGD/Adam; for other experiments, the first optimizer over "adam" (or the last)."""
-    labels = experiment.labels
-    if len(labels) < 2:
-        return None
-    denominator = "adam" if "adam" in labels else labels[-1]
-    numerator = "sgd" if "sgd" in labels and denominator != "sgd" else next(l for l in labels if l != denominator)
-    return numerator, denominator
+@dataclass
+class FigureFiles:
+    """Names the report's figure files under ``out``/figures: safe whatever the text, and never one
+    name twice (no figure may overwrite another, whatever the experiments and diagnostics are named)."""
+
+    out: Path
+    taken: set[str] = field(default_factory=set)
+
+    def path(self, name: str) -> Path:
+        """A fresh file for the figure ``name`` (.png added)."""
+        stem, copy = safe_filename(name), 1
+        while stem in self.taken:
+            copy += 1
+            stem = f"{safe_filename(name)}-{copy}"
+        self.taken.add(stem)
+        return path_under(self.out / "figures", f"{stem}.png")
+
+    def relative(self, path: Path) -> str:
+        """How the report's pages refer to a figure file."""
+        return str(path.relative_to(self.out))
 
 
-def condition_table(experiment: Experiment, steps: tuple[int, ...]) -> tuple[list[str], list[list[str]]] | None:
-    pair = _ratio_pair(experiment)
-    if pair is None or not experiment.has("robust_condition_number/proxy"):
-        return None
-    ratios = condition_ratios(experiment, steps, *pair)
-    if not ratios:
-        return None
-    header = ["experiment"] + [f"step {s}" for s in steps]
-    row = [f"{experiment.name}: {pair[0]}/{pair[1]} R_med, mean (std) over seeds"]
-    row += [f"{ratios[s][0]:.2f} ({ratios[s][1]:.2f})" if s in ratios else "-" for s in steps]
-    return header, [row]
-
-
-def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...], stem: str) -> Section:
-    """The experiment's tables, paragraphs and figures; its figure files are named ``stem``-<kind>.png."""
+def experiment_section(experiment: Experiment, files: FigureFiles, stem: str, plots: Mapping[str, Sequence[Plot]],
+                       extras: ReportExtras = ReportExtras()) -> Section:
+    """The experiment's tables, paragraphs and figures: the eval loss, then the plots each of its
+    diagnostics declares (``plots``: diagnostic name -> declarations; a name missing from it is a
+    diagnostic whose plugin is not installed, said in a paragraph). Figure files are named
+    ``stem``-loss.png and ``stem``-<diagnostic>-<tag>.png."""
     section = Section(experiment.name)
     task = experiment.config["task"]
     model = experiment.config["model"]
@@ -105,39 +107,44 @@ def experiment_section(experiment: Experiment, out: Path, steps: tuple[int, ...]
         f"model L={model['layers']}, {model['parameterization']}, {model['attention']} attention; "
         f"{experiment.config['train']['steps']} steps, batch {experiment.config['train']['batch_size']}, "
         f"seeds {experiment.config['train']['seeds']}.")
-    section.tables.append(_results_table(experiment))
+    section.tables.append(_results_table(experiment, extras.columns))
     section.paragraphs += [p for p in (divergence_paragraph(experiment), unfinished_paragraph(experiment)) if p]
-    table = condition_table(experiment, steps)
-    if table:
-        section.tables.append(table)
-    skew = noise_skewness(experiment)
-    if skew is not None:
-        section.paragraphs.append(f"Gradient noise at initialization: mean skewness {skew:.2f} over the runs that measured it.")
+    unknown = [name for name in measured_diagnostics(experiment) if name not in plots]
+    if unknown:
+        section.paragraphs.append(unknown_paragraph(unknown))
+    extras.section(experiment, section)
 
-    def figure(kind: str) -> Path:
-        return path_under(out / "figures", f"{stem}-{kind}.png")
-
-    candidates = [
-        (figures.loss_curves(experiment, figure("loss")),
-         "Eval loss on the fixed batch, mean over seeds (band: range over seeds), log scale"),
-        (figures.noise_histograms(experiment, figure("noise")),
-         "Density histogram of the gradient-noise norms ||g_k - g|| at initialization"),
-        (figures.diagnostic_curves(experiment, "robust_condition_number/proxy", "robust condition number R_med",
-                                   figure("rmed")),
-         "Robust condition number max|H_ii| / median|H_ii| along training, mean over seeds, log scale"),
-        (figures.diagnostic_curves(experiment, "directional_smoothness/value", "directional smoothness",
-                                   figure("ds"), log=False),
-         "Directional smoothness along the update actually taken, mean over seeds"),
-        (figures.diagnostic_curves(experiment, "sharpness/lambda_max", "sharpness lambda_max", figure("sharpness")),
-         "Largest Hessian eigenvalue (Lanczos on the eval batch) along training, mean over seeds, log scale"),
-        (figures.smoothness_scatter(experiment, figure("gs")),
-         "log directional smoothness against log gradient norm, coloured by step"),
-    ]
-    section.figures += [(str(path.relative_to(out)), caption) for path, caption in candidates if path is not None]
+    candidates = [(figures.loss_curves(experiment, files.path(f"{stem}-loss")), LOSS_CAPTION)]
+    for name in measured_diagnostics(experiment):
+        for plot in plots.get(name, ()):
+            path = figures.declared_figure(experiment, name, plot, files.path(f"{stem}-{name}-{plot.tag}"))
+            candidates.append((path, plot.caption or f"{name}: {plot.title}"))
+    section.figures += [(files.relative(path), caption) for path, caption in candidates if path is not None]
     return section
 
 
-def sweep_section(name: str, points: list[Experiment], out: Path, stem: str) -> Section:
+def measured_diagnostics(experiment: Experiment) -> list[str]:
+    """The diagnostics of an experiment: those its config names, in its order, then any other its
+    runs recorded scalars of (a results file written by hand may have no diagnostics section)."""
+    configured = experiment.config.get("diagnostics")
+    names = [d.get("name") for d in configured if isinstance(d, dict)] if isinstance(configured, list) else []
+    names += [key.split("/", 1)[0] for run in experiment.runs for key in run.diagnostics]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
+
+
+def unknown_paragraph(names: Sequence[str]) -> str:
+    """Diagnostics no installed plugin registers: what they would draw is not known."""
+    listed = ", ".join(names)
+    which = "this diagnostic, so its" if len(names) == 1 else "these diagnostics, so their"
+    return f"No figures for {listed}: no installed plugin registers {which} declared plots are unknown."
+
+
+def declared_plots(registry: Registry) -> dict[str, tuple[Plot, ...]]:
+    """Diagnostic name -> the plots it declared when it registered."""
+    return {entry.name: entry.metadata["plots"] for entry in registry.list("diagnostic")}
+
+
+def sweep_section(name: str, points: list[Experiment], files: FigureFiles, stem: str) -> Section:
     """A sweep's best-configuration table and its learning-rate sensitivity figure, ``stem``-lr-sensitivity.png."""
     section = Section(f"sweep {name}")
     keys = list(dict.fromkeys(k for p in points for k in p.point))
@@ -146,26 +153,32 @@ def sweep_section(name: str, points: list[Experiment], out: Path, stem: str) -> 
                               "seed wins only if all have one).")
     section.tables.append(sweeps.best_table(points))
     section.paragraphs += [f"{p.name}: {text}" for p in points if (text := unfinished_paragraph(p))]
-    figure = sweeps.sensitivity_curves(name, points, path_under(out / "figures", f"{stem}-lr-sensitivity.png"))
+    figure = sweeps.sensitivity_curves(name, points, files.path(f"{stem}-lr-sensitivity"))
     if figure is not None:
-        section.figures.append((str(figure.relative_to(out)),
+        section.figures.append((files.relative(figure),
                                 "Final eval loss against the learning rate, mean over seeds (band: range), log-log"))
     return section
 
 
-def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...] = (750, 1250),
-                smoothness_from: int = 250, note: Callable[[str], None] = lambda line: None,
+def make_report(paths: list[str | Path], out: str | Path, extras: ReportExtras = ReportExtras(),
+                registry: Registry | None = None, note: Callable[[str], None] = lambda line: None,
                 warn: Callable[[str], None] = lambda line: None) -> tuple[Path, list[Claim]]:
     """Write report.md, index.html and figures/*.png under ``out`` for the experiments under
-    ``paths``; return the report directory and the claims. ``note`` receives a line for each thing
-    a user should know before reading the page (runs that did not finish, the reproduction
-    profile); ``warn`` one for each experiment skipped because its results.json cannot be read.
-    No experiment readable: a ResultsError saying why."""
+    ``paths``; return the report directory and the claims ``extras`` checked. The figures of each
+    diagnostic are those it declared in ``registry`` (default: the installed plugins'). ``note``
+    receives a line for each thing a user should know before reading the page (runs that did not
+    finish, a diagnostic without figures, the extras' preface); ``warn`` one for each experiment
+    skipped because its results.json cannot be read. No experiment readable: a ResultsError saying why."""
     experiments, skipped = find_experiments(paths)
     if not experiments:
         raise ResultsError("; ".join(skipped))
     for problem in skipped:
         warn(f"Warning: skipped {problem}")
+    if registry is None:
+        from testbed.plugins import load_plugins  # only now: loading imports every plugin
+
+        registry = load_plugins().registry
+    plots = declared_plots(registry)
     out = Path(out)
     with writing(out):
         (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -176,18 +189,23 @@ def make_report(paths: list[str | Path], out: str | Path, steps: tuple[int, ...]
             swept.setdefault(experiment.sweep, []).append(experiment)
     # Names come from the files: each becomes a distinct, safe file-name stem.
     stems = iter(file_stems([*swept, *(e.name for e in single)]))
-    sections = [sweep_section(name, points, out, next(stems)) for name, points in swept.items()]
-    sections += [experiment_section(e, out, steps, next(stems)) for e in single]
+    files = FigureFiles(out)
+    sections = [sweep_section(name, points, files, next(stems)) for name, points in swept.items()]
+    sections += [experiment_section(e, files, next(stems), plots, extras) for e in single]
     for experiment in experiments:
         if (text := unfinished_paragraph(experiment)) is not None:
             note(f"{experiment.name}: {text}")
-    preface = profile_paragraphs(experiments)
+    for experiment in single:
+        unknown = [name for name in measured_diagnostics(experiment) if name not in plots]
+        if unknown:
+            note(f"{experiment.name}: {unknown_paragraph(unknown)}")
+    preface = extras.preface(experiments)
     for paragraph in preface:
         note(paragraph)
     if skipped:
         preface.append("Skipped, their results could not be read: " + "; ".join(skipped) + ".")
-    claims = check_claims(single, steps, smoothness_from)
-    write(out, "testbed report", sections, claims, preface)
+    claims = extras.claims(single)
+    write(out, "testbed report", sections, Claims(extras.claims_heading, claims), preface)
     return out, claims
 
 
@@ -202,17 +220,3 @@ def file_stems(names: Iterable[str]) -> list[str]:
             stem = f"{safe_filename(name)}-{copy}"
         stems.append(stem)
     return stems
-
-
-def profile_paragraphs(experiments: list[Experiment]) -> list[str]:
-    """What the data is, when `testbed reproduce` made it: the quick profile's verdicts test the
-    pipeline, not the paper. Names the experiments of each profile when they are mixed."""
-    by_profile: dict[str, list[str]] = {}
-    for experiment in experiments:
-        if experiment.profile is not None:
-            by_profile.setdefault(experiment.profile, []).append(experiment.name)
-    texts = {"quick": QUICK_PROFILE, "full": FULL_PROFILE}
-    if len(by_profile) == 1 and sum(map(len, by_profile.values())) == len(experiments):
-        return [texts[profile] for profile in by_profile]
-    return [f"{texts[profile]} Experiments: {', '.join(names)}." for profile, names in sorted(by_profile.items(),
-                                                                                          reverse=True)]

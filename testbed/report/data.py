@@ -1,5 +1,5 @@
-"""What a report reads: experiments (curves, diagnostics, config: loaded by ``load``) and, for
-gradient-noise histograms, the TensorBoard event files of their runs."""
+"""What a report reads: experiments (curves, diagnostics, config: loaded by ``load``) and, for the
+histograms diagnostics declare, the TensorBoard event files of their runs."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ class Run:
     def unfinished(self) -> bool:
         """Interrupted or failed: the run has no final result."""
         return self.status not in ("completed", "diverged")
+
+    def measured(self, diagnostic: str) -> bool:
+        """Whether the run recorded a scalar of ``diagnostic``."""
+        return any(key.startswith(f"{diagnostic}/") for key in self.diagnostics)
 
     def value_at(self, key: str, step: int) -> float | None:
         for s, v in self.diagnostics.get(key, []):
@@ -85,9 +89,18 @@ class Experiment:
         return statistics.fmean(values) if values else None
 
 
-def noise_histogram(run: Run, tag: str = "diag/gradient_noise/errors") -> tuple[list[float], list[float]] | None:
-    """(bucket edges, counts) of the first gradient-noise histogram in a run's event files: n+1
-    edges for n buckets (TensorBoard stores the right edges and the minimum)."""
+@dataclass(frozen=True)
+class LoggedHistogram:
+    """A histogram read back from TensorBoard: n+1 bucket edges for n counts, and its step."""
+
+    step: int
+    edges: list[float]
+    counts: list[float]
+
+
+def first_histogram(run: Run, tag: str) -> LoggedHistogram | None:
+    """The first histogram logged under ``tag`` (a full tag, e.g. ``diag/<name>/<tag>``) in a run's
+    event files (TensorBoard stores the right edges and the minimum)."""
     from tensorboard.backend.event_processing.event_accumulator import (
         STORE_EVERYTHING_SIZE_GUIDANCE,
         EventAccumulator,
@@ -99,5 +112,6 @@ def noise_histogram(run: Run, tag: str = "diag/gradient_noise/errors") -> tuple[
     accumulator.Reload()
     if tag not in accumulator.Tags().get("histograms", []):
         return None
-    histogram = accumulator.Histograms(tag)[0].histogram_value
-    return [histogram.min, *histogram.bucket_limit], list(histogram.bucket)
+    event = accumulator.Histograms(tag)[0]
+    histogram = event.histogram_value
+    return LoggedHistogram(event.step, [histogram.min, *histogram.bucket_limit], list(histogram.bucket))

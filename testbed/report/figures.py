@@ -1,6 +1,7 @@
-"""The report's figures, in the paper's style: one colour per optimizer, mean over seeds with a band
-(the range over seeds), log-scale losses. Each function writes one PNG and returns its path, or
-None when the experiment has nothing to show for it."""
+"""The report's figures: the eval loss, and the figures diagnostics declare (testbed.Plot), in the
+paper's style: one colour per optimizer label, mean over seeds with a band (the range over seeds),
+log-scale losses. Each function writes one PNG and returns its path, or None when the experiment has
+nothing to show for it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from testbed.report.data import Experiment, Run, noise_histogram
+from testbed.diagnostics import Plot
+from testbed.report.data import Experiment, Run, first_histogram
 from testbed.report.render import writing
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
@@ -22,10 +24,10 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
+def _save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
                       log: bool = True, legend_size: int = 8) -> Path:
     """Label a mean-over-seeds figure (the name on a title line of its own: long ones were cut off)
-    and save it."""
+    and save it to ``path``: every band figure of the report (eval loss, diagnostics, sweeps) ends here."""
     if log:
         axes.set_yscale("log")
     axes.set_xlabel(xlabel)
@@ -76,10 +78,13 @@ def loss_curves(experiment: Experiment, path: Path) -> Path | None:
             drawn = True
     if not drawn:
         return None
-    return save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
+    return _save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
 
 
-def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path, log: bool = True) -> Path | None:
+def diagnostic_curves(experiment: Experiment, key: str, title: str, path: Path, log: bool = True,
+                      xlabel: str = "step", ylabel: str | None = None) -> Path | None:
+    """A diagnostic's scalar ``key`` (``<name>/<tag>``) along training: mean over seeds per label,
+    with the range band; None when no run measured it."""
     if not experiment.has(key):
         return None
     figure = Figure(figsize=(6, 4))
@@ -93,51 +98,82 @@ def diagnostic_curves(experiment: Experiment, key: str, ylabel: str, path: Path,
         drawn |= _band(axes, curves, colour, label)
     if not drawn:
         return None
-    return save_band_figure(figure, axes, path, experiment.name, ylabel, "step", ylabel, log=log)
+    return _save_band_figure(figure, axes, path, experiment.name, title, xlabel, ylabel or title, log=log)
 
 
-def noise_histograms(experiment: Experiment, path: Path) -> Path | None:
-    """The gradient-noise density histogram of the first run that measured it."""
+def declared_figure(experiment: Experiment, diagnostic: str, plot: Plot, path: Path) -> Path | None:
+    """The figure ``plot`` declares for ``diagnostic``, written to ``path``; None when the experiment
+    has nothing to show for it."""
+    if plot.kind == "histogram":
+        return histogram(experiment, diagnostic, plot, path)
+    if plot.kind == "scatter":
+        return scatter(experiment, diagnostic, plot, path)
+    return diagnostic_curves(experiment, f"{diagnostic}/{plot.tag}", plot.title, path, log=plot.log,
+                             xlabel=plot.xlabel or "step", ylabel=plot.ylabel)
+
+
+def histogram(experiment: Experiment, diagnostic: str, plot: Plot, path: Path) -> Path | None:
+    """The density histogram of ``plot.tag``, as the first run that measured ``diagnostic`` logged
+    it first (TensorBoard keeps a histogram's buckets, not its samples)."""
     for run in experiment.runs:
-        if "gradient_noise/skewness" not in run.diagnostics:
+        if not run.measured(diagnostic):
             continue
-        histogram = noise_histogram(run)
-        if histogram is None:
+        logged = first_histogram(run, f"diag/{diagnostic}/{plot.tag}")
+        if logged is None:
             continue
-        edges, counts = (np.asarray(a, dtype=float) for a in histogram)
+        edges, counts = (np.asarray(a, dtype=float) for a in (logged.edges, logged.counts))
         width = np.diff(edges)
         density = counts / (counts.sum() * np.where(width > 0, width, np.inf))
         figure = Figure(figsize=(6, 4))
         axes = figure.add_subplot()
         axes.bar(edges[:-1], density, width=width, align="edge", color="tab:blue", alpha=0.85)
-        skew = run.value_at("gradient_noise/skewness", 0)
-        kurtosis = run.value_at("gradient_noise/excess_kurtosis", 0)
-        title = f"{experiment.name}: gradient noise at init ({run.label}, seed {run.seed})"
-        if skew is not None and kurtosis is not None:
-            title += f"\nskewness {skew:.2f}, excess kurtosis {kurtosis:.1f}"
+        when = "at init" if logged.step == 0 else f"at step {logged.step}"  # step 0 is the initialization
+        title = f"{experiment.name}: {plot.title} {when} ({run.label}, seed {run.seed})"
+        subtitle = _subtitle(plot, run, diagnostic, logged.step)
+        if subtitle is not None:
+            title += f"\n{subtitle}"
         axes.set_title(title, fontsize=9)
-        axes.set_xlabel(r"$\|g_k - g\|_2$")
-        axes.set_ylabel("density")
+        axes.set_xlabel(plot.xlabel or plot.tag)
+        axes.set_ylabel(plot.ylabel or "density")
         return _save(figure, path)
     return None
 
 
-def smoothness_scatter(experiment: Experiment, path: Path) -> Path | None:
-    """log directional smoothness against log gradient norm, coloured by step (first run)."""
+def _subtitle(plot: Plot, run: Run, diagnostic: str, step: int) -> str | None:
+    """``plot.subtitle`` filled with the run's scalars of ``diagnostic`` at ``step``; None when it
+    names one the run lacks there (or is no valid template)."""
+    if plot.subtitle is None:
+        return None
+    prefix = f"{diagnostic}/"
+    values = {key[len(prefix):]: value for key in run.diagnostics if key.startswith(prefix)
+              and (value := run.value_at(key, step)) is not None}
+    try:
+        return plot.subtitle.format(**values)
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+
+
+def scatter(experiment: Experiment, diagnostic: str, plot: Plot, path: Path) -> Path | None:
+    """``plot.tag`` against ``plot.x`` at the steps both were measured (their logarithms with
+    ``plot.log``), coloured by step: the first run with 3 points or more."""
     for run in experiment.runs:
-        steps_g, grads = run.series("generalized_smoothness/grad_norm")
-        steps_d, smooth = run.series("generalized_smoothness/directional_smoothness")
-        by_step = dict(zip(steps_d, smooth))
-        points = [(s, g, by_step[s]) for s, g in zip(steps_g, grads) if s in by_step and g > 0 and by_step[s] > 0]
+        steps_x, xs = run.series(f"{diagnostic}/{plot.x}")
+        steps_y, ys = run.series(f"{diagnostic}/{plot.tag}")
+        by_step = dict(zip(steps_y, ys))
+        points = [(s, x, by_step[s]) for s, x in zip(steps_x, xs) if s in by_step]
+        if plot.log:  # only positive values have a logarithm
+            points = [(s, x, y) for s, x, y in points if x > 0 and y > 0]
         if len(points) < 3:
             continue
-        steps, g, ds = (np.array(c, dtype=float) for c in zip(*points))
+        steps, x, y = (np.array(c, dtype=float) for c in zip(*points))
+        if plot.log:
+            x, y = np.log(x), np.log(y)
         figure = Figure(figsize=(6, 4))
         axes = figure.add_subplot()
-        scatter = axes.scatter(np.log(g), np.log(ds), c=steps, s=4, cmap="viridis")
-        figure.colorbar(scatter, ax=axes, label="step")
-        axes.set_xlabel(r"$\log \|\nabla f(\theta_t)\|$")
-        axes.set_ylabel(r"$\log$ directional smoothness")
-        axes.set_title(f"{experiment.name}\ngeneralized smoothness ({run.label}, seed {run.seed})", fontsize=9)
+        points_drawn = axes.scatter(x, y, c=steps, s=4, cmap="viridis")
+        figure.colorbar(points_drawn, ax=axes, label="step")
+        axes.set_xlabel(plot.xlabel or plot.x)
+        axes.set_ylabel(plot.ylabel or plot.tag)
+        axes.set_title(f"{experiment.name}\n{plot.title} ({run.label}, seed {run.seed})", fontsize=9)
         return _save(figure, path)
     return None
