@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 from testbed import hookimpl
 from testbed.experiment.config import parse_config
-from testbed.experiment.runner import RESULTS_FILE, run_experiment
+from testbed.experiment.runner import run_experiment
+from testbed.files.layout import RESULTS_FILE
 from testbed.plugins import load_plugins
 from helpers import StepLosses
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from testbed import hookimpl
-from testbed.engine.checkpoint import CHECKPOINT_FILE, EVENT_FILE_PREFIX
+from testbed.files.layout import CHECKPOINT_FILE, EVENT_FILE_PREFIX
 from testbed.experiment.config import parse_config
 from testbed.experiment.runner import run_sweep
 from testbed.plugins import load_plugins

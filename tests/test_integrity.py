@@ -30,6 +30,7 @@ from testbed.cli.commands import main
 from testbed.experiment.config import parse_config
 from testbed.engine.loop import train
 from testbed.experiment.runner import plan_runs, run_experiment
+from testbed.files.layout import CHECKPOINT_FILE
 from testbed.plugins import ENV_VAR, load_plugins
 
 from shared_fixtures import TINY
@@ -84,7 +85,7 @@ def test_a_checkpoint_that_would_execute_code_is_never_loaded(tmp_path):
     run_dir.mkdir(parents=True)
     torch.save({"run_id": plan.run_id, "step": 10, "model": CreatesFile(marker), "optimizer": {},
                 "data_stream": torch.zeros(1), "global_random": {}, "diagnostics": {}, "result": {},
-                "event_files": {}}, run_dir / checkpoint.CHECKPOINT_FILE)
+                "event_files": {}}, run_dir / CHECKPOINT_FILE)
 
     dry = run_cli("run", config, "--logdir", logdir, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -125,7 +126,7 @@ def test_every_standard_plugin_state_checkpoints_in_the_safe_format(tmp_path):
     for plan in plans_of(raw, tmp_path, plugins):
         result = train(plan, plugins, should_stop=stop_after(10))
         assert result.status == "interrupted" and result.warnings == [], (plan.key, result.warnings)
-        data = torch.load(Path(plan.run_dir) / checkpoint.CHECKPOINT_FILE, weights_only=True)
+        data = torch.load(Path(plan.run_dir) / CHECKPOINT_FILE, weights_only=True)
         assert data["step"] == 10 and data["optimizer"]["state"], plan.key
         assert checkpoint.load(Path(plan.run_dir), plan.run_id) is not None
 
@@ -175,7 +176,7 @@ def test_a_plugin_state_that_cannot_load_safely_is_not_checkpointed_and_said_so(
     (plan,) = plans_of(raw, tmp_path, plugins)
     result = train(plan, plugins, should_stop=stop_after(10))
     assert result.status == "interrupted"
-    assert not (Path(plan.run_dir) / checkpoint.CHECKPOINT_FILE).exists()
+    assert not (Path(plan.run_dir) / CHECKPOINT_FILE).exists()
     (warning,) = result.warnings
     assert "checkpoint" in warning and "holder" in warning and "Window" in warning, warning
     summary = json.loads((Path(plan.run_dir) / "summary.json").read_text())
@@ -258,7 +259,8 @@ def test_report_reads_the_redone_experiment(redone, tmp_path):
 
 
 def test_a_kept_aside_summary_is_never_overwritten(tmp_path):
-    from testbed.experiment.cache import SUMMARY_FILE, set_aside_invalid_summary
+    from testbed.experiment.cache import set_aside_invalid_summary
+    from testbed.files.layout import SUMMARY_FILE
 
     for text in ("[1]", '"x"'):
         (tmp_path / SUMMARY_FILE).write_text(text)

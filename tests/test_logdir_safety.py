@@ -30,11 +30,11 @@ from tensorboard.backend.event_processing.event_accumulator import (
 )
 
 from testbed.engine import checkpoint
-from testbed.engine.checkpoint import CHECKPOINT_FILE
 from testbed.cli.commands import main
 from testbed.files.json_io import write_json
 from testbed.errors import StorageError, TestbedError
-from testbed.files.lock import LOCK_FILE, directory_lock
+from testbed.files.layout import CHECKPOINT_FILE, LOCK_FILE
+from testbed.files.lock import directory_lock
 
 from shared_fixtures import TINY
 

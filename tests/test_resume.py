@@ -17,7 +17,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from testbed.engine.checkpoint import CHECKPOINT_FILE, EVENT_FILE_PREFIX
+from testbed.files.layout import CHECKPOINT_FILE, EVENT_FILE_PREFIX
 
 from shared_fixtures import TINY
 

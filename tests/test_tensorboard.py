@@ -23,7 +23,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from testbed.experiment.config import parse_config
-from testbed.experiment.runner import RESULTS_FILE, run_experiment
+from testbed.experiment.runner import run_experiment
+from testbed.files.layout import RESULTS_FILE
 from testbed.plugins import load_plugins
 
 NAME = "exp"

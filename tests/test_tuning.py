@@ -21,10 +21,11 @@ from testbed import ConfigError, hookimpl
 from testbed.cli.commands import main
 from testbed.engine.specs import TuneSpec
 from testbed.experiment.config import parse_config
-from testbed.experiment.runner import RESULTS_FILE, plan_runs, run_experiment
+from testbed.experiment.runner import plan_runs, run_experiment
+from testbed.files.layout import RESULTS_FILE
 from testbed.experiment.tuning import plan_pilots, select_lr, tuning_markdown
 from testbed.plugins import load_plugins
-from testbed.engine.run import format_lr
+from testbed.text import format_lr
 
 GRID = [1e-6, 0.05, 1e6]  # barely trains, trains, diverges (no clipping)
 TUNED_SGD = {"name": "sgd", "options": {"momentum": 0.0}, "tune": {"lr": GRID}}

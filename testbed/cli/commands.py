@@ -15,7 +15,8 @@ from testbed import __version__
 from testbed.experiment.config import apply_overrides, load_yaml
 from testbed.errors import TestbedError
 from testbed.experiment.executors.local import EXECUTORS, make_executor
-from testbed.experiment.runner import Phase, format_table, run_sweep
+from testbed.files.layout import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
+from testbed.experiment.runner import Phase, run_sweep, summary_table
 from testbed.experiment.sweep import Sweep, expand
 from testbed.experiment.tuning import describe_tuning, plan_pilots
 from testbed.plugins import load_plugins
@@ -121,9 +122,9 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
     click.echo("")
     if sweep.swept:
         rows = [(e.directory.name, row) for e in outcome.experiments for row in e.summary()]
-        click.echo(format_table([row for _, row in rows], points=[point for point, _ in rows]))
+        click.echo(summary_table([row for _, row in rows], points=[point for point, _ in rows]))
     else:
-        click.echo(format_table(outcome.experiments[0].summary()))
+        click.echo(summary_table(outcome.experiments[0].summary()))
     click.echo("")
     click.echo(f"{outcome.status} in {outcome.wall_seconds:.1f} s ({outcome.executed} runs executed, "
                f"{outcome.resumed} of them resumed; {outcome.cached} already done); "
@@ -143,7 +144,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
 def _warning_line(result) -> str:
     """One line for a run whose numbers are right but something around them is not (its warnings)."""
     more = len(result.warnings) - 1
-    rest = f" (and {more} more in its summary.json)" if more else ""
+    rest = f" (and {more} more in its {SUMMARY_FILE})" if more else ""
     return f"Warning: run {result.key}: {result.warnings[0]}{rest}"
 
 
@@ -169,7 +170,7 @@ def _run_counts(sweep) -> tuple[int, int]:
 
 
 def _results_path(outcome, sweep) -> Path:
-    return outcome.directory / ("sweep.json" if sweep.swept else "results.json")
+    return outcome.directory / (SWEEP_FILE if sweep.swept else RESULTS_FILE)
 
 
 @main.command()
@@ -309,11 +310,11 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, for
 @click.option("--budget", default=2.0, show_default=True, help="Seconds of timed steps per side and round.")
 @click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
 @click.option("--noise-samples", default=10_000, show_default=True,
-              help="Minibatch gradients in the timed gradient_noise evaluation (paper: 10,000).")
+              help="Minibatch gradients in the timed gradient-noise measurement (paper: 10,000).")
 @click.option("--quick", is_flag=True, help="A fast smoke run: short budgets, small n, few noise samples.")
 @click.option("--json", "json_path", default=None, help="Also write the numbers to this JSON file.")
 def bench(budget: float, rounds: int, noise_samples: int, quick: bool, json_path: str | None) -> None:
-    """Time the engine against the direct formula (one thread), a Hessian and gradient_noise."""
+    """Time the engine against the direct formula (one thread), a Hessian and the gradient-noise measurement."""
     from testbed.paper.bench import format_bench, run_bench
 
     if quick:

@@ -32,9 +32,7 @@ import numpy as np
 import torch
 
 from testbed.errors import StorageError
-
-CHECKPOINT_FILE = "checkpoint.pt"
-EVENT_FILE_PREFIX = "events.out.tfevents."
+from testbed.files.layout import CHECKPOINT_FILE, EVENT_FILE_PREFIX
 
 
 @dataclass

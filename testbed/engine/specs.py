@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from testbed.engine.limits import MAX_SEED, MAX_STEPS
+from testbed.files.json_io import plain_data
 from testbed.model.config import ModelConfig
 from testbed.options import Option
 
@@ -125,12 +126,3 @@ class ExperimentConfig:
             if optimizer["tune"] is None:  # only tuned entries show a tune section
                 del optimizer["tune"]
         return data
-
-
-def plain_data(value: Any) -> Any:
-    """Mappings as dicts and tuples as lists, recursively: what YAML and JSON write."""
-    if isinstance(value, Mapping):
-        return {k: plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_data(v) for v in value]
-    return value

@@ -24,6 +24,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, Sessi
 
 from testbed.diagnostics import Plot
 from testbed.errors import StorageError
+from testbed.files.layout import EVENT_FILE_PREFIX
 
 # Metrics shown in the HParams dashboard; their values are read from these scalar tags.
 HPARAM_METRICS = ("eval/loss", "eval/best_loss")
@@ -101,7 +102,7 @@ def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
     runs of different optimizers or sweep points have different keys, and TensorBoard shows only
     the columns of the one experiment summary it finds. An earlier attempt's file is replaced."""
     try:
-        for old in directory.glob("events.out.tfevents.*"):
+        for old in directory.glob(EVENT_FILE_PREFIX + "*"):
             old.unlink()
         experiment, _ = hparam_summaries(columns)
         writer = SummaryWriter(log_dir=str(directory))

@@ -21,16 +21,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from testbed import __version__
-from testbed.engine.specs import plain_data
+from testbed.engine.provenance import core_versions
+from testbed.files.json_io import plain_data
+from testbed.files.layout import SUMMARY_FILE, invalid_summary_name
 from testbed.plugins import Plugins
 from testbed.engine.run import STATUSES, RunPlan, RunResult
 
@@ -38,8 +36,6 @@ FINISHED = ("completed", "diverged")
 # Train settings added after run ids were: at these defaults they leave the id as it was, so
 # results cached before them stay valid.
 SINCE_IDS = {"dtype": "float32"}
-SUMMARY_FILE = "summary.json"
-INVALID_SUMMARY = re.compile(r"summary\.invalid-\d+\.json")  # a summary.json kept aside
 # Fields a summary must have beyond those RunResult cannot do without: a result without its eval
 # curve is no result.
 REQUIRED = ("eval_steps", "eval_losses")
@@ -68,7 +64,7 @@ def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
         "diagnostics": [{"name": d.name, "options": plain_data(d.options)} for d in diagnostics],
         "seed": plan.seed,
         "pilot": plan.pilot,
-        "versions": {"testbed": __version__, "torch": torch.__version__,
+        "versions": {**core_versions(),
                      **{name: plugin_versions.get(name, "unknown") for name in sorted(provided_by)}},
     }
 
@@ -102,9 +98,9 @@ def set_aside_invalid_summary(run_dir: Path) -> Path | None:
     if problem is None:
         return None
     n = 1
-    while (run_dir / f"summary.invalid-{n}.json").exists():
+    while (run_dir / invalid_summary_name(n)).exists():
         n += 1
-    target = run_dir / f"summary.invalid-{n}.json"
+    target = run_dir / invalid_summary_name(n)
     (run_dir / SUMMARY_FILE).rename(target)
     return target
 

@@ -159,7 +159,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (value parsed as YAML). List items are addressed by index
-    or by optimizer label/name: ``optimizers.adam.lr=0.01``."""
+    or by optimizer label/name: ``optimizers.0.lr=0.01``, ``optimizers.<label>.lr=0.01``."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -280,7 +280,8 @@ def _parse_model(section: Any) -> ModelConfig:
 
 def _parse_task(section: Any, registry: Registry) -> TaskSpec:
     if section is None:
-        raise ConfigError("task: required section is missing (e.g. task: {name: gaussian, d: 5, n: 20})")
+        raise ConfigError("task: required section is missing (e.g. task: {name: <task>, d: 5, n: 20}; "
+                          "`testbed list tasks` names the tasks)")
     _reject_unknown(section, TASK_KEYS, "task")
     for key in ("name", "d", "n"):
         if key not in section:

@@ -28,6 +28,7 @@ from testbed.plugins import Plugins
 from testbed.engine.run import RunPlan, RunResult
 from testbed.experiment.sweep import Sweep
 from testbed.experiment.tuning import apply_tuning, collect_tuning, plan_pilots
+from testbed.text import format_lr
 
 TIMED_STEPS = 5
 MAX_LISTED = 40  # runs listed one per line; a large sweep's plan ends with a count of the rest
@@ -128,7 +129,7 @@ def describe(sweep: Sweep, states: list[RunState], seconds: float | None, capaci
     for s in states[:MAX_LISTED]:
         detail = {"done": "done", "resume": f"resume from step {s.from_step}", "new": "to run",
                   "waits": "waits for tuning"}[s.state]
-        lr = "tuned" if s.state == "waits" else f"lr {s.plan.optimizer.lr:g}"
+        lr = "tuned" if s.state == "waits" else f"lr {format_lr(s.plan.optimizer.lr)}"
         lines.append(f"  {s.plan.run_dir}  [{lr}, {s.plan.config.train.steps} steps]  {detail}")
     if len(states) > MAX_LISTED:
         lines.append(f"  ... and {len(states) - MAX_LISTED} more runs")

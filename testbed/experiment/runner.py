@@ -23,24 +23,23 @@ from typing import Callable, Iterable
 import yaml
 
 from testbed.engine import checkpoint
-from testbed.experiment.cache import INVALID_SUMMARY, finished_result, run_id, set_aside_invalid_summary
+from testbed.experiment.cache import finished_result, run_id, set_aside_invalid_summary
 from testbed.engine.specs import ExperimentConfig, OptimizerSpec
-from testbed.engine.loop import Report, hparams_of, storage_failure, versions
+from testbed.engine.loop import Report, hparams_of, storage_failure
+from testbed.engine.provenance import versions
 from testbed.files.json_io import write_json
 from testbed.errors import StorageError, TestbedError
 from testbed.experiment.executors.local import Executor, LocalExecutor, not_run
+from testbed.files.layout import (CONFIG_FILE, INVALID_SUMMARY, PREVIOUS_RESULTS_FILE, RESULTS_FILE, SWEEP_FILE,
+                                  TUNING_DIR, run_parts)
 from testbed.files.links import refuse_links
 from testbed.files.lock import directory_lock
 from testbed.plugins import Plugins
 from testbed.engine.run import RunPlan, RunResult
 from testbed.experiment.sweep import Point, Sweep, SweepPoint
 from testbed.engine.tblog import write_hparams_config
-from testbed.experiment.tuning import TUNING_DIR, Tuning, apply_tuning, collect_tuning, plan_pilots
-
-RESULTS_FILE = "results.json"
-# results.json of the previous attempt while this one runs: kept, but not where it would pass as this
-# attempt's result (an attempt that dies leaves no results.json); removed once the new one is written
-PREVIOUS_RESULTS_FILE = "results.previous.json"
+from testbed.experiment.tuning import Tuning, apply_tuning, collect_tuning, plan_pilots
+from testbed.text import format_table
 
 
 @dataclass
@@ -90,7 +89,7 @@ def plan_runs(config: ExperimentConfig, directory: Path, point: Point = Point())
     """The runs of one experiment, in ``directory``/<label>/seed-<s>. Seed-major order, so that a
     partial experiment has every optimizer for its first seeds. Each run carries the values of
     ``point`` that apply to it (not another optimizer entry's)."""
-    return [RunPlan(config, spec, seed, str(Path(directory) / spec.label / f"seed-{seed}"),
+    return [RunPlan(config, spec, seed, str(Path(directory).joinpath(*run_parts(spec.label, seed))),
                     point=tuple((k, v) for k, v in point.values if applies_to(k, spec, config)))
             for seed in config.train.seeds for spec in config.optimizers]
 
@@ -206,7 +205,7 @@ def _run_sweep(sweep: Sweep, plugins: Plugins, logdir: Path, report: Report, wor
     if sweep.swept:
         write_sweep(outcome, sweep)
     if error:  # after the results: what finished is recorded
-        written = outcome.directory / ("sweep.json" if sweep.swept else RESULTS_FILE)
+        written = outcome.directory / (SWEEP_FILE if sweep.swept else RESULTS_FILE)
         raise StorageError(f"{error}; the experiment stopped (finished runs are kept, see {written})")
     return outcome
 
@@ -305,7 +304,7 @@ def _prepare_experiment(directory: Path, config: ExperimentConfig) -> None:
 
 
 def _write_config(directory: Path, config: ExperimentConfig) -> None:
-    (directory / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _prune_pilots(directory: Path, pilots: list[RunPlan]) -> None:
@@ -376,7 +375,7 @@ def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins:
 
 def write_sweep(outcome: SweepOutcome, sweep: Sweep) -> Path:
     """``sweep.json`` at the sweep's root: its keys and every point with its directory and status."""
-    path = outcome.directory / "sweep.json"
+    path = outcome.directory / SWEEP_FILE
     write_json(path, {
         "sweep": sweep.name,
         "status": outcome.status,
@@ -387,7 +386,7 @@ def write_sweep(outcome: SweepOutcome, sweep: Sweep) -> Path:
     return path
 
 
-def format_table(rows: list[SummaryRow], points: list[str] | None = None) -> str:
+def summary_table(rows: list[SummaryRow], points: list[str] | None = None) -> str:
     """The results table printed at the end of `testbed run`; with ``points`` (one per row), a
     sweep's table with the point of each row first."""
     header = ("optimizer", "runs", "final eval loss (mean ± std)", "best eval loss", "diverged", "failed")
@@ -399,7 +398,4 @@ def format_table(rows: list[SummaryRow], points: list[str] | None = None) -> str
         best = "-" if row.best_mean is None else f"{row.best_mean:.4e}"
         cells = (row.label, str(row.runs), final, best, f"{row.diverged}/{row.runs}", str(row.failed))
         lines.append(cells if points is None else (points[i], *cells))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return format_table(lines)

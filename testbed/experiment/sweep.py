@@ -6,16 +6,16 @@ A config may have a ``sweep`` section whose keys are dotted config paths (as for
       grid:                       # cartesian product of these lists
         task.n: [10, 20, 40]
       zip:                        # lists of equal length, taken element by element
-        optimizers.sgd.lr: [0.01, 0.02, 0.05]
-        optimizers.adam.lr: [0.001, 0.002, 0.005]
+        optimizers.0.lr: [0.01, 0.02, 0.05]        # an optimizer entry by index, label or name
+        optimizers.1.lr: [0.001, 0.002, 0.005]
       points:                     # explicit points
-        - {task.name: gamma, task.options.shape: 0.1}
-        - {task.name: spherical}
+        - {model.layers: 6, train.batch_size: 500}
+        - {model.layers: 3}
 
 The points are the product of the factors given (the grid, each zip group, the explicit list), so
 the example has 3 x 3 x 2 = 18 points. ``zip`` may also be a list of groups. Seeds stay
 ``train.seeds``. Each point is a whole experiment config, validated before anything runs; its runs
-go to ``<logdir>/<name>/<point>/``, where ``<point>`` spells out its values (``adam.lr=0.001,...``).
+go to ``<logdir>/<name>/<point>/``, where ``<point>`` spells out its values (``1.lr=0.001,...``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from testbed.experiment.config import parse_config, planned_runs, set_path
 from testbed.errors import ConfigError
 from testbed.engine.limits import MAX_RUNS, MAX_SWEEP_POINTS
 from testbed.plugins.registry import Registry
+from testbed.text import format_lr
 
 SWEEP_KEYS = ("grid", "zip", "points")
 MAX_DIRNAME = 120
@@ -52,7 +53,7 @@ class Point:
 
     @property
     def dirname(self) -> str:
-        """A readable directory name, e.g. ``adam.lr=0.001,task.n=20`` (hashed if very long)."""
+        """A readable directory name, e.g. ``<label>.lr=0.001,task.n=20`` (hashed if very long)."""
         text = ",".join(f"{_short(key)}={_format(value)}" for key, value in self.values)
         text = _UNSAFE.sub("_", text)
         if len(text) > MAX_DIRNAME:
@@ -92,8 +93,7 @@ def _short(key: str) -> str:
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
-        short = f"{value:g}"
-        return short if float(short) == value else repr(value)
+        return format_lr(value)  # compact but exact, as any float in a name
     if isinstance(value, (list, dict)):
         return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().replace(" ", "")
     return str(value)
@@ -203,6 +203,6 @@ def _explicit(section: Any) -> list[tuple[tuple[str, Any], ...]]:
 
 def _check_key(key: Any, where: str) -> None:
     if not isinstance(key, str) or not key.strip(". "):
-        raise ConfigError(f"{where}: expected a dotted config key such as optimizers.adam.lr")
+        raise ConfigError(f"{where}: expected a dotted config key such as task.n or optimizers.<label>.lr")
     if key.split(".")[0] in ("name", "sweep"):
         raise ConfigError(f"{where}: {key.split('.')[0]!r} cannot be swept")

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from testbed.engine.specs import ExperimentConfig
-from testbed.engine.run import RunPlan, RunResult, format_lr
-
-TUNING_DIR = "tuning"  # <experiment>/tuning/<label>/lr-<lr>/seed-<s>: the pilot runs
+from testbed.engine.run import RunPlan, RunResult
+from testbed.files.layout import pilot_parts
+from testbed.text import format_lr
 
 
 @dataclass
@@ -46,7 +46,7 @@ def plan_pilots(config: ExperimentConfig, directory: Path) -> list[RunPlan]:
     """The pilot runs of learning-rate tuning: every tuned optimizer entry x grid lr x pilot seed.
     A pilot's config is the experiment's with only that optimizer (at that lr), the pilot length and
     seeds, and no diagnostics; its directory is <experiment directory>/tuning/<label>/lr-<lr>/seed-<s>."""
-    directory = Path(directory) / TUNING_DIR
+    directory = Path(directory)
     plans = []
     for spec in config.optimizers:
         if spec.tune is None:
@@ -57,7 +57,7 @@ def plan_pilots(config: ExperimentConfig, directory: Path) -> list[RunPlan]:
             optimizer = dataclasses.replace(spec, lr=lr, tune=None)
             pilot_config = dataclasses.replace(config, optimizers=(optimizer,), train=train, diagnostics=())
             plans += [RunPlan(pilot_config, optimizer, seed,
-                              str(directory / spec.label / f"lr-{format_lr(lr)}" / f"seed-{seed}"), pilot=True)
+                              str(directory.joinpath(*pilot_parts(spec.label, lr, seed))), pilot=True)
                       for seed in spec.tune.seeds]
     return plans
 
@@ -135,7 +135,7 @@ def _unfinished(pilots: Iterable[RunResult]) -> str:
 
 
 def describe_tuning(tuning: Tuning) -> str:
-    """One line for the terminal: "tuned sgd: lr 0.05 (best of 10; pilot loss 1.2e-02)"."""
+    """One line for the terminal: "tuned <label>: lr 0.05 (best of 10; pilot loss 1.2e-02)"."""
     if tuning.chosen_lr is None:
         return f"tuning {tuning.label}: interrupted"
     score = tuning.scores()[tuning.chosen_lr]

@@ -1,11 +1,12 @@
-"""Strict JSON written atomically: no reader ever sees half a file, and a failed write leaves the old one."""
+"""Strict JSON written atomically (no reader ever sees half a file, and a failed write leaves the old
+one), and the conversion of values to what YAML and JSON write."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from testbed.errors import StorageError
 
@@ -23,11 +24,18 @@ def write_json(path: Path, data: Any) -> None:
         raise StorageError.writing(path, exc) from None
 
 
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+def plain_data(value: Any, finite: bool = False) -> Any:
+    """Mappings as dicts and tuples as lists, recursively: what YAML and JSON write. With ``finite``,
+    inf and NaN become None too (strict JSON has no such numbers)."""
+    if isinstance(value, Mapping):
+        return {k: plain_data(v, finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [plain_data(v, finite) for v in value]
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: plain data, with inf and NaN as None."""
+    return plain_data(value, finite=True)

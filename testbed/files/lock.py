@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from testbed.errors import DirectoryInUseError, StorageError, TestbedError
-
-LOCK_FILE = "testbed.lock"
+from testbed.files.layout import LOCK_FILE
 
 # A holder writes its details right after it takes the lock: a reader that comes in between waits this long.
 HOLDER_WAIT_SECONDS = 1.0

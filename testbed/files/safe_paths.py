@@ -17,7 +17,7 @@ from testbed.errors import TestbedError
 # Portable file-name characters; everything else (separators, quotes, spaces, control characters,
 # non-ASCII) becomes "_". "=" and "," stay: sweep point names are made of them.
 UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
-MAX_LENGTH = 120  # far below the usual 255-byte limit, leaving room for suffixes like "-sharpness.png"
+MAX_LENGTH = 120  # far below the usual 255-byte limit, leaving room for suffixes like "-<figure>.png"
 
 
 def safe_filename(text: str) -> str:

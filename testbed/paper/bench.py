@@ -26,6 +26,7 @@ from testbed.model.transformer import LinearTransformer, direct_forward
 from testbed.model.config import ModelConfig
 from testbed.options import validate_options
 from testbed.plugins import load_plugins
+from testbed.text import format_table
 
 ADAM = OptimizerSpec("adam", "adam", 0.02, {"betas": [0.9, 0.9], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False})
 GAUSSIAN = {"label_noise": 0.0}
@@ -131,19 +132,12 @@ def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_
     }
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def format_bench(results: dict[str, Any]) -> str:
     rows = [("training step", "engine steps/s", "direct steps/s", "engine / direct")]
     for name, case in results["training"].items():
         rows.append((name, f"{case['engine_steps_per_sec']:.1f}", f"{case['direct_steps_per_sec']:.1f}",
                      f"{case['speedup']:.2f}x"))
-    lines = _table(rows) + [""]
+    lines = [format_table(rows), ""]
     context = results["context_length"]
     rows = [(f"context length (B={context['batch_size']})", "engine ms/step", "direct ms/step", "engine / direct")]
     base = None
@@ -152,7 +146,7 @@ def format_bench(results: dict[str, Any]) -> str:
         rows.append((f"n={n}", f"{case['engine_ms_per_step']:.2f} ({case['engine_ms_per_step'] / base['engine_ms_per_step']:.1f}x)",
                      f"{case['direct_ms_per_step']:.2f} ({case['direct_ms_per_step'] / base['direct_ms_per_step']:.1f}x)",
                      f"{case['speedup']:.2f}x"))
-    lines += _table(rows) + [""]
+    lines += [format_table(rows), ""]
     noise = results["gradient_noise"]
     lines += [
         f"full Hessian, L=3, d=5, n=20, 1000 prompts: {results['hessian_seconds']:.3f} s",

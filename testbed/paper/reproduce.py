@@ -17,13 +17,13 @@ from testbed.experiment.config import load_yaml, parse_config
 from testbed.errors import StorageError, TestbedError
 from testbed.engine.loop import Report
 from testbed.experiment.runner import ExperimentOutcome, Phase, run_experiment
+from testbed.files.layout import PROFILE_FILE
 from testbed.files.links import refuse_links
 from testbed.files.lock import directory_lock
 from testbed.plugins import Plugins
 from testbed.report import make_report
 from testbed.paper.claims import Claim
 from testbed.paper.report import SMOOTHNESS_FROM, paper_extras
-from testbed.report.load import PROFILE_FILE
 
 # Package data, so that an installed testbed has it; examples/paper in a checkout is a link to it.
 SUITE = Path(__file__).resolve().parent / "suite"

@@ -24,7 +24,7 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
+def save_band_figure(figure: Figure, axes, path: Path, name: str, what: str, xlabel: str, ylabel: str,
                       log: bool = True, legend_size: int = 8) -> Path:
     """Label a mean-over-seeds figure (the name on a title line of its own: long ones were cut off)
     and save it to ``path``: every band figure of the report (eval loss, diagnostics, sweeps) ends here."""
@@ -78,7 +78,7 @@ def loss_curves(experiment: Experiment, path: Path) -> Path | None:
             drawn = True
     if not drawn:
         return None
-    return _save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
+    return save_band_figure(figure, axes, path, experiment.name, "eval loss", "step", "eval loss (fixed batch)")
 
 
 def diagnostic_curves(experiment: Experiment, key: str, title: str, path: Path, log: bool = True,
@@ -98,7 +98,7 @@ def diagnostic_curves(experiment: Experiment, key: str, title: str, path: Path, 
         drawn |= _band(axes, curves, colour, label)
     if not drawn:
         return None
-    return _save_band_figure(figure, axes, path, experiment.name, title, xlabel, ylabel or title, log=log)
+    return save_band_figure(figure, axes, path, experiment.name, title, xlabel, ylabel or title, log=log)
 
 
 def declared_figure(experiment: Experiment, diagnostic: str, plot: Plot, path: Path) -> Path | None:

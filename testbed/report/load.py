@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import ResultsError, TestbedError
+from testbed.files.layout import PROFILE_FILE, RESULTS_FILE, run_parts
 from testbed.files.safe_paths import path_under
 from testbed.report.data import Experiment, Run
 
-RESULTS_FILE = "results.json"
-# Written by `testbed reproduce` beside each experiment's results.json: the profile it ran with.
-PROFILE_FILE = "profile.json"
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "full")  # the profiles `testbed reproduce` records in PROFILE_FILE
 
 
 def find_experiments(paths: list[str | Path]) -> tuple[list[Experiment], list[str]]:
@@ -99,7 +97,7 @@ def _parse_run(record: Any, where: str, directory: Path) -> Run:
     label, seed = _field(record, "label", str, where), _field(record, "seed", int, where)
     # The run directory relative to the experiment's (results may have moved since the run), and
     # never outside it, whatever the label says.
-    run_dir = path_under(directory, label, f"seed-{seed}")
+    run_dir = path_under(directory, *run_parts(label, seed))
     diagnostics = _field(record, "diagnostics", dict, where, default={})
     for key, points in diagnostics.items():
         if not isinstance(points, list) or not all(_is_point(p) for p in points):

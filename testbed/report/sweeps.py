@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from testbed.report.data import Experiment
-from testbed.report.figures import COLOURS, _save_band_figure
+from testbed.report.figures import COLOURS, save_band_figure
 
 
 @dataclass
@@ -90,5 +90,5 @@ def sensitivity_curves(name: str, points: list[Experiment], path: Path) -> Path 
         axes.fill_between(lrs, [v.min() for v in values], [v.max() for v in values], color=colour, alpha=0.2,
                           linewidth=0)
     axes.set_xscale("log")
-    return _save_band_figure(figure, axes, path, name, "learning-rate sensitivity", "learning rate",
+    return save_band_figure(figure, axes, path, name, "learning-rate sensitivity", "learning rate",
                              "final eval loss", legend_size=7)
