@@ -1,8 +1,10 @@
 """What a diagnostic plugin is: a measurement of the loss landscape along a run.
 
-A diagnostic factory takes its validated options and returns a ``Diagnostic``: a ``Schedule`` saying
-when it runs, and ``measure(probe, step)`` returning records (scalars, histograms, figures, text)
-that the engine logs under ``diag/<name>/<tag>``. A diagnostic that ``needs_update`` is measured
+A diagnostic declares its default ``Schedule`` when it registers (``register(..., schedule=...)``);
+the host adds the schedule options (every, steps, start, stop) to the diagnostic's own, so a config
+may change when it runs. Its factory takes its own validated options and returns a ``Diagnostic``,
+whose ``measure(probe, step)`` returns records (scalars, histograms, figures, text) that the engine
+logs under ``diag/<name>/<tag>``. A diagnostic that ``needs_update`` is measured
 after the optimizer step leaving the point of ``step``, so it sees the update actually taken.
 
 A diagnostic sees the run only through a ``Probe``: a copy of the parameters and pure functions of
@@ -13,7 +15,7 @@ or off leaves the training trajectory bitwise unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 
 from testbed.options import Option
@@ -122,6 +124,10 @@ class Schedule:
             return False
         return (step - self.start) % self.every == 0
 
+    def options(self) -> dict[str, Option]:
+        """The schedule options the host adds to a diagnostic's own, with this schedule as defaults."""
+        return schedule_options(self.every, self.steps, self.start, self.stop)
+
     def last(self, total_steps: int) -> int | None:
         """The last due step of a run of ``total_steps`` steps (None if never due)."""
         end = total_steps if self.stop is None else min(self.stop - 1, total_steps)
@@ -131,9 +137,14 @@ class Schedule:
         return max(candidates, default=None)
 
 
+# The options the host adds to every diagnostic's own: a diagnostic's options may not use these names.
+SCHEDULE_OPTIONS = ("every", "steps", "start", "stop")
+
+
 def schedule_options(every: int | None = None, steps: Sequence[int] = (), start: int = 0,
                      stop: int | None = None) -> dict[str, Option]:
-    """The schedule options every diagnostic offers, with the plugin's own defaults."""
+    """The schedule options every diagnostic offers, with the given defaults (the host adds them;
+    a diagnostic declares its defaults with ``register(..., schedule=Schedule(...))``)."""
     return {
         "every": Option(every, "run every k steps (null: only at `steps`)", type=int, min=1, nullable=True),
         "steps": Option(list(steps), "explicit steps to run at (0 = initialization)", type=list, item=int, min=0),
@@ -143,14 +154,26 @@ def schedule_options(every: int | None = None, steps: Sequence[int] = (), start:
     }
 
 
-def schedule_from(options: dict[str, Any]) -> Schedule:
-    return Schedule(options["every"], tuple(options["steps"]), options["start"], options["stop"])
+def schedule_from(options: Mapping[str, Any], default: Schedule = Schedule()) -> Schedule:
+    """The schedule that ``options`` set (every, steps, start, stop; other keys are ignored); what
+    they leave out is ``default``'s."""
+    return Schedule(options.get("every", default.every), tuple(options.get("steps", default.steps)),
+                    options.get("start", default.start), options.get("stop", default.stop))
 
 
 class Diagnostic:
-    """Base class of diagnostics. Subclasses set ``schedule`` and implement ``measure``."""
+    """Base class of diagnostics. Subclasses implement ``measure`` (and ``finish`` for aggregates).
 
-    schedule: Schedule = Schedule()
+    The host owns the schedule: it builds it from the config's every/steps/start/stop (defaults: the
+    schedule declared with ``register(..., schedule=Schedule(...))``) and sets ``self.schedule`` once
+    the factory has returned, so ``measure`` may read it (e.g. to report at the end of its window);
+    a diagnostic does not set it. Older diagnostics that declare ``**schedule_options(...)`` among
+    their options and set ``self.schedule = schedule_from(options)`` in ``__init__`` keep working:
+    those declared options are their default schedule, they still receive them, and the schedule
+    they build is the host's. A diagnostic that sets any other schedule is a PluginError.
+    """
+
+    schedule: Schedule = Schedule()  # set by the host
     needs_update: bool = False
 
     def measure(self, probe: "Probe", step: int) -> list[Record]:
@@ -162,13 +185,14 @@ class Diagnostic:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint saves so that a resumed run measures as if never stopped: by default
-        every attribute but the schedule (the constructor rebuilds it from the options). Its values
+        every attribute but the schedule (the host sets it again from the config). Its values
         must be tensors or plain values (numbers, strings, None, lists, tuples, dicts of them): a
         checkpoint is read with torch.load(weights_only=True), which refuses anything else, so a
         run holding other state is not checkpointed (override this to convert it)."""
         return {name: value for name, value in vars(self).items() if name != "schedule"}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what ``state_dict`` returned (a resumed run)."""
         vars(self).update(state)
 
 

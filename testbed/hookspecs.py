@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import click
+
     from testbed.plugins.registry import Register
     from testbed.engine.run import RunContext
 
@@ -25,7 +27,17 @@ def register_tasks(register: "Register") -> None:
 
 @hookspec
 def register_diagnostics(register: "Register") -> None:
-    """Register diagnostics: ``register(name, factory, options=..., doc=...)``."""
+    """Register diagnostics: ``register(name, factory, options=..., doc=..., schedule=..., plots=...)``."""
+
+
+@hookspec
+def register_executors(register: "Register") -> None:
+    """Register executors: ``register(name, factory, doc=..., takes_address=False)``; factory(workers, address)."""
+
+
+@hookspec
+def register_commands(cli: "click.Group") -> None:
+    """Add ``testbed`` subcommands to the click group ``cli``; a plugin that raises or reuses a name adds none."""
 
 
 @hookspec

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from testbed import Diagnostic, Histogram, Option, Plot, Scalar, hookimpl, schedule_from, schedule_options
+from testbed import Diagnostic, Histogram, Option, Plot, Scalar, Schedule, hookimpl
 
 from . import noise_stats
 from .figures import noise_figure, smoothness_scatter
@@ -26,8 +26,7 @@ class GradientNoise(Diagnostic):
     """Stochastic gradient noise e_k = ||g_k - g|| at a point (paper: at initialization)."""
 
     def __init__(self, full_batch: int | None, batch_size: int | None, samples: int, bins: int,
-                 tail_fraction: float, **schedule):
-        self.schedule = schedule_from(schedule)
+                 tail_fraction: float):
         self.full_batch, self.batch_size, self.samples = full_batch, batch_size, samples
         self.bins, self.tail_fraction = bins, tail_fraction
 
@@ -60,8 +59,7 @@ def full_gradient(probe, full_batch: int, chunk: int, generator: torch.Generator
 class RobustConditionNumber(Diagnostic):
     """max|H_ii| / median|H_ii| of the eval-batch Hessian (the paper's proxy) and its spectrum."""
 
-    def __init__(self, spectrum_histogram: bool, **schedule):
-        self.schedule = schedule_from(schedule)
+    def __init__(self, spectrum_histogram: bool):
         self.spectrum_histogram = spectrum_histogram
 
     def measure(self, probe, step):
@@ -96,9 +94,6 @@ class DirectionalSmoothness(Diagnostic):
 
     needs_update = True
 
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
-
     def measure(self, probe, step):
         return [Scalar("value", directional_smoothness(probe))]
 
@@ -109,8 +104,7 @@ class GeneralizedSmoothness(Diagnostic):
 
     needs_update = True
 
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
+    def __init__(self):
         self.points: list[tuple[int, float, float]] = []  # (step, log grad norm, log DS)
         self.skipped = 0  # points with DS <= 0, which have no logarithm
         self.reported = False
@@ -154,9 +148,6 @@ class BlockNorms(Diagnostic):
 
     needs_update = True
 
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
-
     def measure(self, probe, step):
         records = []
         update = probe.update
@@ -176,8 +167,7 @@ class Sharpness(Diagnostic):
     """lambda_max (and lambda_min) of the eval-batch Hessian by Lanczos on Hessian-vector products:
     works for models too large for a full Hessian."""
 
-    def __init__(self, iterations: int, **schedule):
-        self.schedule = schedule_from(schedule)
+    def __init__(self, iterations: int):
         self.iterations = iterations
 
     def measure(self, probe, step):
@@ -216,26 +206,26 @@ def register_diagnostics(register) -> None:
         "bins": Option(100, "histogram bins", min=1, max=10_000),
         "tail_fraction": Option(0.1, "fraction of the largest samples used by the Hill tail-index estimate",
                                 min=0.0, min_exclusive=True, max=0.5),
-        **schedule_options(steps=[0]),
-    }, doc="Gradient noise ||g_k - g|| at a point (default: initialization): histogram, QQ plot, "
-           "skewness, kurtosis, quantile ratios, Hill tail index", plots=NOISE_PLOTS)
+    }, schedule=Schedule(steps=(0,)),
+        doc="Gradient noise ||g_k - g|| at a point (default: initialization): histogram, QQ plot, "
+            "skewness, kurtosis, quantile ratios, Hill tail index", plots=NOISE_PLOTS)
     register("robust_condition_number", lambda **o: RobustConditionNumber(**o), options={
         "spectrum_histogram": Option(False, "also log the Hessian eigenvalues as a histogram"),
-        **schedule_options(every=250),
-    }, doc="Full eval-batch Hessian: max|H_ii|/median|H_ii| (the paper's R_med) and its eigenvalues",
+    }, schedule=Schedule(every=250),
+        doc="Full eval-batch Hessian: max|H_ii|/median|H_ii| (the paper's R_med) and its eigenvalues",
         plots=CONDITION_PLOTS)
-    register("directional_smoothness", lambda **o: DirectionalSmoothness(**o), options=schedule_options(every=10),
+    register("directional_smoothness", lambda **o: DirectionalSmoothness(**o), schedule=Schedule(every=10),
              doc="u^T H(theta_t) u along the update actually taken (Pan & Li 2023), eval batch",
              plots=SMOOTHNESS_PLOTS)
     register("generalized_smoothness", lambda **o: GeneralizedSmoothness(**o),
-             options=schedule_options(every=1, stop=2000),
+             schedule=Schedule(every=1, stop=2000),
              doc="log grad norm vs log directional smoothness over a window: correlation, slope, scatter",
              plots=GENERALIZED_PLOTS)
-    register("block_norms", lambda **o: BlockNorms(**o), options=schedule_options(every=10),
+    register("block_norms", lambda **o: BlockNorms(**o), schedule=Schedule(every=10),
              doc="Per parameter block: gradient, update and parameter norms, update/parameter ratio")
     register("sharpness", lambda **o: Sharpness(**o), options={
         "iterations": Option(20, "Lanczos iterations (Hessian-vector products); each keeps a vector of "
                              "the parameters' size", min=2, max=1_000),
-        **schedule_options(every=250),
-    }, doc="lambda_max and lambda_min of the eval-batch Hessian by Lanczos on Hessian-vector products",
+    }, schedule=Schedule(every=250),
+        doc="lambda_max and lambda_min of the eval-batch Hessian by Lanczos on Hessian-vector products",
         plots=SHARPNESS_PLOTS)

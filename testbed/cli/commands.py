@@ -14,18 +14,22 @@ import click
 from testbed import __version__
 from testbed.experiment.config import apply_overrides, load_yaml
 from testbed.errors import TestbedError
-from testbed.experiment.executors.local import EXECUTORS, make_executor
+from testbed.experiment.executors.base import make_executor
 from testbed.files.layout import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
 from testbed.experiment.runner import Phase, run_sweep, summary_table
 from testbed.experiment.sweep import Sweep, expand
 from testbed.experiment.tuning import describe_tuning, plan_pilots
 from testbed.plugins import load_plugins
+from testbed.cli.params import RegisteredName, check_address
+from testbed.cli.plugin_commands import PluginCommandsGroup
 from testbed.cli.progress import Progress
 from testbed.plugins.registry import KINDS
 from testbed.experiment.signals import command_signals
 
 
-class TestbedGroup(click.Group):
+class TestbedGroup(PluginCommandsGroup):
+    """The ``testbed`` group: built-in commands, the plugins' (``register_commands``), and errors as one line."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -72,6 +76,10 @@ class PhaseProgress:
 
 SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a config value, e.g. --set train.steps=500 (repeatable).")
+EXECUTOR_HELP = "Where the runs execute: an executor a plugin registered (`testbed list executors` describes them)."
+ADDRESS_OPTION = click.option("--address", default=None, metavar="HOST:PORT",
+                              help="For an executor that joins a cluster (ray): its address ('auto': the one on "
+                                   "this machine); default: start one.")
 
 
 @click.group(cls=TestbedGroup)
@@ -86,10 +94,8 @@ def main() -> None:
 @click.option("--logdir", default="runs", show_default=True, help="Root of the TensorBoard log directories.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Parallel runs (default: config, else one per core; with ray: the cluster's CPUs).")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
-              help="local worker processes, or Ray tasks (pip install 'testbed[ray]').")
-@click.option("--address", default=None, metavar="HOST:PORT",
-              help="With --executor ray: join this cluster ('auto': the one on this machine); default: start one.")
+@click.option("--executor", type=RegisteredName("executor"), default="local", show_default=True, help=EXECUTOR_HELP)
+@ADDRESS_OPTION
 @click.option("--force", is_flag=True, help="Run again runs that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs, what is done, estimated time) and stop.")
 @command_signals()  # Ctrl-C and SIGTERM (`kill`, `timeout`, schedulers) stop the runs alike
@@ -97,8 +103,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
         address: str | None, force: bool, dry_run: bool) -> None:
     """Run an experiment or a sweep: every point x optimizer entry x seed of CONFIG."""
     plugins, sweep = _load_sweep(config_path, overrides)
-    if address is not None and executor != "ray":
-        raise click.BadParameter("only with --executor ray", param_hint="--address")
+    check_address(plugins.registry, executor, address)
     if dry_run:
         from testbed.experiment.dryrun import describe, estimate_seconds, plan_states
 
@@ -108,7 +113,7 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
         for line in describe(sweep, states, seconds, capacity):
             click.echo(line)
         return
-    runner = make_executor(executor, workers or sweep.points[0].config.workers, address)
+    runner = make_executor(plugins.registry, executor, workers or sweep.points[0].config.workers, address)
     _describe_plan(sweep, Path(logdir))
     progress = PhaseProgress()
     try:
@@ -215,16 +220,16 @@ def plugins_command(as_json: bool) -> None:
 
 
 @main.command("list")
-@click.argument("kind", type=click.Choice(["optimizers", "tasks", "diagnostics"]))
+@click.argument("kind", type=click.Choice([f"{kind}s" for kind in KINDS]))
 def list_command(kind: str) -> None:
-    """Describe the registered optimizers, tasks or diagnostics and their options."""
+    """Describe the registered optimizers, tasks, diagnostics or executors and their options."""
     plugins = load_plugins()
     entries = plugins.registry.list(kind[:-1])
     if not entries:
         click.echo(f"no {kind} registered")
     for entry in entries:
         click.echo(f"{entry.name}  [plugin {entry.plugin}]  {entry.doc}")
-        for name, option in entry.options.items():
+        for name, option in entry.config_options.items():
             click.echo(f"    {name}: {option.describe()}")
     for info in plugins.failed:
         click.echo(f"(plugin {info.name} failed to load: {info.error})", err=True)
@@ -263,14 +268,19 @@ def _warn(line: str) -> None:
 @click.option("--force", is_flag=True, help="Run again runs that are already done (by default an interrupted "
                                             "reproduction goes on where it stopped).")
 @click.option("--dry-run", is_flag=True, help="Per experiment: runs done, resumable and to run, and an estimated time.")
+@click.option("--executor", type=RegisteredName("executor"), default=None,
+              help=f"{EXECUTOR_HELP} Default: local worker processes, as many as each experiment's workers.")
+@ADDRESS_OPTION
 @command_signals()
-def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool, dry_run: bool) -> None:
+def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, force: bool, dry_run: bool,
+              executor: str | None, address: str | None) -> None:
     """Run the paper's suite (testbed/paper/suite) and write the report with the claims checked."""
     from testbed.paper.reproduce import QUICK_NOTE, SUITE, relative_cost, suite_configs
     from testbed.paper.reproduce import reproduce as run_suite
 
     plugins = load_plugins()
     plugins.require_healthy()
+    check_address(plugins.registry, executor or "local", address)
     if dry_run:
         from testbed.experiment.dryrun import duration, estimate_seconds, plan_states, summary_line
 
@@ -292,13 +302,16 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, for
     if quick:
         click.echo(QUICK_NOTE)
 
+    runner = make_executor(plugins.registry, executor, workers, address) if executor else None
     try:
         outcomes, directory, claims = run_suite(plugins, out, quick=quick, workers=workers, on_experiment=start,
                                                 report=progress, on_phase=progress.start,
                                                 suite=Path(suite) if suite else SUITE, force=force,
-                                                note=click.echo, warn=_warn)
+                                                note=click.echo, warn=_warn, executor=runner)
     finally:
         progress.close()
+        if runner is not None:
+            runner.close()
     seconds = sum(o.wall_seconds for o in outcomes)
     click.echo(f"{len(outcomes)} experiments in {seconds:.0f} s")
     for claim in claims:

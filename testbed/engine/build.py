@@ -7,15 +7,28 @@ from __future__ import annotations
 import torch
 
 from testbed.engine.specs import DiagnosticSpec, ExperimentConfig, OptimizerSpec, TaskSpec
-from testbed.errors import ConfigError, TestbedError
+from testbed.diagnostics import Diagnostic, schedule_from
+from testbed.errors import ConfigError, PluginError, TestbedError
 from testbed.model.transformer import LinearTransformer
 from testbed.plugins.registry import Entry, Registry
 from testbed.tasks import Task, checked_task
 
 
-def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "diagnostic"):
+def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "diagnostic") -> Diagnostic:
+    """The diagnostic of ``spec``. Its factory gets its own options only; the host sets its schedule
+    from the schedule options of ``spec`` (what they leave out: the schedule it declared)."""
     entry = registry.get("diagnostic", spec.name, f"{where}.name")
-    return _call_factory(entry, where, lambda: entry.factory(**spec.options))
+    own = {name: value for name, value in spec.options.items() if name in entry.options}
+    diagnostic = _call_factory(entry, where, lambda: entry.factory(**own))
+    schedule = schedule_from(spec.options, entry.metadata["schedule"])
+    # an older diagnostic builds the same schedule from the same options; any other is a conflict
+    its_own = getattr(diagnostic, "schedule", Diagnostic.schedule)
+    if its_own not in (Diagnostic.schedule, schedule):
+        raise PluginError(f"{where}: diagnostic {entry.name!r} (plugin {entry.plugin!r}) sets its own schedule "
+                          f"{its_own}; the host sets it from the config's every/steps/start/stop and the "
+                          "schedule declared with register(..., schedule=...)")
+    diagnostic.schedule = schedule
+    return diagnostic
 
 
 def build_task(spec: TaskSpec, registry: Registry):

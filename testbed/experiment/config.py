@@ -389,7 +389,7 @@ def _parse_diagnostics(section: Any, registry: Registry, labels: list[str],
         if not isinstance(item.get("name"), str):
             raise ConfigError(f"{where}.name: a diagnostic name is required")
         entry = registry.get("diagnostic", item["name"], f"{where}.name")
-        options = validate_options(entry.options, item.get("options"), f"{where}.options")
+        options = validate_options(entry.config_options, item.get("options"), f"{where}.options")
         seeds = None
         if item.get("seeds") is not None:
             seeds = _parse_seeds(item["seeds"], f"{where}.seeds")

@@ -1,4 +1,4 @@
-"""What plugins registered: optimizers, tasks and diagnostics, with their provenance.
+"""What plugins registered: optimizers, tasks, diagnostics and executors, with their provenance.
 
 The host hands each plugin a ``register`` callback bound to that plugin, so it owns validation,
 provenance and name clashes (an error naming both plugins, never a silent rename).
@@ -10,17 +10,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
-from testbed.diagnostics import Plot
+from testbed.diagnostics import SCHEDULE_OPTIONS, Plot, Schedule, schedule_from
 from testbed.errors import ConfigError, PluginError
-from testbed.options import Option
+from testbed.options import Option, validate_options
 
-KINDS = ("optimizer", "task", "diagnostic")
+KINDS = ("optimizer", "task", "diagnostic", "executor")
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 # Extra metadata each kind accepts at registration, with its default.
 _METADATA: dict[str, dict[str, Any]] = {
     "optimizer": {"needs_closure": False},
     "task": {},
-    "diagnostic": {"plots": ()},  # testbed.Plot declarations: the report's figures, TensorBoard's charts
+    # plots: testbed.Plot declarations (the report's figures, TensorBoard's charts); schedule: when it
+    # runs unless the config says otherwise (every/steps/start/stop)
+    "diagnostic": {"plots": (), "schedule": Schedule()},
+    "executor": {"takes_address": False},  # whether it joins a cluster at an address (ray)
 }
 
 
@@ -37,7 +40,7 @@ class Register(Protocol):
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered optimizer, task or diagnostic."""
+    """One registered optimizer, task, diagnostic or executor."""
 
     kind: str
     name: str
@@ -46,6 +49,14 @@ class Entry:
     doc: str
     plugin: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_options(self) -> dict[str, Option]:
+        """What a config may set for this entry: its own options and, for a diagnostic, the host's
+        schedule options (defaults: its declared schedule)."""
+        if self.kind != "diagnostic":
+            return dict(self.options)
+        return {**self.options, **self.metadata["schedule"].options()}
 
 
 @dataclass
@@ -79,15 +90,19 @@ class Registry:
         full_metadata = {**_METADATA[kind], **metadata}
         if kind == "diagnostic":
             full_metadata["plots"] = checked_plots(full_metadata["plots"], where)
+            full_metadata["schedule"] = checked_schedule(metadata, options, where)
         self.entries[kind][name] = Entry(kind, name, factory, dict(options), doc.strip(), plugin, full_metadata)
 
     def get(self, kind: str, name: str, where: str) -> Entry:
         """Look up a registered name; an unknown one is a ConfigError listing what is available."""
         entry = self.entries[kind].get(name)
         if entry is None:
-            available = ", ".join(f"{e.name} ({e.plugin})" for e in self.list(kind)) or "none"
-            raise ConfigError(f"{where}: unknown {kind} {name!r}; available: {available}")
+            raise ConfigError(f"{where}: unknown {kind} {name!r}; available: {self.available(kind)}")
         return entry
+
+    def available(self, kind: str) -> str:
+        """``"local (executors), ray (executors)"``: every registered name of ``kind`` with its plugin."""
+        return ", ".join(f"{e.name} ({e.plugin})" for e in self.list(kind)) or "none"
 
     def list(self, kind: str) -> list[Entry]:
         return sorted(self.entries[kind].values(), key=lambda e: e.name)
@@ -104,3 +119,25 @@ def checked_plots(plots: Any, where: str) -> tuple[Plot, ...]:
         if problem is not None:
             raise PluginError(f"{where}: plots[{index}] ({plot.tag!r}): {problem}")
     return tuple(plots)
+
+
+def checked_schedule(metadata: Mapping[str, Any], options: Mapping[str, Option], where: str) -> Schedule:
+    """A diagnostic's default schedule: its ``schedule=`` metadata or, for a diagnostic written before
+    the host owned schedules, the defaults of the schedule options it declares itself. A PluginError
+    if it is not a valid testbed.Schedule, or if the diagnostic's own options take a schedule option's
+    name for something else."""
+    declared = [name for name in SCHEDULE_OPTIONS if name in options]
+    if declared and (len(declared) < len(SCHEDULE_OPTIONS) or "schedule" in metadata):
+        raise PluginError(f"{where}: option {declared[0]!r} is a schedule option, which the host adds to "
+                          "every diagnostic; declare the default schedule with schedule=testbed.Schedule(...)")
+    if declared:  # the older way: **schedule_options(...) among its own options
+        schedule = schedule_from({name: options[name].default for name in SCHEDULE_OPTIONS})
+    else:
+        schedule = metadata.get("schedule", Schedule())
+    if not isinstance(schedule, Schedule):
+        raise PluginError(f"{where}: schedule must be a testbed.Schedule, not {type(schedule).__name__}")
+    given = {"every": schedule.every, "steps": schedule.steps, "start": schedule.start, "stop": schedule.stop}
+    try:
+        return schedule_from(validate_options(Schedule().options(), given, "schedule"))
+    except ConfigError as exc:
+        raise PluginError(f"{where}: {exc}") from None

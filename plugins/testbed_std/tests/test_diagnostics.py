@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from testbed import Figure, Scalar, hookimpl
+from testbed import Figure, Scalar, Schedule, hookimpl
 from testbed.plugins import load_plugins
 from testbed_std import noise_stats
 from testbed_std.diagnostics import (
@@ -92,7 +92,7 @@ def test_robust_condition_number_against_an_independent_hessian(registry, parame
     diagonal = np.sort(np.abs(np.diag(H)))
     expected_proxy = diagonal[-1] / diagonal[(len(diagonal) - 1) // 2]  # lower median, zeros included
     eigenvalues = np.linalg.eigvalsh((H + H.T) / 2)
-    diagnostic = RobustConditionNumber(spectrum_histogram=True, **{"every": 1, "steps": [], "start": 0, "stop": None})
+    diagnostic = RobustConditionNumber(spectrum_histogram=True)
     records = diagnostic.measure(probe, 0)
     values = scalars(records)
     assert values["proxy"] == pytest.approx(expected_proxy, rel=1e-9)
@@ -162,10 +162,10 @@ def test_sharpness_matches_the_hessian_spectrum(registry, parameterization):
     probe = tiny_probe(registry, parameterization)
     eigenvalues = torch.linalg.eigvalsh(autograd_loop_hessian(probe))
     P = probe.params.numel()
-    full = scalars(Sharpness(iterations=P, every=1, steps=[], start=0, stop=None).measure(probe, 0))
+    full = scalars(Sharpness(iterations=P).measure(probe, 0))
     assert full["lambda_max"] == pytest.approx(float(eigenvalues[-1]), rel=1e-8)
     assert full["lambda_min"] == pytest.approx(float(eigenvalues[0]), rel=1e-8, abs=1e-8)
-    few = scalars(Sharpness(iterations=10, every=1, steps=[], start=0, stop=None).measure(probe, 0))
+    few = scalars(Sharpness(iterations=10).measure(probe, 0))
     assert float(eigenvalues[0]) - 1e-8 <= few["lambda_min"] <= few["lambda_max"] <= float(eigenvalues[-1]) + 1e-8
     assert few["lambda_max"] == pytest.approx(float(eigenvalues[-1]), rel=1e-2)
 
@@ -288,8 +288,14 @@ class FakeProbe:
         return self.curvature * v
 
 
+def scheduled(diagnostic, schedule: Schedule):
+    """``diagnostic`` with ``schedule``, set as the host sets it after the factory returns."""
+    diagnostic.schedule = schedule
+    return diagnostic
+
+
 def test_generalized_smoothness_reports_at_the_end_of_its_window():
-    diagnostic = GeneralizedSmoothness(every=1, steps=[], start=0, stop=6)
+    diagnostic = scheduled(GeneralizedSmoothness(), Schedule(every=1, stop=6))
     assert diagnostic.needs_update
     points = [(0.5, 3.0), (1.0, 3.0), (2.0, -1.0), (4.0, 3.0), (8.0, 3.0), (16.0, 3.0)]
     reports = []
@@ -312,20 +318,20 @@ def test_generalized_smoothness_reports_at_the_end_of_its_window():
 
 
 def test_generalized_smoothness_without_a_stop_reports_at_finish():
-    diagnostic = GeneralizedSmoothness(every=2, steps=[], start=0, stop=None)
+    diagnostic = scheduled(GeneralizedSmoothness(), Schedule(every=2))
     for step, g in enumerate([1.0, 2.0, 3.0, 5.0]):
         assert "correlation" not in scalars(diagnostic.measure(FakeProbe(g, 4.0 / g), 2 * step))
     final = scalars(diagnostic.finish(FakeProbe(1.0, 1.0), 8))
     assert final["correlation"] == pytest.approx(-1.0, rel=1e-12) and final["slope"] == pytest.approx(-1.0, rel=1e-12)
     # Fewer than three points: only their count.
-    short = GeneralizedSmoothness(every=1, steps=[], start=0, stop=None)
+    short = scheduled(GeneralizedSmoothness(), Schedule(every=1))
     short.measure(FakeProbe(1.0, 1.0), 0)
     assert [(r.tag, r.value) for r in short.finish(FakeProbe(1.0, 1.0), 1)] == [("points", 1)]
 
 
 def test_generalized_smoothness_at_explicit_steps_only():
     # every: null with a stop (only the explicit steps): no window end to detect, reported at finish.
-    diagnostic = GeneralizedSmoothness(every=None, steps=[0, 3, 7], start=0, stop=10)
+    diagnostic = scheduled(GeneralizedSmoothness(), Schedule(steps=(0, 3, 7), stop=10))
     for step, g in zip([0, 3, 7], [1.0, 2.0, 4.0]):
         assert "correlation" not in scalars(diagnostic.measure(FakeProbe(g, g), step))
     final = scalars(diagnostic.finish(FakeProbe(1.0, 1.0), 20))
@@ -337,7 +343,7 @@ def test_block_norms_on_a_hand_made_probe(registry):
     delta = torch.linspace(-1, 1, probe.params.numel(), dtype=torch.float64)
     probe.next_params = probe.params + delta
     probe.train_gradient = 2 * delta
-    values = scalars(BlockNorms(every=1, steps=[], start=0, stop=None).measure(probe, 0))
+    values = scalars(BlockNorms().measure(probe, 0))
     assert {b.name for b in probe.blocks} == {"A", "B"}
     for block in probe.blocks:
         part = slice(block.start, block.stop)
