@@ -101,7 +101,7 @@ ABSURD = absurd_cases()
 SUBPROCESS = """
 import json, resource, signal, sys, time
 from click.testing import CliRunner
-from testbed.cli import main
+from testbed.cli.commands import main
 
 def too_slow(signum, frame):
     raise TimeoutError("still running after 10 s")
