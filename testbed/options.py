@@ -36,6 +36,7 @@ class Option:
     check: Callable[[Any], None] | None = field(default=None, compare=False)
 
     def value_type(self) -> type:
+        """The type a value must have: ``type`` if given, else the default's type."""
         if self.type is not None:
             return self.type
         if self.default is REQUIRED or self.default is None:

@@ -27,6 +27,7 @@ class Batch:
 
     @property
     def target(self) -> torch.Tensor:
+        """The query labels ``y[:, -1]``: what the model predicts and the loss compares with."""
         return self.y[:, -1]
 
     def __len__(self) -> int:
@@ -42,6 +43,7 @@ class Task:
     n: int
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """``batch_size`` prompts drawn from ``generator`` alone (never the global RNG)."""
         raise NotImplementedError
 
 
@@ -53,6 +55,7 @@ class InDtype(Task):
         self.task, self.dtype, self.d, self.n = task, dtype, task.d, task.n
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """The wrapped task's prompts, cast to this dtype."""
         batch = self.task.sample(batch_size, generator)
         if not isinstance(batch, Batch) or not all(isinstance(t, torch.Tensor) for t in (batch.x, batch.y)):
             return batch  # not prompts at all: CheckedTask names what it is
@@ -72,6 +75,7 @@ class CheckedTask(Task):
         self.task, self.name, self.dtype, self.d, self.n = task, name, dtype, task.d, task.n
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """The wrapped task's prompts, or a BatchError naming what is wrong with them."""
         batch = self.task.sample(batch_size, generator)
         problem = batch_problem(batch, batch_size, self.n, self.d, self.dtype)
         if problem is not None:

@@ -47,6 +47,7 @@ class Progress:
         return f", eval loss {self.evals[key]:.3e}" if key in self.evals else ""
 
     def eta(self) -> float | None:
+        """Seconds left at the speed so far, over all runs; None before any step is done."""
         done = sum(self.steps_per_run if k in self.ended else s for k, s in self.steps.items())
         total = self.total_runs * self.steps_per_run
         elapsed = self.clock() - self.started
@@ -55,6 +56,7 @@ class Progress:
         return (total - done) * elapsed / done
 
     def status_line(self) -> str:
+        """One line: runs done, the ETA, and each running run's step and last eval loss."""
         eta = self.eta()
         running = [k for k in self.steps if k not in self.ended]
         parts = [f"{len(self.ended)}/{self.total_runs} runs done",
@@ -77,6 +79,7 @@ class Progress:
         self.last_print = self.clock()
 
     def close(self) -> None:
+        """End the live status line on a terminal (elsewhere nothing is pending)."""
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()

@@ -47,6 +47,7 @@ def run_id(plan: RunPlan, plugins: Plugins) -> str:
 
 
 def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
+    """What a run's id hashes (see the module docstring), as plain JSON-able data."""
     config, spec, registry = plan.config, plan.optimizer, plugins.registry
     diagnostics = [d for d in config.diagnostics if d.applies_to(spec.label, plan.seed)]
     provided_by = {registry.get("task", config.task.name, "task").plugin,

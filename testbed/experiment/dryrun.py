@@ -36,6 +36,7 @@ MAX_LISTED = 40  # runs listed one per line; a large sweep's plan ends with a co
 
 @dataclass
 class RunState:
+    """One run of a dry-run plan and what `testbed run` would do with it."""
     plan: RunPlan
     state: str  # done | resume | new | waits (for tuning)
     from_step: int = 0
@@ -43,10 +44,13 @@ class RunState:
 
     @property
     def steps_left(self) -> int:
+        """Training steps this run still has to take (none when done)."""
         return 0 if self.state == "done" else self.plan.config.train.steps - self.from_step
 
 
 def plan_states(sweep: Sweep, plugins: Plugins, logdir: Path, force: bool = False) -> list[RunState]:
+    """Every run of the sweep, pilots first, each with what a real run would do with it
+    (done, resume, new, or waits for its learning rate to be tuned)."""
     states = []
     for point in sweep.points:
         directory = Path(logdir) / point.directory
@@ -112,6 +116,7 @@ def estimate_seconds(states: list[RunState], plugins: Plugins, capacity: int) ->
 
 
 def describe(sweep: Sweep, states: list[RunState], seconds: float | None, capacity: int) -> list[str]:
+    """The dry run's report: counts, the runs one per line (up to MAX_LISTED), the time estimate."""
     pilots = [s for s in states if s.plan.pilot]
     mains = [s for s in states if not s.plan.pilot]
     count = lambda group, state: sum(s.state == state for s in group)  # noqa: E731
@@ -149,6 +154,7 @@ def summary_line(states: list[RunState]) -> str:
 
 
 def duration(seconds: float) -> str:
+    """Seconds as a rough human duration (s, min or h)."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

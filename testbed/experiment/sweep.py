@@ -49,6 +49,7 @@ class Point:
     values: tuple[tuple[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        """The swept keys and their values as a mapping."""
         return dict(self.values)
 
     @property
@@ -64,6 +65,7 @@ class Point:
 
 @dataclass(frozen=True)
 class SweepPoint:
+    """One point of a sweep: its point, its validated config and where its runs are written."""
     point: Point
     config: ExperimentConfig
     directory: str  # relative to the log directory: <name> alone, or <name>/<point>
@@ -84,6 +86,7 @@ class Sweep:
 
     @property
     def keys(self) -> list[str]:
+        """The swept keys, in first-seen order over all points."""
         return list(dict.fromkeys(key for p in self.points for key, _ in p.point.values))
 
 

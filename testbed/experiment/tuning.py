@@ -34,6 +34,7 @@ class Tuning:
         return {lr: pilot_score([p for p in self.pilots if p.lr == lr]) for lr in self.grid}
 
     def to_dict(self) -> dict[str, Any]:
+        """The tuning as results.json records it: grid, pilots and the chosen learning rate."""
         return {
             "grid": list(self.grid), "steps": self.steps, "seeds": list(self.seeds),
             "pilots": [{"lr": p.lr, "seed": p.seed, "status": p.status, "final_eval_loss": p.final_eval_loss,

@@ -35,6 +35,7 @@ GAMMA = {"shape": 0.1, "scale": None, "label_noise": 0.0}
 
 @dataclass(frozen=True)
 class TrainingCase:
+    """One training-speed case of the bench: a task, a model and a batch size."""
     name: str
     task: TaskSpec
     model: ModelConfig
@@ -62,6 +63,8 @@ def _seconds_per_step(step: Callable[[], Any], budget: float, max_steps: int) ->
 
 
 def time_training(case: TrainingCase, registry, budget: float, rounds: int, max_steps: int) -> dict[str, float]:
+    """Training speed of one case, the engine's step against the direct formula's: median
+    milliseconds and steps per second of each over ``rounds``, and their ratio."""
     task = build_task(case.task, registry)
     steps = {}
     for side in ("engine", "direct"):
@@ -108,6 +111,8 @@ def time_gradient_noise(registry, samples: int) -> float:
 
 def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_samples: int = 10_000,
               context_lengths: tuple[int, ...] = CONTEXT_LENGTHS) -> dict[str, Any]:
+    """The whole bench on one thread: training cases, context lengths, one Hessian, one
+    gradient_noise evaluation, and the peak memory."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     registry = load_plugins().registry
@@ -133,6 +138,7 @@ def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_
 
 
 def format_bench(results: dict[str, Any]) -> str:
+    """The bench's results as text tables, as `testbed bench` prints them."""
     rows = [("training step", "engine steps/s", "direct steps/s", "engine / direct")]
     for name, case in results["training"].items():
         rows.append((name, f"{case['engine_steps_per_sec']:.1f}", f"{case['direct_steps_per_sec']:.1f}",

@@ -42,6 +42,7 @@ def _main_model(e: Experiment) -> bool:
 
 
 def adam_beats_sgd(experiments: list[Experiment]) -> Claim:
+    """Adam's mean final eval loss is below SGD's in each main-model experiment (Settings 1-3)."""
     results, evidence = [], []
     for e in experiments:
         pair = _pair(e) if _main_model(e) else None
@@ -55,12 +56,14 @@ def adam_beats_sgd(experiments: list[Experiment]) -> Claim:
 
 
 def noise_skewness(experiment: Experiment) -> float | None:
+    """Mean skewness of the gradient noise at init over the experiment's runs; None if unmeasured."""
     values = [r.value_at("gradient_noise/skewness", 0) for r in experiment.runs]
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
 
 
 def noise_heavy_tailed(experiments: list[Experiment]) -> Claim:
+    """Gradient noise at init is right-skewed with positive excess kurtosis in every experiment."""
     results, evidence = [], []
     for e in experiments:
         skew = noise_skewness(e)
@@ -75,6 +78,7 @@ def noise_heavy_tailed(experiments: list[Experiment]) -> Claim:
 
 
 def noise_ordering(experiments: list[Experiment]) -> Claim:
+    """Noise skewness orders the tasks at L = 3: gamma > gaussian > spherical."""
     by_task = {}
     for e in experiments:
         skew = noise_skewness(e)
@@ -96,6 +100,7 @@ def _setting1_shape(e: Experiment) -> bool:
 
 
 def noise_depth(experiments: list[Experiment]) -> Claim:
+    """Every deep model's (L = 6, 8) noise is more skewed than every shallow one's (L = 2, 4)."""
     shallow = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (2, 4)]
     deep = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (6, 8)]
     shallow, deep = [s for s in shallow if s is not None], [s for s in deep if s is not None]
@@ -146,6 +151,7 @@ def _mean_ratio(e: Experiment, steps: tuple[int, ...]) -> float | None:
 
 
 def condition_gap_heavy_tails(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    """The SGD/Adam R_med ratio is larger on gamma than on gaussian data (L = 3, n = 20)."""
     title = "The R_med gap (SGD/Adam) is larger with heavy-tailed (Gamma) covariates than Gaussian ones"
     ratio = lambda task: next((r for e in experiments if e.task == task and e.layers == 3  # noqa: E731
                                and e.config["task"]["n"] == 20 and (r := _mean_ratio(e, steps)) is not None), None)
@@ -157,6 +163,7 @@ def condition_gap_heavy_tails(experiments: list[Experiment], steps: tuple[int, .
 
 
 def condition_gap_depth(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
+    """The SGD/Adam R_med ratio grows with depth on Setting 1's data (tuned runs when enough)."""
     title = "The R_med gap (SGD/Adam) grows with the number of layers"
     family = [e for e in experiments if _setting1_shape(e) and _mean_ratio(e, steps) is not None]
     if len({e.layers for e in family if _tuned(e)}) >= 2:
@@ -170,6 +177,7 @@ def condition_gap_depth(experiments: list[Experiment], steps: tuple[int, ...]) -
 
 
 def median_smoothness(experiment: Experiment, label: str, start: int = 0) -> float | None:
+    """Median over the label's runs of each run's median directional smoothness from ``start``."""
     medians = []
     for run in experiment.runs_of(label):
         steps, values = run.series("directional_smoothness/value")
@@ -180,6 +188,7 @@ def median_smoothness(experiment: Experiment, label: str, start: int = 0) -> flo
 
 
 def smaller_smoothness(experiments: list[Experiment], start: int = 250) -> Claim:
+    """Adam's median directional smoothness is below SGD's in each experiment with both."""
     results, evidence = [], []
     for e in experiments:
         pair = _pair(e)
@@ -194,6 +203,7 @@ def smaller_smoothness(experiments: list[Experiment], start: int = 250) -> Claim
 
 
 def generalized_smoothness(experiments: list[Experiment]) -> Claim:
+    """The final log-gradient-norm/log-smoothness correlation is positive in every run."""
     results, evidence = [], []
     for e in experiments:
         for run in e.runs:
@@ -215,6 +225,8 @@ def _progress(experiment: Experiment, label: str) -> float | None:
 
 
 def spherical_vs_gamma(experiments: list[Experiment]) -> Claim:
+    """Spherical data converges faster than gamma data for both optimizers, and Adam's
+    advantage (SGD/Adam final loss) is no smaller there."""
     title = "Spherical data: both converge much faster than with Gamma data; Adam's advantage does not shrink"
     spherical = next((e for e in experiments if e.task == "spherical" and _pair(e)), None)
     gamma = next((e for e in experiments if e.task == "gamma" and _pair(e) and e.layers == 3), None)
@@ -246,6 +258,7 @@ def _final(e: Experiment, label: str) -> tuple[float | None, str]:
 
 
 def depth(experiments: list[Experiment]) -> Claim:
+    """With depth, both optimizers' final losses fall and the SGD/Adam gap grows (Setting 1's data)."""
     title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
     family = [e for e in experiments if _setting1_shape(e) and _pair(e)]
     # The depth study tunes each depth's learning rates: compare its experiments with each other,
@@ -268,6 +281,7 @@ def depth(experiments: list[Experiment]) -> Claim:
 
 
 def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
+    """Linear attention ends with a lower eval loss than softmax attention on the same task (L = 3)."""
     title = "Linear attention trains much faster than softmax attention (L = 3)"
     def key(e: Experiment) -> tuple:
         task = e.config["task"]
@@ -286,6 +300,7 @@ def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
 
 
 def larger_model(experiments: list[Experiment]) -> Claim:
+    """On a larger model (d >= 20, L >= 8) Adam still ends below SGD."""
     large = [e for e in experiments if e.config["task"]["d"] >= 20 and e.layers >= 8 and _pair(e)]
     checks, evidence = [], []
     for e in large:

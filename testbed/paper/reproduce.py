@@ -45,6 +45,7 @@ QUICK_NOTE = (f"quick profile: every experiment capped at {QUICK_TRAIN['steps']}
 
 
 def quick_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a raw experiment cut down to the quick profile (QUICK_NOTE says how)."""
     raw = copy.deepcopy(raw)
     train = raw.setdefault("train", {})
     for key, cap in QUICK_TRAIN.items():

@@ -28,6 +28,8 @@ _REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks",
 
 @dataclass(frozen=True)
 class PluginInfo:
+    """One loaded (or failed) plugin: its name, module, and the distribution and version that
+    provide it, as `testbed plugins` lists them."""
     name: str
     module: str
     distribution: str
@@ -45,6 +47,7 @@ class Plugins:
 
     @property
     def failed(self) -> list[PluginInfo]:
+        """The plugins that failed to import."""
         return [info for info in self.infos if info.error is not None]
 
     def require_healthy(self) -> None:
@@ -73,6 +76,8 @@ class Plugins:
 
 
 def new_manager() -> pluggy.PluginManager:
+    """A fresh pluggy manager that knows testbed's hooks and has no plugins yet (one per load,
+    never a module global)."""
     manager = pluggy.PluginManager("testbed")
     manager.add_hookspecs(hookspecs)
     return manager

@@ -13,6 +13,7 @@ from typing import Any
 
 @dataclass
 class Run:
+    """One run as its results record it: status, eval curve and diagnostics."""
     label: str
     seed: int
     status: str
@@ -42,6 +43,7 @@ class Run:
         return any(key.startswith(f"{diagnostic}/") for key in self.diagnostics)
 
     def value_at(self, key: str, step: int) -> float | None:
+        """A diagnostic's value at exactly ``step``, or None if it was not measured there."""
         for s, v in self.diagnostics.get(key, []):
             if int(s) == step:
                 return v
@@ -50,6 +52,8 @@ class Run:
 
 @dataclass
 class Experiment:
+    """One experiment directory as a report reads it: its config, its runs and, for a sweep
+    point, which sweep and point it is."""
     name: str
     directory: Path
     config: dict[str, Any]
@@ -61,30 +65,38 @@ class Experiment:
 
     @property
     def labels(self) -> list[str]:
+        """The optimizer labels, in the order the runs appear."""
         return list(dict.fromkeys(r.label for r in self.runs))
 
     @property
     def task(self) -> str:
+        """The task's name."""
         return self.config["task"]["name"]
 
     @property
     def layers(self) -> int:
+        """The model's number of layers."""
         return self.config["model"]["layers"]
 
     @property
     def attention(self) -> str:
+        """The model's attention variant."""
         return self.config["model"]["attention"]
 
     def runs_of(self, label: str, completed: bool = False) -> list[Run]:
+        """The runs of one optimizer label (only the completed ones if ``completed``)."""
         return [r for r in self.runs if r.label == label and (not completed or r.status == "completed")]
 
     def has(self, key: str) -> bool:
+        """Whether any run recorded the diagnostic scalar ``key``."""
         return any(key in r.diagnostics for r in self.runs)
 
     def final_losses(self, label: str) -> list[float]:
+        """Final eval losses of the label's completed runs."""
         return [r.final_eval_loss for r in self.runs_of(label, completed=True) if r.final_eval_loss is not None]
 
     def mean_final(self, label: str) -> float | None:
+        """Mean final eval loss of the label's completed runs; None if none completed."""
         values = self.final_losses(label)
         return statistics.fmean(values) if values else None
 

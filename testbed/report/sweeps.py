@@ -29,14 +29,18 @@ class Config:
 
     @property
     def mean(self) -> float:
+        """Mean final loss over completed runs (inf if none completed: it ranks last)."""
         return statistics.fmean(self.finals) if self.finals else math.inf
 
     @property
     def std(self) -> float:
+        """Standard deviation of the final losses over seeds (0 for fewer than two)."""
         return statistics.stdev(self.finals) if len(self.finals) > 1 else 0.0
 
 
 def configs(points: list[Experiment]) -> list[Config]:
+    """Every (optimizer, sweep point) pair of the sweep, with only the swept keys that concern
+    that optimizer."""
     found = []
     for experiment in points:
         for label in experiment.labels:
