@@ -18,14 +18,11 @@ from testbed.report import make_report
 TOY = '''
 import torch
 
-from testbed import Diagnostic, Histogram, Plot, Scalar, hookimpl, schedule_from, schedule_options
+from testbed import Diagnostic, Histogram, Plot, Scalar, Schedule, hookimpl
 
 
 class Wave(Diagnostic):
     """Made-up quantities of very different scales, and a histogram."""
-
-    def __init__(self, **schedule):
-        self.schedule = schedule_from(schedule)
 
     def measure(self, probe, step):
         return [Scalar("amplitude", 100.0 + step), Scalar("phase", 0.01 * (step + 1)),
@@ -34,7 +31,7 @@ class Wave(Diagnostic):
 
 @hookimpl
 def register_diagnostics(register):
-    register("toy_wave", lambda **o: Wave(**o), options=schedule_options(every=5), doc="a toy wave",
+    register("toy_wave", Wave, schedule=Schedule(every=5), doc="a toy wave",
              plots=[Plot("amplitude", "toy amplitude", log=True, caption="Toy amplitude, declared by the toy plugin"),
                     Plot("phase", "toy phase", caption="Toy phase, declared by the toy plugin"),
                     Plot("spread", "toy spread", kind="histogram", caption="Toy spread, declared by the toy plugin")])
