@@ -31,6 +31,8 @@ DOCUMENTED = {
     "register_optimizers": ["register"],
     "register_tasks": ["register"],
     "register_diagnostics": ["register"],
+    "register_executors": ["register"],
+    "register_commands": ["cli"],
     "on_run_start": ["run"],
     "on_step_end": ["run", "step", "metrics"],
     "on_run_end": ["run", "status"],
@@ -109,6 +111,14 @@ class AllHooks:
         self.seen["register_diagnostics"].append({"register": register})
 
     @hookimpl
+    def register_executors(self, register):
+        self.seen["register_executors"].append({"register": register})
+
+    @hookimpl
+    def register_commands(self, cli):
+        self.seen["register_commands"].append({"cli": cli})
+
+    @hookimpl
     def on_run_start(self, run):
         self.seen["on_run_start"].append({"run": run})
 
@@ -149,7 +159,7 @@ def test_every_hook_is_called_with_every_spec_argument(tmp_path):
     # pluggy warns when a call omits an argument its hookspec declares.
     assert not [w for w in caught if "hookspec" in str(w.message)], [str(w.message) for w in caught]
     assert [r.status for r in outcome.results] == ["completed", "completed"]
-    for name in ("register_optimizers", "register_tasks", "register_diagnostics"):
+    for name in ("register_optimizers", "register_tasks", "register_diagnostics", "register_executors"):
         (call,) = everything.seen[name]
         assert callable(call["register"])
     assert len(everything.seen["on_run_start"]) == 2

@@ -29,7 +29,8 @@ from testbed.engine.loop import Report, hparams_of, storage_failure
 from testbed.engine.provenance import versions
 from testbed.files.json_io import write_json
 from testbed.errors import StorageError, TestbedError
-from testbed.experiment.executors.local import Executor, LocalExecutor, not_run
+from testbed.experiment.executors.base import Executor, not_run
+from testbed.experiment.executors.local import LocalExecutor
 from testbed.files.layout import (CONFIG_FILE, INVALID_SUMMARY, PREVIOUS_RESULTS_FILE, RESULTS_FILE, SWEEP_FILE,
                                   TUNING_DIR, run_parts)
 from testbed.files.links import refuse_links

@@ -16,6 +16,7 @@ from testbed.engine.specs import ExperimentConfig
 from testbed.experiment.config import load_yaml, parse_config
 from testbed.errors import StorageError, TestbedError
 from testbed.engine.loop import Report
+from testbed.experiment.executors.base import Executor
 from testbed.experiment.runner import ExperimentOutcome, Phase, run_experiment
 from testbed.files.layout import PROFILE_FILE
 from testbed.files.links import refuse_links
@@ -92,8 +93,10 @@ def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: i
               suite: Path = SUITE, on_experiment: Callable[[ExperimentConfig], Any] = lambda config: None,
               report: Report = lambda event: None, on_phase: Callable[[Phase], None] = lambda phase: None,
               force: bool = False, note: Callable[[str], None] = lambda line: None,
-              warn: Callable[[str], None] = lambda line: None) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
-    """Run every experiment of ``suite`` (all validated first), then the report of all of them.
+              warn: Callable[[str], None] = lambda line: None,
+              executor: Executor | None = None) -> tuple[list[ExperimentOutcome], Path, list[Claim]]:
+    """Run every experiment of ``suite`` (all validated first) on ``executor`` (default: local worker
+    processes), then the report of all of them.
     ``on_experiment`` is called as each experiment starts; ``report`` and ``on_phase`` are handed
     to ``run_experiment``, ``note`` and ``warn`` to ``make_report``. Runs already done (an earlier,
     interrupted reproduction) are not run again unless ``force``; checkpointed ones go on from
@@ -106,7 +109,7 @@ def reproduce(plugins: Plugins, out: str | Path, quick: bool = False, workers: i
             on_experiment(config)
             record_profile(out / "runs", config, "quick" if quick else "full")
             outcomes.append(run_experiment(config, plugins, out / "runs", report=report, workers=workers,
-                                           on_phase=on_phase, force=force))
+                                           on_phase=on_phase, force=force, executor=executor))
         # The quick profile is too short for the paper's table steps and the DS window from step 250.
         steps = (50, 100) if quick else (750, 1250)
         extras = paper_extras(steps, smoothness_from=0 if quick else SMOOTHNESS_FROM)

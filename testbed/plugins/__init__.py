@@ -23,7 +23,8 @@ GROUP = "testbed"
 ENV_VAR = "TESTBED_PLUGINS"
 EXTRA = "local"  # the distribution recorded for plugins handed to load_plugins(extra=...) as objects
 FROM_ENV = f"${ENV_VAR}"  # the distribution recorded for plugins named in $TESTBED_PLUGINS
-_REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks", "diagnostic": "register_diagnostics"}
+_REGISTER_HOOKS = {"optimizer": "register_optimizers", "task": "register_tasks",
+                   "diagnostic": "register_diagnostics", "executor": "register_executors"}
 
 
 @dataclass(frozen=True)

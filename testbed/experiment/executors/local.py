@@ -1,9 +1,6 @@
-"""Executors: where the runs of an experiment execute. Every executor calls ``engine.train`` with one
-torch thread, so a given run gives the same numbers whichever executor runs it.
-
-``local`` (the default) runs them in this machine's worker processes; ``ray``
-(testbed.ray_executor) runs them as Ray tasks. An executor takes run plans and returns their
-results in the same order, with ``interrupted`` set when the user stopped it.
+"""The ``local`` executor (the default): the runs execute in this machine's worker processes, each
+calling ``engine.train`` with one torch thread, as every executor does, so a given run gives the same
+numbers whichever executor runs it.
 
 Local workers are processes with one torch thread each (two OpenMP threads fighting over two cores
 are slower than one thread each), even when there is one: a run that kills its process (a crashing
@@ -14,8 +11,8 @@ is how each side learns that the other died. Only plugins handed in as objects
 (``load_plugins(extra=...)``), which a worker could not load, make the runs execute in the driver's
 process.
 
-Ctrl-C and SIGTERM stop the runs as testbed.signals says; workers ignore both signals: the driver
-decides when to stop.
+Ctrl-C and SIGTERM stop the runs as testbed.experiment.signals says, through the executors' shared
+loop (``executors.collect``); workers ignore both signals: the driver decides when to stop.
 """
 
 from __future__ import annotations
@@ -31,43 +28,21 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from testbed.engine.loop import Report, train, write_summary
-from testbed.errors import StorageError, TestbedError
-from testbed.plugins import Plugins, load_plugins
 from testbed.engine.run import RunPlan, RunResult
-from testbed.experiment.signals import SIGNALS, stop_on_signals
-
-EXECUTORS = ("local", "ray")
-
-
-class Executor(Protocol):
-    name: str
-
-    def capacity(self) -> int:
-        """How many runs execute at once."""
-
-    def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
-        """Run ``plans``; return their results in order and whether the user interrupted."""
-
-    def close(self) -> None:
-        """Release what the executor started (a local Ray instance)."""
-
-
-def make_executor(name: str, workers: int | None = None, address: str | None = None) -> Executor:
-    if name == "local":
-        return LocalExecutor(workers)
-    if name == "ray":
-        from testbed.experiment.executors.ray import RayExecutor
-
-        return RayExecutor(address, workers)
-    raise TestbedError(f"unknown executor {name!r} (known: {', '.join(EXECUTORS)})")
+from testbed.errors import StorageError
+from testbed.experiment.executors.base import collect, longest_first, not_run, unfinished
+from testbed.experiment.signals import SIGNALS
+from testbed.plugins import Plugins, load_plugins
 
 
 class LocalExecutor:
+    """Runs in this machine's worker processes (in this process for plugins handed in as objects)."""
+
     name = "local"
 
     def __init__(self, workers: int | None = None):
@@ -77,69 +52,68 @@ class LocalExecutor:
         return self.workers or os.cpu_count() or 1
 
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
-        if plugins.in_this_process_only:  # a worker's own load_plugins() would miss the extra objects
-            return _run_in_process(plans, plugins, report)
-        return _run_in_pool(plans, min(self.capacity(), len(plans)), plugins, report)
+        """The runs on worker processes, longest first (in plan order in this process, one after the
+        other, when some plugins were handed in as objects: a worker's own load_plugins() would miss them)."""
+        if plugins.in_this_process_only:
+            return collect(_InProcess(plans, plugins), plans, report)
+        pool = _Pool(plans, min(self.capacity(), len(plans)), preload=[*PRELOAD, *plugins.entry_point_modules()])
+        return collect(pool, plans, report)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: each ``execute`` closes its workers."""
 
 
-def _run_in_process(plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
-    """One run after the other in this process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    stop = threading.Event()
-    results: list[RunResult] = []
-    try:
-        with stop_on_signals(stop.set, stop_at_once=_raise_keyboard_interrupt):  # train() stops where it is
-            for plan in plans:
-                try:
-                    result = train(plan, plugins, should_stop=stop.is_set, report=report)
-                except KeyboardInterrupt:
-                    result = not_run(plan)
-                results.append(result)
-                if result.status == "interrupted" or stop.is_set():
-                    break
-    finally:
-        torch.set_num_threads(threads)
-    done = {r.run_dir for r in results}
-    results += [not_run(p) for p in plans if p.run_dir not in done]
-    return results, stop.is_set() or any(r.status == "interrupted" for r in results)
+class _InProcess:
+    """The runs one after the other in this process (a ``Batch``); the second stop signal ends the
+    running one where it is."""
+
+    def __init__(self, plans: list[RunPlan], plugins: Plugins):
+        self.waiting = deque(plans)
+        self.plugins = plugins
+        self.stop = threading.Event()
+        self.running = False
+        self.ended = False  # a run ended interrupted: no other starts
+        self.threads = torch.get_num_threads()
+        self.report: Report = lambda event: None
+
+    def start(self, report: Report) -> None:
+        self.report = report
+        torch.set_num_threads(1)
+
+    def pending(self) -> bool:
+        return bool(self.waiting) and not self.stop.is_set() and not self.ended
+
+    def poll(self, timeout: float) -> list[RunResult]:
+        """Execute the next run (whatever ``timeout``: this process is busy until it ends)."""
+        plan = self.waiting.popleft()
+        self.running = True
+        try:
+            result = train(plan, self.plugins, should_stop=self.stop.is_set, report=self.report)
+        except KeyboardInterrupt:  # the second stop signal (request_stop_at_once)
+            result = not_run(plan)
+        finally:
+            self.running = False
+        self.ended = result.status == "interrupted"
+        return [result]
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def request_stop_at_once(self) -> None:
+        if self.running:  # train() stops where it is
+            raise KeyboardInterrupt
+
+    def stop_at_once(self) -> list[RunResult]:
+        return []  # the running run already ended, in poll
+
+    def close(self) -> None:
+        torch.set_num_threads(self.threads)
 
 
-def _raise_keyboard_interrupt() -> None:
-    raise KeyboardInterrupt
-
-
-POLL_SECONDS = 0.5  # the driver wakes at once for a message or a death; this only bounds a wait
 # What the worker server imports once for all its workers, besides the installed plugins: the
 # engine (torch, TensorBoard) and torch._dynamo, which torch imports at a process's first optimizer
 # (seconds, in every fresh worker otherwise).
 PRELOAD = ["testbed.experiment.executors.local", "torch._dynamo"]
-
-
-def _run_in_pool(plans: list[RunPlan], count: int, plugins: Plugins,
-                 report: Report) -> tuple[list[RunResult], bool]:
-    """The runs on up to ``count`` worker processes, longest first."""
-    pool = _Pool(count, preload=[*PRELOAD, *plugins.entry_point_modules()])
-    waiting = deque(longest_first(plans))
-    finished: dict[str, RunResult] = {}  # by run_dir: unique in a sweep
-    # The signal handlers only set flags: an exception raised between two reads of a pipe would
-    # leave half a message in it.
-    with stop_on_signals(pool.request_stop, pool.request_stop_at_once):
-        try:
-            while (waiting and not pool.stopping) or pool.running():
-                pool.start_runs(waiting)
-                for result in pool.collect(POLL_SECONDS, report):
-                    finished[result.run_dir] = result
-                if pool.at_once:
-                    finished.update((result.run_dir, result) for result in pool.kill_running())
-                    break
-        finally:
-            pool.close()
-    results = [finished.get(plan.run_dir) or not_run(plan) for plan in plans]
-    return results, pool.stopping or any(r.status == "interrupted" for r in results)
 
 
 @dataclass
@@ -153,15 +127,18 @@ class _Worker:
 
 
 class _Pool:
-    """Up to ``size`` worker processes, started as runs need them; a dead one is replaced.
+    """The runs on up to ``size`` worker processes, started as runs need them, longest run first (a
+    ``Batch``); a dead one is replaced.
 
     Workers fork from a server process (multiprocessing's forkserver) that imported torch and the
     installed plugins once, so one starts in a fraction of a second where a spawned one re-imports
     for seconds; the server has run no torch code, so forking it is safe. Where there is no
     forkserver, workers are spawned."""
 
-    def __init__(self, size: int, preload: list[str]):
-        self.size = size
+    def __init__(self, plans: list[RunPlan], size: int, preload: list[str]):
+        self.plans, self.size = plans, size
+        self.waiting: deque[RunPlan] = deque()
+        self.report: Report = lambda event: None
         if "forkserver" in mp.get_all_start_methods():
             self.context = mp.get_context("forkserver")
             self.context.set_forkserver_preload(preload)  # used when the server starts: once per driver
@@ -170,7 +147,17 @@ class _Pool:
         # Read by every worker at every step: shared memory, no lock a dying worker could hold.
         self.stop = self.context.RawValue(ctypes.c_bool, False)
         self.workers: list[_Worker] = []
-        self.at_once = False
+
+    def start(self, report: Report) -> None:
+        self.waiting = deque(longest_first(self.plans))
+        self.report = report
+
+    def pending(self) -> bool:
+        return bool(self.waiting and not self.stopping) or any(w.plan is not None for w in self.workers)
+
+    def poll(self, timeout: float) -> list[RunResult]:
+        self._start_runs()
+        return self._wait_for_workers(timeout)
 
     @property
     def stopping(self) -> bool:
@@ -181,10 +168,9 @@ class _Pool:
         self.stop.value = True
 
     def request_stop_at_once(self) -> None:
-        """The driver kills the running runs' workers at its next look (``kill_running``)."""
-        self.at_once = True
+        """Nothing here: the loop calls ``stop_at_once`` at its next turn."""
 
-    def kill_running(self) -> list[RunResult]:
+    def stop_at_once(self) -> list[RunResult]:
         """Kill the workers of the running runs; their results (interrupted, as their last
         checkpoint left them)."""
         stopped = []
@@ -194,11 +180,9 @@ class _Pool:
             stopped.append(_stopped_at_once(worker.plan, worker.last_step))
         return stopped
 
-    def running(self) -> list[RunPlan]:
-        return [w.plan for w in self.workers if w.plan is not None]
-
-    def start_runs(self, waiting: deque[RunPlan]) -> None:
+    def _start_runs(self) -> None:
         """Hand waiting plans to idle workers, starting workers up to ``size``."""
+        waiting = self.waiting
         while waiting and not self.stopping:
             worker = next((w for w in self.workers if w.plan is None), None)
             if worker is None and len(self.workers) < self.size:
@@ -222,13 +206,13 @@ class _Pool:
         self.workers.append(worker)
         return worker
 
-    def collect(self, timeout: float, report: Report) -> list[RunResult]:
-        """Wait up to ``timeout`` seconds for the workers; pass their progress events on to
-        ``report``; return the results of the runs that ended, a run whose worker died as failed."""
+    def _wait_for_workers(self, timeout: float) -> list[RunResult]:
+        """Wait up to ``timeout`` seconds for the workers; pass their progress events on to the
+        report; return the results of the runs that ended, a run whose worker died as failed."""
         ready = wait([w.conn for w in self.workers], timeout)
         ended: list[RunResult] = []
         for worker in [w for w in self.workers if w.conn in ready]:
-            if self._receive(worker, report, ended):  # its pipe closed: it died
+            if self._receive(worker, self.report, ended):  # its pipe closed: it died
                 self._retire(worker)
                 if worker.plan is not None:
                     ended.append(_died(worker.plan, worker.process.exitcode, worker.last_step))
@@ -298,14 +282,14 @@ def _send(conn: Connection, message: tuple[str, Any]) -> None:
 
 def _died(plan: RunPlan, exitcode: int | None, steps_done: int) -> RunResult:
     """The result of a run whose worker process died under it; its summary.json says so too."""
-    result = _unfinished(plan, "failed", f"worker process died ({_exit_cause(exitcode)})", steps_done)
+    result = unfinished(plan, "failed", f"worker process died ({_exit_cause(exitcode)})", steps_done)
     with contextlib.suppress(StorageError):  # a full disk: results.json still records it, if it can
         write_summary(Path(plan.run_dir), result)
     return result
 
 
 def _stopped_at_once(plan: RunPlan, steps_done: int) -> RunResult:
-    return _unfinished(plan, "interrupted", "stopped at once", steps_done)
+    return unfinished(plan, "interrupted", "stopped at once", steps_done)
 
 
 def _exit_cause(exitcode: int | None) -> str:
@@ -316,25 +300,3 @@ def _exit_cause(exitcode: int | None) -> str:
         return f"killed by signal {signal.Signals(-exitcode).name}"
     except ValueError:  # a real-time signal has no name
         return f"killed by signal {-exitcode}"
-
-
-def longest_first(plans: list[RunPlan]) -> list[RunPlan]:
-    """Runs with more diagnostics start first, so that no worker is left with a long run at the end
-    while the others idle (a stable sort: otherwise the plan's order)."""
-    def diagnostics(plan: RunPlan) -> int:
-        return sum(spec.applies_to(plan.optimizer.label, plan.seed) for spec in plan.config.diagnostics)
-
-    return sorted(plans, key=diagnostics, reverse=True)
-
-
-def not_run(plan: RunPlan) -> RunResult:
-    return _unfinished(plan, "interrupted", "not started")
-
-
-def failed(plan: RunPlan, error: str) -> RunResult:
-    return _unfinished(plan, "failed", error)
-
-
-def _unfinished(plan: RunPlan, status: str, error: str, steps_done: int = 0) -> RunResult:
-    return RunResult(plan.key, plan.optimizer.label, plan.optimizer.name, plan.seed, status, steps_done,
-                     plan.run_dir, 0.0, lr=plan.optimizer.lr, error=error, run_id=plan.run_id or None)

@@ -11,7 +11,8 @@ A task never blocks on Ray (no ``ray.get`` inside a run): a blocked task lends i
 task, which then keeps running beside it, and two runs share one core. So progress events are
 fire-and-forget calls to a small actor the driver drains, and a stop request (Ctrl-C in the driver)
 is a file in the log directory that running tasks look for about once a second; they then stop at a
-step boundary with a checkpoint.
+step boundary with a checkpoint. A second stop signal cancels the tasks at once. The driver's side is
+the executors' shared loop (``executors.collect``) over ``_RayRuns``.
 
 The local instance (no address) listens on the loopback interface only, and what a killed driver
 leaves of it is stopped by the next start (testbed.ray_local).
@@ -28,17 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from testbed.engine.loop import Report, train
-from testbed.errors import TestbedError
-from testbed.experiment.executors.local import failed, longest_first, not_run
-from testbed.plugins import Plugins, load_plugins
 from testbed.engine.run import RunPlan, RunResult
+from testbed.errors import TestbedError
+from testbed.experiment.executors.base import collect, failed, longest_first, not_run
+from testbed.plugins import Plugins, load_plugins
 
 if TYPE_CHECKING:
     from testbed.experiment.executors.ray_local import LocalInstance
 
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024**2  # runs exchange only small results
 STOP_POLL_SECONDS = 1.0
-POLL_SECONDS = 0.5  # how often the driver collects finished runs and progress events
 
 try:
     import ray
@@ -95,6 +95,8 @@ class _Events:
 
 
 class RayExecutor:
+    """Runs as Ray tasks, on a local instance of its own or on the cluster at ``address``."""
+
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None):
@@ -134,40 +136,9 @@ class RayExecutor:
         return max(int(ray.cluster_resources().get("CPU", 1)), 1)
 
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
+        """Every run as a Ray task, longest first; see the module docstring."""
         self._connect()
-        events = ray.remote(_Events).options(num_cpus=0).remote()
-        stop_file = Path(os.path.commonpath([plan.run_dir for plan in plans])) / f".stop-{uuid.uuid4().hex}"
-        task = ray.remote(num_cpus=1, max_retries=0)(_train_task)
-        refs = {task.remote(plan, events, str(stop_file)): plan for plan in longest_first(plans)}
-        try:
-            return self._collect(refs, plans, events, stop_file, report)
-        finally:
-            stop_file.unlink(missing_ok=True)
-            ray.kill(events)
-
-    def _collect(self, refs: dict, plans: list[RunPlan], events, stop_file: Path,
-                 report: Report) -> tuple[list[RunResult], bool]:
-        finished: dict[str, RunResult] = {}
-        interrupted = False
-        pending = list(refs)
-        while pending:
-            try:
-                done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
-                _drain(events, report)
-                for ref in done:
-                    finished[refs[ref].run_dir] = _outcome(ref, refs[ref])
-            except KeyboardInterrupt:
-                if interrupted:  # a second Ctrl-C: stop at once
-                    for ref in pending:
-                        ray.cancel(ref, force=True)
-                    break
-                interrupted = True
-                # Running runs stop at their next step, with a checkpoint; the others never start.
-                # (ray.cancel would interrupt a running run mid-step, without a checkpoint.)
-                stop_file.touch()
-        _drain(events, report)
-        results = [finished.get(plan.run_dir) or not_run(plan) for plan in plans]
-        return results, interrupted or any(r.status == "interrupted" for r in results)
+        return collect(_RayRuns(plans), plans, report)
 
     def close(self) -> None:
         """Stop the local instance this executor started, all its processes (a joined cluster stays up)."""
@@ -189,6 +160,60 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise TestbedError(f"cannot start or join the Ray cluster at {address}: nothing answers there ({exc})") from None
 
 
+class _RayRuns:
+    """The Ray tasks of one ``execute`` call (a ``Batch``), their progress events' actor and their
+    stop file."""
+
+    def __init__(self, plans: list[RunPlan]):
+        self.plans = plans
+        self.stop_file = Path(os.path.commonpath([plan.run_dir for plan in plans])) / f".stop-{uuid.uuid4().hex}"
+        self.events: Any = None
+        self.refs: dict[Any, RunPlan] = {}
+        self.waiting: list[Any] = []  # the refs of the tasks not yet done
+        self.stop_requested = False
+        self.report: Report = lambda event: None
+
+    def start(self, report: Report) -> None:
+        self.report = report
+        self.events = ray.remote(_Events).options(num_cpus=0).remote()
+        task = ray.remote(num_cpus=1, max_retries=0)(_train_task)
+        self.refs = {task.remote(plan, self.events, str(self.stop_file)): plan for plan in longest_first(self.plans)}
+        self.waiting = list(self.refs)
+
+    def pending(self) -> bool:
+        return bool(self.waiting)
+
+    def poll(self, timeout: float) -> list[RunResult]:
+        if self.stop_requested and not self.stop_file.exists():
+            # Running runs stop at their next step, with a checkpoint; the others never start.
+            # (ray.cancel would interrupt a running run mid-step, without a checkpoint.)
+            self.stop_file.touch()
+        done, self.waiting = ray.wait(self.waiting, num_returns=len(self.waiting), timeout=timeout)
+        self._drain()
+        return [_outcome(ref, self.refs[ref]) for ref in done]
+
+    def request_stop(self) -> None:
+        self.stop_requested = True  # the stop file is written by the loop, not in a signal handler
+
+    def request_stop_at_once(self) -> None:
+        """Nothing here: the loop calls ``stop_at_once`` at its next turn."""
+
+    def stop_at_once(self) -> list[RunResult]:
+        for ref in self.waiting:
+            ray.cancel(ref, force=True)
+        self._drain()
+        return []  # a cancelled run is one that did not run
+
+    def close(self) -> None:
+        self.stop_file.unlink(missing_ok=True)
+        if self.events is not None:
+            ray.kill(self.events)
+
+    def _drain(self) -> None:
+        for event in ray.get(self.events.drain.remote()):
+            self.report(event)
+
+
 def _outcome(ref, plan: RunPlan) -> RunResult:
     try:
         return ray.get(ref)
@@ -196,9 +221,3 @@ def _outcome(ref, plan: RunPlan) -> RunResult:
         return not_run(plan)
     except ray.exceptions.RayError as exc:  # the worker died, or the task raised outside train()
         return failed(plan, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-
-
-def _drain(events, report: Report) -> None:
-    for event in ray.get(events.drain.remote()):
-        report(event)
-

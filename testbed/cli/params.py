@@ -1,0 +1,54 @@
+"""Command-line values whose choices come from what the plugins registered (``--executor``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from testbed.errors import TestbedError
+from testbed.plugins import load_plugins
+from testbed.plugins.registry import Registry
+
+_REGISTRY = "testbed.registry"  # where a command line keeps the registry it loaded (click's ctx.meta)
+
+
+def registry_of(ctx: click.Context | None) -> Registry:
+    """The plugins' registry, loaded once per command line (a fresh one without a context)."""
+    if ctx is None:
+        return load_plugins().registry
+    meta = ctx.find_root().meta
+    if _REGISTRY not in meta:
+        meta[_REGISTRY] = load_plugins().registry
+    return meta[_REGISTRY]
+
+
+class RegisteredName(click.ParamType):
+    """The name of a registered ``kind`` (e.g. an executor): the help shows the registered names, and
+    an unknown name is one error line naming each with its plugin."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = kind
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        try:
+            names = [entry.name for entry in registry_of(ctx).list(self.kind)]
+        except TestbedError:  # a broken plugin: the command itself will say so
+            return "NAME"
+        return f"[{'|'.join(names)}]" if names else "NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        registry = registry_of(ctx)
+        if value not in registry.entries[self.kind]:
+            self.fail(f"unknown {self.kind} {value!r}; registered: {registry.available(self.kind)}", param, ctx)
+        return value
+
+
+def check_address(registry: Registry, executor: str, address: str | None) -> None:
+    """``--address`` goes only with an executor registered with ``takes_address=True``."""
+    if address is None or registry.get("executor", executor, "--executor").metadata["takes_address"]:
+        return
+    takers = [entry.name for entry in registry.list("executor") if entry.metadata["takes_address"]]
+    raise click.BadParameter(f"only with --executor {' or '.join(takers) or '(none registered takes one)'}",
+                             param_hint="--address")
