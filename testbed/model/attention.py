@@ -78,8 +78,11 @@ class SoftmaxAttention(Attention):
 
     def query_label_update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, n: int) -> torch.Tensor:
         """Row d of P times the context, times the query's column of the weights."""
+        # The context is sliced first: the order of the graph's nodes fixes the order in which
+        # second derivatives (torch.func Hessians) are summed, so it is part of the bitwise result.
+        context = Z[:, :, :n]
         weights = self._weights(Z, Q, n)[:, :, -1:]  # (B, n, 1)
-        return ((P[-1] @ Z[:, :, :n]).unsqueeze(1) @ weights).reshape(-1)
+        return ((P[-1] @ context).unsqueeze(1) @ weights).reshape(-1)
 
     def reference_weights(self, Z: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
         """Softmax of the scores Z^T Q Z over the keys (dim 1)."""
