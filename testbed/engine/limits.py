@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from testbed.model.attention import attention_variant
 from testbed.model.config import ModelConfig
 
 MAX_CONFIG_BYTES = 10 * 2**20  # a config file; the paper's are about 2 KB
@@ -73,8 +74,7 @@ def run_memory_bytes(model: ModelConfig, d: int, n: int, batch_size: int, eval_b
     per_prompt = (columns * (d + 1)  # x and y as sampled
                   + 2 * columns * sum(hidden)  # feature-map activations
                   + layers * (3 * rows * columns + 2 * rows * rows))  # per layer: Z, K Z, Z M Z^T, K
-    if model.attention == "softmax":
-        per_prompt += layers * 3 * columns * columns  # scores, their softmax, the masked weights
+    per_prompt += layers * attention_variant(model.attention).score_matrices * columns * columns
     elements = 4 * parameters + eval_batch_size * columns * (d + 1) + max(batch_size, eval_batch_size) * per_prompt
     return elements * dtype_bytes
 

@@ -29,6 +29,8 @@ class Attention:
     # True when the hand-written stack of ``kernel.linear_attention`` and the compiled kernel
     # compute this variant; the model then runs through them instead of plain autograd.
     kernel_supported: ClassVar[bool] = False
+    # (n+1) x (n+1) matrices per layer and prompt that autograd keeps (the memory bound counts them)
+    score_matrices: ClassVar[int] = 0
 
     def update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, n: int) -> torch.Tensor:
         """The layer's update (1/n) P Z M W of every column, (B, d+1, n+1)."""
@@ -71,6 +73,7 @@ class SoftmaxAttention(Attention):
     """Softmax attention: W = softmax of Z^T Q Z over the keys (the query included, before M)."""
 
     name = "softmax"
+    score_matrices = 3  # the scores, their softmax, the masked weights
 
     def update(self, Z: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, n: int) -> torch.Tensor:
         """P Z M W / n, with M applied by dropping the query's key row of W."""
