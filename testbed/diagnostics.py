@@ -27,12 +27,16 @@ if TYPE_CHECKING:  # the probe needs the model; a diagnostic only receives one
 # ------------------------------------------------------------------ records
 @dataclass(frozen=True)
 class Scalar:
+    """One number, logged as the TensorBoard scalar ``diag/<name>/<tag>`` and kept in the run's results."""
+
     tag: str
     value: float
 
 
 @dataclass(frozen=True)
 class Histogram:
+    """Samples logged as a TensorBoard histogram (non-finite ones are left out)."""
+
     tag: str
     values: Any  # a tensor or array of samples
     bins: Any = "tensorflow"
@@ -40,12 +44,16 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Figure:
+    """A matplotlib figure logged as a TensorBoard image."""
+
     tag: str
     figure: Any  # a matplotlib Figure; the engine closes it after logging
 
 
 @dataclass(frozen=True)
 class Text:
+    """Markdown logged as TensorBoard text."""
+
     tag: str
     text: str
 
@@ -118,6 +126,7 @@ class Schedule:
     stop: int | None = None
 
     def due(self, step: int) -> bool:
+        """Whether the diagnostic runs at ``step``."""
         if step in self.steps:
             return True
         if self.every is None or step < self.start or (self.stop is not None and step >= self.stop):
@@ -177,6 +186,7 @@ class Diagnostic:
     needs_update: bool = False
 
     def measure(self, probe: "Probe", step: int) -> list[Record]:
+        """The records of one measurement at ``step`` (a due step of the schedule)."""
         raise NotImplementedError
 
     def finish(self, probe: "Probe", step: int) -> list[Record]:

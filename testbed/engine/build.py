@@ -32,11 +32,14 @@ def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "dia
 
 
 def build_task(spec: TaskSpec, registry: Registry):
+    """The task of ``spec``: its factory gets d, n and its options."""
     entry = registry.get("task", spec.name, "task.name")
     return _call_factory(entry, "task", lambda: entry.factory(d=spec.d, n=spec.n, **spec.options))
 
 
 def build_optimizer(spec: OptimizerSpec, registry: Registry, params, where: str = "optimizer"):
+    """The optimizer of ``spec`` over ``params``: its factory gets the learning rate and its options,
+    and must return a torch.optim.Optimizer."""
     entry = registry.get("optimizer", spec.name, f"{where}.name")
     optimizer = _call_factory(entry, where, lambda: entry.factory(params, lr=spec.lr, **spec.options))
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -46,6 +49,8 @@ def build_optimizer(spec: OptimizerSpec, registry: Registry, params, where: str 
 
 
 def needs_closure(spec: OptimizerSpec, registry: Registry) -> bool:
+    """Whether the optimizer's step takes a closure (its registered needs_closure, a flag or a
+    function of its options)."""
     flag = registry.get("optimizer", spec.name, "optimizer").metadata["needs_closure"]
     return bool(flag(spec.options) if callable(flag) else flag)
 

@@ -29,6 +29,7 @@ class RunPlan:
     group: str = ""  # the sweep point's directory name ("" outside a sweep)
 
     def swept(self) -> dict[str, Any]:
+        """The sweep point's settings that apply to this run, e.g. {"task.n": 20}."""
         return dict(self.point)
 
     @property
@@ -56,17 +57,21 @@ class RunContext:
 
     @property
     def label(self) -> str:
+        """The run's optimizer label (its directory and its name in tables)."""
         return self.plan.optimizer.label
 
     @property
     def seed(self) -> int:
+        """The run's seed."""
         return self.plan.seed
 
     @property
     def config(self) -> ExperimentConfig:
+        """The experiment's validated config (for a tuning pilot: the pilot's)."""
         return self.plan.config
 
     def log_scalar(self, tag: str, value: float, step: int) -> None:
+        """Log a scalar into the run's TensorBoard directory."""
         self.logger.scalar(tag, value, step)
 
 

@@ -28,6 +28,8 @@ _METADATA: dict[str, dict[str, Any]] = {
 
 
 class Register(Protocol):
+    """The ``register`` callback a registration hook receives (bound to its plugin and kind)."""
+
     def __call__(
         self,
         name: str,
@@ -61,6 +63,8 @@ class Entry:
 
 @dataclass
 class Registry:
+    """Every registered optimizer, task, diagnostic and executor, by kind and name."""
+
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def binder(self, kind: str, plugin: str) -> Register:
@@ -72,6 +76,7 @@ class Registry:
         return register
 
     def add(self, kind, plugin, name, factory, options, doc, metadata) -> None:
+        """Validate one registration and record it; anything invalid or clashing is a PluginError."""
         where = f"plugin {plugin!r} registering {kind} {name!r}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise PluginError(f"{where}: names are lower-case identifiers (letters, digits, _ and -)")
@@ -105,6 +110,7 @@ class Registry:
         return ", ".join(f"{e.name} ({e.plugin})" for e in self.list(kind)) or "none"
 
     def list(self, kind: str) -> list[Entry]:
+        """The entries of ``kind``, by name."""
         return sorted(self.entries[kind].values(), key=lambda e: e.name)
 
 
