@@ -31,6 +31,7 @@ class TestbedGroup(PluginCommandsGroup):
     """The ``testbed`` group: built-in commands, the plugins' (``register_commands``), and errors as one line."""
 
     def invoke(self, ctx: click.Context):
+        """Run the command; a TestbedError or a usage error becomes one ``Error:`` line and exit 1."""
         try:
             return super().invoke(ctx)
         except TestbedError as exc:

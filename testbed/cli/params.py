@@ -32,6 +32,7 @@ class RegisteredName(click.ParamType):
         self.name = kind
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        """``[name|name|...]``, the registered names, for the help."""
         try:
             names = [entry.name for entry in registry_of(ctx).list(self.kind)]
         except TestbedError:  # a broken plugin: the command itself will say so
@@ -39,6 +40,7 @@ class RegisteredName(click.ParamType):
         return f"[{'|'.join(names)}]" if names else "NAME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """``value`` if it is registered; otherwise a usage error naming what is."""
         registry = registry_of(ctx)
         if value not in registry.entries[self.kind]:
             self.fail(f"unknown {self.kind} {value!r}; registered: {registry.available(self.kind)}", param, ctx)

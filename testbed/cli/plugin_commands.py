@@ -35,7 +35,8 @@ def collect_commands(plugins: Plugins, group: click.Group) -> PluginCommands:
     everyone = manager.get_plugins()
     for plugin in everyone:
         name = manager.get_name(plugin)
-        caller = manager.subset_hook_caller("register_commands", remove_plugins=[p for p in everyone if p is not plugin])
+        others = [p for p in everyone if p is not plugin]
+        caller = manager.subset_hook_caller("register_commands", remove_plugins=others)
         before = {**group.commands, **found.commands}
         scratch = click.Group(group.name, commands=dict(before))
         try:
@@ -66,12 +67,15 @@ class PluginCommandsGroup(click.Group):
     """A click group that also offers the commands plugins add (``register_commands``)."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """A built-in command, else a plugin's (loading the plugins' commands only then)."""
         return super().get_command(ctx, cmd_name) or plugin_commands(ctx, self).commands.get(cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """The built-in commands and the plugins'."""
         return sorted({*super().list_commands(ctx), *plugin_commands(ctx, self).commands})
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
+        """As click's, but a missing command's error also names the plugins whose commands were not added."""
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             problems = plugin_commands(ctx, self).problems
@@ -80,6 +84,7 @@ class PluginCommandsGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands, then why some plugins' commands were not added."""
         super().format_commands(ctx, formatter)
         problems = plugin_commands(ctx, self).problems
         if problems:

@@ -49,6 +49,7 @@ class LocalExecutor:
         self.workers = workers
 
     def capacity(self) -> int:
+        """``workers``, else one per core."""
         return self.workers or os.cpu_count() or 1
 
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:

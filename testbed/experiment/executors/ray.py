@@ -130,6 +130,7 @@ class RayExecutor:
             self.instance.note_processes()  # what a next start stops, should this driver be killed
 
     def capacity(self) -> int:
+        """``workers``, else the cluster's CPUs."""
         if self.workers:
             return self.workers
         self._connect()

@@ -76,14 +76,17 @@ class LocalInstance:
 
     @classmethod
     def load(cls, path: Path) -> LocalInstance:
+        """The instance recorded in ``path``."""
         fields = json.loads(path.read_text())
         return cls(fields["id"], tuple(fields["driver"]), [tuple(process) for process in fields["processes"]])
 
     @property
     def record(self) -> Path:
+        """The file this instance is recorded in."""
         return records_dir() / f"{self.id}.json"
 
     def save(self) -> None:
+        """Write the record, whole or not at all; a failure is a TestbedError."""
         partial = self.record.with_suffix(".partial")
         try:
             self.record.parent.mkdir(parents=True, exist_ok=True)
