@@ -164,6 +164,19 @@ def test_an_unknown_executor_is_one_line_naming_the_registered_ones(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
 
 
+def test_reproduce_runs_its_suite_on_a_plugin_executor_too(tmp_path):
+    suite, marker, out = tmp_path / "suite", tmp_path / "toy-ran.txt", tmp_path / "out"
+    suite.mkdir()
+    (suite / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    done = run_testbed(tmp_path, "reproduce", "--quick", "--suite", str(suite), "--out", str(out), "--executor", "toy",
+                       modules={"toy_executor": TOY_EXECUTOR}, TOY_MARKER=str(marker))
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "runs" / "tiny" / "results.json").read_text())
+    assert {run["status"] for run in results["runs"]} == {"completed"}
+    assert sorted(marker.read_text().splitlines()) == sorted(run["run_dir"] for run in results["runs"])
+    assert (out / "report" / "report.md").exists()
+
+
 def test_the_executor_choices_come_from_the_registry(tmp_path):
     done = run_testbed(tmp_path, "run", "--help", modules={"toy_executor": TOY_EXECUTOR})
     assert done.returncode == 0, done.stderr
