@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SOURCE = ROOT / "plugins" / "testbed_lion"
 DISTRIBUTION, VERSION = "testbed-lion", "0.1.0"
 
+pytestmark = pytest.mark.slow  # a real pip install, and fresh `testbed` processes
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
@@ -55,7 +57,7 @@ def test_the_installed_plugin_is_listed(site, tmp_path):
     assert lion["version"] == VERSION
     assert lion["module"] == "testbed_lion.plugin"
     assert lion["error"] is None
-    assert lion["registers"] == {"optimizer": ["lion"], "task": [], "diagnostic": []}
+    assert lion["registers"] == {"optimizer": ["lion"], "task": [], "diagnostic": [], "executor": []}
     # The standard plugins sit next to it, unchanged.
     assert {"sgd", "adam"} <= set(rows["optimizers"]["registers"]["optimizer"])
     assert "lion" not in rows["optimizers"]["registers"]["optimizer"]
