@@ -4,7 +4,7 @@ The public plugin API is what this module exports; built-in plugins use nothing 
 
 The names that need torch (tasks, diagnostics, the probe) load on first use, so that importing the
 package, as the ``testbed`` command does first, is instant: a Ctrl-C while torch loads can then be
-told from a crash (see ``testbed.console``).
+told from a crash (see ``testbed.cli.console``).
 """
 
 import importlib

@@ -57,6 +57,8 @@ class PhaseProgress:
         self.display: Progress | None = None
 
     def start(self, phase: Phase) -> None:
+        """Close the previous phase's display, say what the phase tuned, cached and resumes, and
+        show a bar over its runs (none when every run of the phase is already done)."""
         self.close()
         for tuning in phase.tuning:
             click.echo(describe_tuning(tuning))
@@ -70,6 +72,7 @@ class PhaseProgress:
             self.display(event)
 
     def close(self) -> None:
+        """End the current phase's display, if any; safe to call again."""
         if self.display is not None:
             self.display.close()
             self.display = None

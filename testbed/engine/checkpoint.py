@@ -37,13 +37,15 @@ from testbed.files.layout import CHECKPOINT_FILE, EVENT_FILE_PREFIX
 
 @dataclass
 class Checkpoint:
-    run_id: str
-    step: int
+    """One run's state at the end of ``step``: all a resumed run needs to continue bitwise unchanged."""
+
+    run_id: str  # the run it belongs to: a checkpoint of another run id is never resumed from
+    step: int  # steps done; the resumed run starts with step + 1
     model: dict[str, Any]
     optimizer: dict[str, Any]
-    data_stream: torch.Tensor
-    global_random: dict[str, Any]
-    diagnostics: dict[str, Any]
+    data_stream: torch.Tensor  # state of the run's training-data generator
+    global_random: dict[str, Any]  # as global_random_state() returns it
+    diagnostics: dict[str, Any]  # DiagnosticRunner.state_dict()
     result: dict[str, Any]  # the RunResult fields that grow during the run
     event_files: dict[str, int]  # event file name -> its size at the checkpoint
 
@@ -62,6 +64,7 @@ def global_random_state() -> dict[str, Any]:
 
 
 def set_global_random_state(state: dict[str, Any]) -> None:
+    """Restore the global random states that ``global_random_state`` returned."""
     torch.set_rng_state(state["torch"])
     name, keys, position, has_gauss, cached_gaussian = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
@@ -69,6 +72,7 @@ def set_global_random_state(state: dict[str, Any]) -> None:
 
 
 def event_file_sizes(run_dir: Path) -> dict[str, int]:
+    """Event file name -> its size in bytes now, for every TensorBoard event file in ``run_dir``."""
     return {p.name: p.stat().st_size for p in run_dir.iterdir() if p.name.startswith(EVENT_FILE_PREFIX)}
 
 
@@ -158,4 +162,5 @@ def rewind_event_files(run_dir: Path, sizes: dict[str, int]) -> None:
 
 
 def remove(run_dir: Path) -> None:
+    """Delete the run's checkpoint, if any (a finished run no longer needs it)."""
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)

@@ -22,9 +22,11 @@ class DiagnosticRunner:
         self.disabled: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
+        """For a checkpoint: which diagnostics are disabled, and each diagnostic's own state."""
         return {"disabled": sorted(self.disabled), "diagnostics": {n: d.state_dict() for n, d in self.diagnostics}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (on resume from a checkpoint)."""
         self.disabled = set(state["disabled"])
         for name, diagnostic in self.diagnostics:
             diagnostic.load_state_dict(state["diagnostics"][name])
@@ -34,6 +36,8 @@ class DiagnosticRunner:
                 if d.needs_update == update and name not in self.disabled and d.schedule.due(step)]
 
     def at_point(self, model: torch.nn.Module, step: int, result) -> None:
+        """Measure the point diagnostics due at ``step`` on the parameters after that step
+        (step 0: the initial ones)."""
         due = self._due(step, update=False)
         if due:
             self.probe.params = flatten(model)
@@ -44,6 +48,8 @@ class DiagnosticRunner:
         return flatten(model) if self._due(point, update=True) else None
 
     def after_update(self, model: torch.nn.Module, point: int, before: torch.Tensor | None, result) -> None:
+        """Measure the update diagnostics due at ``point``, given ``before_update``'s parameters
+        (nothing when it returned None); the probe sees the update and its minibatch gradient."""
         if before is None:
             return
         self.probe.params, self.probe.next_params = before, flatten(model)
@@ -54,6 +60,7 @@ class DiagnosticRunner:
             self.probe.next_params = self.probe.train_gradient = None
 
     def finish(self, model: torch.nn.Module, step: int, result) -> None:
+        """At the end of the run (``step``: steps done): each diagnostic still enabled logs its final records."""
         self.probe.params = flatten(model)
         for name, diagnostic in self.diagnostics:
             if name not in self.disabled:

@@ -21,6 +21,8 @@ HESSIAN_CHUNK = 10
 # ------------------------------------------------------------------ the probe
 @dataclass
 class ParameterBlock:
+    """Where one named model parameter lies in the flattened parameter vector: ``[start:stop]``, reshaped to ``shape``."""
+
     name: str
     start: int
     stop: int
@@ -50,6 +52,7 @@ class Probe:
     @classmethod
     def of(cls, model: LinearTransformer, task: Task, eval_batch: Batch, train_batch_size: int,
            seed: int) -> "Probe":
+        """A probe at ``model``'s current parameters; it works on copies, so the trained model is never touched."""
         blocks, start = [], 0
         for name, p in model.named_parameters():
             blocks.append(ParameterBlock(name, start, start + p.numel(), p.shape))
@@ -60,6 +63,7 @@ class Probe:
         return cls(fast, task, eval_batch, train_batch_size, seed, flatten(model), blocks, _twice=twice)
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameter name -> its view into the flat vector ``theta`` (the inverse of ``flatten``)."""
         return {b.name: theta[b.start:b.stop].view(b.shape) for b in self.blocks}
 
     def loss_function(self, batch: Batch | None = None, twice: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -74,6 +78,7 @@ class Probe:
         return loss
 
     def loss(self, theta: torch.Tensor | None = None, batch: Batch | None = None) -> float:
+        """The MSE loss at ``theta`` (default: the probed point) on ``batch`` (default: the eval batch)."""
         theta = self.params if theta is None else theta
         with torch.no_grad():
             return float(self.loss_function(batch, twice=False)(theta))
@@ -121,9 +126,11 @@ class Probe:
 
 
 def flatten(model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter of ``model`` in one detached vector (a copy), in ``named_parameters`` order."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
 def flat_gradient(model: torch.nn.Module) -> torch.Tensor:
+    """The parameters' current ``.grad`` as one detached vector aligned with ``flatten`` (zeros where a parameter has none)."""
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
                       for p in model.parameters()]).clone()

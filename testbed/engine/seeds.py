@@ -15,4 +15,5 @@ def stream_seed(seed: int, stream: str) -> int:
 
 
 def generator(seed: int) -> torch.Generator:
+    """A CPU generator of its own seeded with ``seed``, so drawing from it leaves torch's global RNG alone."""
     return torch.Generator().manual_seed(seed)

@@ -170,21 +170,26 @@ class RunLogger:
 
     @_writing
     def scalar(self, tag: str, value: float, step: int) -> None:
+        """Log one scalar at ``step``."""
         self.writer.add_scalar(tag, value, step)
 
     @_writing
     def histogram(self, tag: str, values: Any, step: int, bins: Any = "tensorflow") -> None:
+        """Log a histogram of ``values`` at ``step`` (``bins`` as SummaryWriter.add_histogram takes it)."""
         self.writer.add_histogram(tag, values, step, bins=bins)
 
     @_writing
     def figure(self, tag: str, figure: Any, step: int) -> None:
+        """Log a matplotlib figure as an image at ``step``; the figure is closed."""
         self.writer.add_figure(tag, figure, step, close=True)
 
     @_writing
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        """Log Markdown text (TensorBoard's text dashboard) at ``step``."""
         self.writer.add_text(tag, markdown, step)
 
     def config(self, resolved: Mapping[str, Any]) -> None:
+        """Log the run's resolved config as YAML under the ``config`` text tag."""
         # Indented four spaces: a Markdown code block in TensorBoard's text dashboard.
         body = yaml.safe_dump(dict(resolved), sort_keys=False)
         self.text("config", "\n".join("    " + line for line in body.splitlines()))
@@ -198,6 +203,7 @@ class RunLogger:
 
     @_writing
     def end_session(self, status: str) -> None:
+        """End the run's HParams session with its real status (completed, diverged, failed or interrupted)."""
         # torch's hparams() always reports success; build the session end with the real status.
         content = HParamsPluginData(session_end_info=SessionEndInfo(status=_SESSION_STATUS[status]),
                                     version=PLUGIN_DATA_VERSION)
@@ -210,10 +216,12 @@ class RunLogger:
 
     @_writing
     def flush(self) -> None:
+        """Write everything logged so far into the event file (before its size is taken for a checkpoint)."""
         self.writer.flush()
 
     @_writing
     def close(self) -> None:
+        """Flush and close the writer; the logger takes no more records."""
         try:
             self.writer.flush()
         finally:

@@ -45,19 +45,23 @@ from testbed.text import format_table
 
 @dataclass
 class SummaryRow:
+    """One optimizer label's line of an experiment's summary: run counts by status and eval-loss statistics."""
+
     label: str
-    runs: int
+    runs: int  # all of the label's runs, whatever their status
     completed: int
     diverged: int
     failed: int
     interrupted: int
-    final_mean: float | None
-    final_std: float | None
-    best_mean: float | None
+    final_mean: float | None  # mean final eval loss over completed runs (None: no completed run)
+    final_std: float | None  # its sample std (0.0 for a single completed run)
+    best_mean: float | None  # mean over completed runs of each run's best eval loss
 
 
 @dataclass
 class ExperimentOutcome:
+    """What one experiment came to: its directory, status, every run's result and its lr tunings."""
+
     directory: Path
     status: str  # complete | interrupted | failed (files could not be written: see error)
     wall_seconds: float
@@ -66,6 +70,7 @@ class ExperimentOutcome:
     error: str | None = None
 
     def summary(self) -> list[SummaryRow]:
+        """One row per optimizer label, in the order the labels first appear (see ``summarize``)."""
         return summarize(self.results)
 
 
@@ -116,21 +121,25 @@ class Phase:
 
     @property
     def steps_per_run(self) -> int:
+        """The phase's training steps per run, the mean over its runs rounded (0 when it has none): for a progress display."""
         return round(statistics.fmean(plan.config.train.steps for plan in self.plans)) if self.plans else 0
 
 
 @dataclass
 class SweepOutcome:
+    """What a sweep came to: one ExperimentOutcome per point, and how many runs were executed, cached or resumed."""
+
     directory: Path
     status: str  # complete | interrupted | failed (as its experiments)
     wall_seconds: float
     experiments: list[ExperimentOutcome]
     executed: int = 0  # runs executed in this invocation (pilots included)
     cached: int = 0  # runs found done and not run again
-    resumed: int = 0
+    resumed: int = 0  # runs that went on from a checkpoint
 
     @property
     def results(self) -> list[RunResult]:
+        """Every run's result, point after point."""
         return [r for e in self.experiments for r in e.results]
 
 
@@ -357,6 +366,8 @@ def _kept_aside(directory: str, names: list[str]) -> list[str]:
 # ------------------------------------------------------------------ results
 def write_results(outcome: ExperimentOutcome, config: ExperimentConfig, plugins: Plugins,
                   point: Point = Point(), sweep: str | None = None) -> Path:
+    """Write the experiment's ``results.json`` (status, versions, config, summary, runs, tunings) and
+    return its path; the kept previous results file is removed, as this one supersedes it."""
     path = outcome.directory / RESULTS_FILE
     write_json(path, {
         "experiment": config.name if sweep is None else f"{sweep}/{outcome.directory.name}",

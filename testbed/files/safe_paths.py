@@ -3,7 +3,7 @@ experiment or sweep name, a run's label) must not choose where testbed reads or 
 
 Two tools: ``safe_filename`` turns any text into one plain file name, and ``path_under`` joins
 parts to a root and refuses a result that leaves it. Both judge the text, not the file system:
-symbolic links are another matter (see ``testbed.links``)."""
+symbolic links are another matter (see ``testbed.files.links``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Loading plugins: every entry point of the group ``testbed`` through one path.
+"""The plugin host: loading plugins (every entry point of the group ``testbed``, through one path) and
+the registry of what they registered (``registry``).
 
 The standard plugins (in ``plugins/testbed_std``) are registered through the same entry-point group
 as a third party's, so they get no special treatment here.

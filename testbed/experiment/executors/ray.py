@@ -15,7 +15,7 @@ step boundary with a checkpoint. A second stop signal cancels the tasks at once.
 the executors' shared loop (``executors.collect``) over ``_RayRuns``.
 
 The local instance (no address) listens on the loopback interface only, and what a killed driver
-leaves of it is stopped by the next start (testbed.ray_local).
+leaves of it is stopped by the next start (``ray_local``).
 """
 
 from __future__ import annotations
