@@ -86,6 +86,7 @@ def on_step_end(run, step, metrics):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, how, cause", [
     (1, "exit", "exit code 1"),
     (2, "exit", "exit code 1"),
@@ -213,6 +214,7 @@ def start_cli(command: list[str], tmp_path: Path, background: bool) -> tuple[sub
     return process, int(pid_file.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, background", [(1, False), (2, True)], ids=["one-worker", "two-workers-background-job"])
 def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes_exactly(tmp_path, uninterrupted, workers, background):
     path, logdir = write_config(tmp_path, **LONG), tmp_path / "runs"
@@ -245,6 +247,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes_exactly(tmp_path, unint
         assert got[f"{run_dir.parent.name}/seed-0"]["resumed_from"] == [stopped[f"{run_dir.parent.name}/seed-0"]["steps_done"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_a_second_signal_while_stopping_still_ends_with_the_results_and_130(tmp_path, delay):
     """Ctrl-C, then SIGTERM (a user pressing twice, a scheduler after a Ctrl-C): the second one

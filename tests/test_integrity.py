@@ -282,6 +282,7 @@ KILLER = """
 """
 
 
+@pytest.mark.slow
 def test_an_attempt_that_dies_keeps_the_previous_results(tmp_path):
     raw, logdir = tiny(), tmp_path / "logs"
     config = tmp_path / "config.yaml"

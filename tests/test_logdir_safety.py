@@ -85,6 +85,7 @@ def event_steps(run_dir: Path, tag: str) -> list[int]:
 
 
 # ------------------------------------------------------------------ defect 8: one writer at a time
+@pytest.mark.slow
 def test_a_second_run_of_a_running_experiment_is_refused_naming_the_first(tmp_path):
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -257,6 +258,7 @@ def assert_no_tmp_files(directory: Path) -> None:
     assert not [p for p in directory.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_an_event_file_that_cannot_grow_stops_the_experiment_with_one_error(tmp_path):
     done, experiment = run_filling(tmp_path, fill_step=3, fill_bytes=6000, steps=200, checkpoint_every=None)
     output = done.stdout + done.stderr
@@ -272,6 +274,7 @@ def test_an_event_file_that_cannot_grow_stops_the_experiment_with_one_error(tmp_
     assert_no_tmp_files(experiment)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_keeps_the_last_good_one(tmp_path):
     # Checkpoints (~20 KB) at steps 5, 10, 15; from step 7 no file may pass 12 KB (the event file stays smaller).
     done, experiment = run_filling(tmp_path, fill_step=7, fill_bytes=12_000, steps=20, checkpoint_every=5)

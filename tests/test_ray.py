@@ -25,6 +25,7 @@ import yaml
 from shared_fixtures import TINY
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'testbed[ray]')")
+pytestmark = pytest.mark.slow  # real Ray clusters: each start costs seconds
 import psutil  # noqa: E402  (Ray ships psutil and puts it on sys.path on import)
 
 SGD_LRS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]

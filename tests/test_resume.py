@@ -21,6 +21,8 @@ from testbed.files.layout import CHECKPOINT_FILE, EVENT_FILE_PREFIX
 
 from shared_fixtures import TINY
 
+pytestmark = pytest.mark.slow  # every test here kills or interrupts real runs and resumes them
+
 STEPS, CHECKPOINT_EVERY, KILL_AT = 60, 20, 47
 
 # A plugin that SIGKILLs its own process at step $KILL_AT of the first run, after making sure what was
