@@ -16,13 +16,13 @@ from testbed.experiment.config import apply_overrides, load_yaml
 from testbed.errors import TestbedError
 from testbed.experiment.executors.base import make_executor
 from testbed.files.layout import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
-from testbed.experiment.runner import Phase, run_sweep, summary_table
+from testbed.experiment.runner import run_sweep, summary_table
 from testbed.experiment.sweep import Sweep, expand
-from testbed.experiment.tuning import describe_tuning, plan_pilots
+from testbed.experiment.tuning import plan_pilots
 from testbed.plugins import load_plugins
-from testbed.cli.params import RegisteredName, check_address
+from testbed.cli.params import ADDRESS_OPTION, EXECUTOR_HELP, SET_OPTION, RegisteredName, check_address
 from testbed.cli.plugin_commands import PluginCommandsGroup
-from testbed.cli.progress import Progress
+from testbed.cli.progress import PhaseProgress
 from testbed.plugins.registry import KINDS
 from testbed.experiment.signals import command_signals
 
@@ -48,42 +48,6 @@ def _load_sweep(path: str, overrides: tuple[str, ...]):
     plugins.require_healthy()
     raw = apply_overrides(load_yaml(path), list(overrides))
     return plugins, expand(raw, plugins.registry, default_name=Path(path).stem)
-
-
-class PhaseProgress:
-    """A progress display per phase of an experiment (learning-rate pilots, then the main runs)."""
-
-    def __init__(self) -> None:
-        self.display: Progress | None = None
-
-    def start(self, phase: Phase) -> None:
-        """Close the previous phase's display, say what the phase tuned, cached and resumes, and
-        show a bar over its runs (none when every run of the phase is already done)."""
-        self.close()
-        for tuning in phase.tuning:
-            click.echo(describe_tuning(tuning))
-        if phase.cached or phase.resumed:
-            click.echo(f"{phase.name}: {phase.cached} runs already done (not run again), "
-                       f"{phase.resumed} resume from a checkpoint")
-        self.display = Progress(len(phase.plans), phase.steps_per_run) if phase.plans else None
-
-    def __call__(self, event: dict) -> None:
-        if self.display is not None:
-            self.display(event)
-
-    def close(self) -> None:
-        """End the current phase's display, if any; safe to call again."""
-        if self.display is not None:
-            self.display.close()
-            self.display = None
-
-
-SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Override a config value, e.g. --set train.steps=500 (repeatable).")
-EXECUTOR_HELP = "Where the runs execute: an executor a plugin registered (`testbed list executors` describes them)."
-ADDRESS_OPTION = click.option("--address", default=None, metavar="HOST:PORT",
-                              help="For an executor that joins a cluster (ray): its address ('auto': the one on "
-                                   "this machine); default: start one.")
 
 
 @click.group(cls=TestbedGroup)

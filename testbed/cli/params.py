@@ -1,4 +1,5 @@
-"""Command-line values whose choices come from what the plugins registered (``--executor``)."""
+"""Command-line values whose choices come from what the plugins registered (``--executor``), and the
+options several commands share (``--set``, ``--address``)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,11 @@ def check_address(registry: Registry, executor: str, address: str | None) -> Non
     takers = [entry.name for entry in registry.list("executor") if entry.metadata["takes_address"]]
     raise click.BadParameter(f"only with --executor {' or '.join(takers) or '(none registered takes one)'}",
                              param_hint="--address")
+
+
+SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config value, e.g. --set train.steps=500 (repeatable).")
+EXECUTOR_HELP = "Where the runs execute: an executor a plugin registered (`testbed list executors` describes them)."
+ADDRESS_OPTION = click.option("--address", default=None, metavar="HOST:PORT",
+                              help="For an executor that joins a cluster (ray): its address ('auto': the one on "
+                                   "this machine); default: start one.")

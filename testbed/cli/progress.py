@@ -1,4 +1,5 @@
-"""The progress display of `testbed run`: runs done, ETA, and the latest eval loss of each run."""
+"""The progress display of `testbed run`, `reproduce` and `score`: runs done, ETA, and the latest eval
+loss of each run, one display per phase of an experiment."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import shutil
 import sys
 import time
 from typing import Any, Callable, TextIO
+
+import click
+
+from testbed.experiment.runner import Phase
+from testbed.experiment.tuning import describe_tuning
 
 
 def _duration(seconds: float) -> str:
@@ -83,3 +89,31 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class PhaseProgress:
+    """A progress display per phase of an experiment (learning-rate pilots, then the main runs)."""
+
+    def __init__(self) -> None:
+        self.display: Progress | None = None
+
+    def start(self, phase: Phase) -> None:
+        """Close the previous phase's display, say what the phase tuned, cached and resumes, and
+        show a bar over its runs (none when every run of the phase is already done)."""
+        self.close()
+        for tuning in phase.tuning:
+            click.echo(describe_tuning(tuning))
+        if phase.cached or phase.resumed:
+            click.echo(f"{phase.name}: {phase.cached} runs already done (not run again), "
+                       f"{phase.resumed} resume from a checkpoint")
+        self.display = Progress(len(phase.plans), phase.steps_per_run) if phase.plans else None
+
+    def __call__(self, event: dict) -> None:
+        if self.display is not None:
+            self.display(event)
+
+    def close(self) -> None:
+        """End the current phase's display, if any; safe to call again."""
+        if self.display is not None:
+            self.display.close()
+            self.display = None
