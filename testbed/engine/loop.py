@@ -195,7 +195,8 @@ def _add_warnings(result: RunResult, warnings: list[str]) -> None:
 
 # What a run has accumulated by a step; the rest of its result is rebuilt by the resumed run.
 CHECKPOINTED_RESULT_FIELDS = ("steps_done", "eval_steps", "eval_losses", "diagnostics",
-                              "diagnostic_errors", "resumed_from", "zeroed_steps", "warnings")
+                              "diagnostic_errors", "resumed_from", "zeroed_steps", "warnings",
+                              "gradient_evaluations")
 
 
 def _loop(run: RunState, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],
@@ -230,6 +231,7 @@ def _loop(run: RunState, plugins: Plugins, result: RunResult, should_stop: Calla
             batch = task.sample(config.train.batch_size, data_stream)
             before = diagnostics.before_update(model, step - 1)
             measured = training_step(model, optimizer, batch, config.train.clip_grad_norm, run.closure_needed)
+            result.gradient_evaluations += int(measured["gradient_evaluations"])  # a diverging step paid too
             non_finite = _non_finite(measured, optimizer)
             if non_finite:  # recorded as an outcome; the weights stay the last finite ones
                 result.status, result.diverged_at, result.diverged_on = "diverged", step, non_finite
@@ -268,12 +270,15 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
                   clip_grad_norm: float | None, closure_needed: bool = False,
                   forward: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
     """One optimizer step on ``batch``; returns the minibatch loss and the gradient norm before
-    clipping. A non-finite loss or gradient skips the update (the caller records divergence); a
-    gradient norm that overflows (inf) with finite entries does not (see ``_non_finite``)."""
+    clipping (of the first closure call), and how many times the loss and its gradient were computed
+    (``gradient_evaluations``: 1, or as many as a closure optimizer asked for). A non-finite loss or
+    gradient skips the update (the caller records divergence); a gradient norm that overflows (inf)
+    with finite entries does not (see ``_non_finite``)."""
     parameters = _parameters(optimizer)
-    measured: dict[str, float] = {}
+    measured: dict[str, float] = {"gradient_evaluations": 0}
 
     def closure() -> torch.Tensor:
+        measured["gradient_evaluations"] += 1
         optimizer.zero_grad(set_to_none=False)
         if forward is None and hasattr(model, "loss_backward"):
             loss = model.loss_backward(batch.x, batch.y, batch.target)

@@ -108,3 +108,6 @@ class RunResult:
     versions: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None
     resumed_from: list[int] = field(default_factory=list)  # the checkpoint step of each resume
+    # how many times the loss and its gradient were computed: one per step, or the closure calls of
+    # a closure optimizer (what a step costs); 0 in summaries written before it was counted
+    gradient_evaluations: int = 0
