@@ -1,5 +1,6 @@
 """The shape of the core, checked on its source: no import cycles, no private names imported from
-another module, layers that import only downward, and no standard plugin named outside testbed/paper/.
+another module, layers that import only downward, and no standard plugin named outside testbed/paper/ and
+testbed/score/.
 
 The import graph is read with ``ast`` from testbed/**/*.py, imports inside functions included (a lazy
 import is still a dependency), imports under ``if TYPE_CHECKING:`` excluded (annotations only, never
@@ -36,10 +37,12 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("experiment", ["testbed.experiment"]),
     ("report", ["testbed.report"]),
     ("paper", ["testbed.paper"]),
+    ("score", ["testbed.score"]),
     ("cli", ["testbed.cli"]),
 ]
-# The one layer of the core that may name standard plugins (the paper's vocabulary).
-PAPER = PACKAGE / "paper"
+# The layers of the core that may name standard plugins: the paper's vocabulary, and the benchmark
+# (its baselines are standard optimizers).
+NAMING_LAYERS = (PACKAGE / "paper", PACKAGE / "score")
 # Standard plugin names that are also the names of what the core is built on: "torch" (the optimizer
 # that wraps any torch.optim class) is the library everywhere in the core.
 NOT_PLUGIN_WORDS = {"torch"}
@@ -277,17 +280,17 @@ def word_pattern(names: set[str]) -> re.Pattern:
     return re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(sorted(map(re.escape, names))) + r")(?![A-Za-z0-9_])")
 
 
-def test_the_core_names_no_standard_plugin_outside_paper():
+def test_the_core_names_no_standard_plugin_outside_paper_and_score():
     """Code, strings, docstrings and comments alike: an example in an error message or a docstring
     names a plugin too, and would be wrong the day that plugin is uninstalled."""
     words = word_pattern(standard_plugin_names())
     offences = []
     for path in source_files().values():
-        if PAPER in path.parents:
+        if any(layer in path.parents for layer in NAMING_LAYERS):
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             offences += [f"{path.relative_to(ROOT)}:{number}: {match.group(1)}" for match in words.finditer(line)]
-    assert not offences, "standard plugins named outside testbed/paper/:\n" + "\n".join(offences)
+    assert not offences, "standard plugins named outside testbed/paper/ and testbed/score/:\n" + "\n".join(offences)
 
 
 @pytest.mark.parametrize("name", ["sgd", "gradient_noise"])
