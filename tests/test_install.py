@@ -51,11 +51,12 @@ def test_the_paper_suite_ships_inside_the_package():
         assert examples.resolve() == SUITE.resolve()
 
 
-def test_the_entry_points_name_the_standard_plugins():
+def test_the_entry_points_name_the_standard_plugins_and_the_built_in_executors():
     points = metadata.entry_points(group="testbed")
     ours = {p.name: p.value for p in points if p.dist is not None and p.dist.name == "testbed"}
     assert ours == {"optimizers": "testbed_std.optimizers", "tasks": "testbed_std.tasks",
-                    "diagnostics": "testbed_std.diagnostics"}
+                    "diagnostics": "testbed_std.diagnostics",
+                    "executors": "testbed.experiment.executors.builtin"}
 
 
 def test_the_command_starts_outside_the_repository(tmp_path):
