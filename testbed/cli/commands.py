@@ -23,6 +23,7 @@ from testbed.plugins import load_plugins
 from testbed.cli.params import ADDRESS_OPTION, EXECUTOR_HELP, SET_OPTION, RegisteredName, check_address
 from testbed.cli.plugin_commands import PluginCommandsGroup
 from testbed.cli.progress import PhaseProgress
+from testbed.cli.score import score
 from testbed.plugins.registry import KINDS
 from testbed.experiment.signals import command_signals
 
@@ -54,6 +55,9 @@ def _load_sweep(path: str, overrides: tuple[str, ...]):
 @click.version_option(__version__, prog_name="testbed")
 def main() -> None:
     """Optimizer testbed on linear Transformers for in-context regression (Ahn et al., ICLR 2024)."""
+
+
+main.add_command(score)
 
 
 @main.command()

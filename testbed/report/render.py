@@ -77,7 +77,7 @@ def to_html(title: str, sections: list[Section], claims: Claims, preface: list[s
     """The report as a self-contained HTML page (figures referenced by relative path)."""
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:0.5em 0 1em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
              ".holds{color:#176317}.does-not-hold{color:#a01010}.not-measured{color:#777}</style></head><body>",
              f"<h1>{e(title)}</h1>", *(f"<p>{e(p)}</p>" for p in preface)]

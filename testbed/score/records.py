@@ -89,3 +89,12 @@ def trial_score(value: Any) -> float:
         return math.inf
     value = float(value)
     return math.inf if math.isnan(value) else value
+
+
+def from_score_data(data: Any) -> list[Scored]:
+    """The records of a protocol run (protocol.ScoreData): one per (workload, candidate) it scored."""
+    return [Scored(result.workload, result.label, dict(result.choice.point), result.choice.at_edge,
+                   float(result.choice.sensitivity),
+                   tuple(Trial(dict(t.point), trial_score(t.score)) for t in result.trials),
+                   tuple(seed_run(r) for r in result.runs), result.candidate.optimizer)
+            for result in data.results.values()]

@@ -89,13 +89,19 @@ def build_scorecard(version: str, profile: str, candidate: str | None, reference
 
 
 # ------------------------------------------------------------------ text
-def number(value: float, digits: int = 3) -> str:
-    """A table cell: ``never`` for inf (a target not reached), else ``digits`` significant digits."""
+def number(value: float, digits: int = 3, infinite: str = "never") -> str:
+    """A table cell: ``infinite`` for inf (default ``never``: a target not reached), else ``digits``
+    significant digits."""
     if value is None:
         return "-"
     if math.isinf(value):
-        return "never" if value > 0 else "-inf"
+        return infinite if value > 0 else "-inf"
     return f"{value:.{digits}g}"
+
+
+def loss(value: float) -> str:
+    """A loss cell: inf is a diverged or failed run's loss."""
+    return number(value, infinite="inf")
 
 
 def point_text(point: dict[str, Any]) -> str:
@@ -138,8 +144,8 @@ def metrics_table(card: Scorecard, workload: WorkloadInfo) -> tuple[list[str], l
         summary = card.summaries[(workload.name, record.label)]
         low, high = summary["final_loss_ci"]
         edge = " (at the edge!)" if record.at_edge else ""
-        rows.append([record.label, point_text(record.chosen) + edge, number(summary["final_loss_median"]),
-                     f"{number(summary['final_loss_mean'])} [{number(low)}, {number(high)}]",
+        rows.append([record.label, point_text(record.chosen) + edge, loss(summary["final_loss_median"]),
+                     f"{loss(summary['final_loss_mean'])} [{loss(low)}, {loss(high)}]",
                      number(summary["steps_to_target_median"]), number(summary["evals_to_target_median"]),
                      number(summary["seconds_to_target_median"]), f"{record.sensitivity:.2f}",
                      f"{summary['divergences']}/{len(record.runs)}",
