@@ -196,3 +196,12 @@ def test_unknown_reference_is_one_error(tmp_path):
 
 def test_no_optimizer_is_one_error(tmp_path):
     assert_one_error(invoke("--out", str(tmp_path / "score")), "missing OPTIMIZER")
+
+
+def test_equal_scores_share_a_rank():
+    twins = Scores().add([record(w.name, label, 1.0) for w in WORKLOADS for label in ("x", "y")]
+                         + [record(w.name, "slow", 0.2) for w in WORKLOADS])
+    board = build_scorecard("v1", "full", None, [], WORKLOADS, twins)
+    assert [(rank, label) for rank, label, _ in board.ranks()] == [(1, "x"), (1, "y"), (3, "slow")]
+    rows = [line for line in leaderboard_markdown(board, 60.0, "here").splitlines() if re.match(r"\| \d ", line)]
+    assert [row.split(" | ")[:2] for row in rows] == [["| 1", "x"], ["| 1", "y"], ["| 3", "slow"]]

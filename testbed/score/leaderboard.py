@@ -180,7 +180,7 @@ def _same_point(a: dict[str, Any], b: dict[str, Any], rtol: float) -> bool:
 def ranking_rows(card: Scorecard) -> list[list[str]]:
     """The leaderboard's rows: rank, optimizer, score, then its median steps to target per workload."""
     rows = []
-    for rank, (label, score) in enumerate(card.ranking(), start=1):
+    for rank, label, score in card.ranks():
         steps = [number(card.times[label].get(w.name, math.inf)) for w in card.workloads]
         rows.append([str(rank), label, f"{score:.3f}", *steps])
     return rows

@@ -63,6 +63,12 @@ class Scorecard:
         """Every optimizer with its score, best first (ties by label)."""
         return sorted(self.profile_scores.items(), key=lambda item: (-item[1], item[0]))
 
+    def ranks(self) -> list[tuple[int, str, float]]:
+        """The ranking with each optimizer's rank; equal scores share a rank (1, 2, 2, 4)."""
+        ranking = self.ranking()
+        scores = [score for _, score in ranking]
+        return [(scores.index(score) + 1, label, score) for label, score in ranking]
+
 
 def build_scorecard(version: str, profile: str, candidate: str | None, references: Sequence[str],
                     workloads: Sequence[WorkloadInfo], scores: Scores, note: str | None = None) -> Scorecard:
@@ -129,7 +135,8 @@ def console_lines(card: Scorecard) -> list[str]:
                     if (workload.name, ref) in card.verdicts]
         steps = ", ".join(f"{label} {number(card.summaries[(workload.name, label)]['steps_to_target_median'])}"
                           for label in card.compared if (workload.name, label) in card.summaries)
-        lines.append(f"{workload.name:<{width}}  {'; '.join(verdicts) or 'not scored'}; steps to target: {steps}")
+        said = f"{'; '.join(verdicts)}; " if verdicts else ""  # no candidate (the leaderboard): no verdicts
+        lines.append(f"{workload.name:<{width}}  {said}steps to target: {steps}")
     ranking = ", ".join(f"{label} {score:.3f}" for label, score in card.ranking())
     lines.append(f"score (area under the performance profile, tau <= {TAU_MAX:g}): {ranking or '-'}")
     return lines
@@ -181,7 +188,7 @@ def sections(card: Scorecard, out: Path) -> list[Section]:
     overview = Section("Score")
     overview.paragraphs.append(scope_paragraph(card))
     overview.tables.append((["rank", "optimizer", "score"],
-                            [[str(i + 1), label, f"{score:.3f}"] for i, (label, score) in enumerate(card.ranking())]))
+                            [[str(rank), label, f"{score:.3f}"] for rank, label, score in card.ranks()]))
     overview.paragraphs += edge_warnings(card)
     curves = profile_curves(card)
     path = figures.profile_figure(curves, card.profile_scores, TAU_MAX, out / "figures" / "performance-profile.png")
