@@ -68,7 +68,7 @@ def scored(plugins: Plugins, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_choice_is_the_trial_with_the_lowest_median_robust_final_loss(scored) -> None:
-    root, candidates, data = scored
+    root, _, data = scored
     assert data.status == "complete"
     for label in ("adam", "sgd", "twice"):
         tuning = summaries(root / "runs/v1/quick/tiny" / label / "tuning")
@@ -133,6 +133,15 @@ def test_phases_are_named_and_a_second_score_runs_only_the_new_candidate(plugins
         # Adam under another name: the same trials, the same choice, the same numbers
         assert alias.choice == adam.choice
         assert [r.eval_losses for r in alias.runs] == [r.eval_losses for r in adam.runs]
+
+
+def test_tuning_cannot_rescue_the_planted_random_sign_adam(plugins: Plugins, tmp_path: Path) -> None:
+    wide = [candidate("adam", "adam", 1e-4, 1.0), candidate("random_sign", "random_sign_adam", 1e-4, 1.0)]
+    data = run_protocol(tiny_suite(), "quick", wide, plugins, tmp_path)
+    adam, planted = data.results["tiny", "adam"], data.results["tiny", "random_sign"]
+    assert planted.choice.score > 1.2 * adam.choice.score
+    for good, bad in zip(adam.runs, planted.runs):  # paired by seed: worse on every one
+        assert good.seed == bad.seed and robust_final(bad.eval_losses) > 1.2 * robust_final(good.eval_losses)
 
 
 def test_choose_ties_go_to_the_smaller_lr_and_sensitivity_counts_trials_within_2x() -> None:
