@@ -18,6 +18,8 @@ from testbed.score.records import Scored
 
 
 LINESTYLES = ["-", "--", "-.", ":"]
+CROWDED = 4  # more optimizers than this in one figure: legend outside, fainter bands
+SCORE_RANGE = 100.0  # a sensitivity panel shows trial scores up to this many times its best one
 # The report's colours, then more: the leaderboard draws eleven baselines in one figure.
 PALETTE = [*COLOURS, "tab:olive", "tab:cyan", "black", "gold"]
 
@@ -28,7 +30,8 @@ def colours(labels: list[str]) -> dict[str, str]:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:  # a constrained layout places its outside legend itself
+        figure.tight_layout()
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=110)
@@ -75,7 +78,8 @@ def median_band(runs) -> tuple[list[int], list[float], list[float], list[float]]
 def loss_figure(title: str, records: list[Scored], target: float, palette: dict[str, str], path: Path) -> Path | None:
     """A workload's eval loss of each optimizer in ``records``: the median over its scoring seeds
     with the min-max band, log scale, and the target as a dashed line."""
-    figure = Figure(figsize=(6.5, 4.2))
+    crowded = len(records) > CROWDED
+    figure = Figure(figsize=(8.5 if crowded else 6.5, 4.2))
     axes = figure.add_subplot()
     drawn = False
     for record in records:
@@ -86,7 +90,7 @@ def loss_figure(title: str, records: list[Scored], target: float, palette: dict[
         colour = palette[record.label]
         axes.plot(steps, median, color=colour, label=f"{record.label} (median of {seeds} seeds)")
         if seeds > 1:
-            axes.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+            axes.fill_between(steps, low, high, color=colour, alpha=0.07 if crowded else 0.2, linewidth=0)
         drawn = True
     if not drawn:
         return None
@@ -95,7 +99,10 @@ def loss_figure(title: str, records: list[Scored], target: float, palette: dict[
     axes.set_xlabel("step")
     axes.set_ylabel("eval loss (fixed batch)")
     axes.set_title(f"{title}\neval loss, median over scoring seeds, band = min-max", fontsize=9)
-    axes.legend(fontsize=8)
+    if crowded:  # beside the axes: inside, eleven entries hide the curves
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axes.legend(fontsize=8)
     return _save(figure, path)
 
 
@@ -109,23 +116,26 @@ def sensitivity_figure(panels: list[tuple[str, list[Scored]]], palette: dict[str
         return None
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(3.4 * columns, 2.9 * rows + 0.4))
+    figure = Figure(figsize=(3.4 * columns + 1.3, 2.9 * rows + 0.4), layout="constrained")
     for index, (title, records) in enumerate(panels):
         axes = figure.add_subplot(rows, columns, index + 1)
         finite = [t.score for r in records for t in r.trials if math.isfinite(t.score) and t.score > 0]
-        top = max(finite) * 3 if finite else 1.0
+        # Scores of blown-up trials (1e28) would flatten the rest: show up to SCORE_RANGE x the best.
+        top = min(finite) * SCORE_RANGE if finite else 1.0
+        axes.set_xscale("log")  # before the limits: a linear autoscale's limits do not survive the switch
+        axes.set_yscale("log")
         for record in records:
             _sensitivity_line(axes, record, palette[record.label], top)
-        axes.set_xscale("log")
-        axes.set_yscale("log")
+        axes.set_ylim(min(finite, default=top) / 1.5, top * 1.5)
         axes.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks crowd a short log axis
         axes.set_title(title, fontsize=8)
         axes.set_xlabel("lr", fontsize=8)
         axes.set_ylabel("trial score", fontsize=8)
         axes.tick_params(labelsize=7)
-        axes.legend(fontsize=6)
-    figure.suptitle("Learning-rate sensitivity: trial score (median robust final loss over tuning seeds) "
-                    "against lr; x = diverged", fontsize=9)
+    handles = {label: handle for axes in figure.axes for handle, label in zip(*axes.get_legend_handles_labels())}
+    figure.legend(list(handles.values()), list(handles), fontsize=7, loc="outside right upper")
+    figure.suptitle("Learning-rate sensitivity: trial score against lr\n(median robust final loss over tuning "
+                    f"seeds; x = diverged; axis up to {SCORE_RANGE:g}x the best)", fontsize=9)
     return _save(figure, path)
 
 
