@@ -25,7 +25,7 @@ DEFAULT_LR_RANGE = (1e-4, 1.0)
 _LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # names directories: never "." or ".."
 _RESERVED_LABELS = {"tuning"}  # an experiment's tuning/ directory
 _FILE_KEYS = {"name", "label", "options", "search"}
-_BASELINE_KEYS = _FILE_KEYS | {"plugin", "note"}
+_BASELINE_KEYS = _FILE_KEYS | {"plugin"}  # plugin: named in the note when it is missing
 _LR = Option(type=float, min=0.0, min_exclusive=True, doc="learning rate")
 
 
