@@ -186,3 +186,22 @@ def test_a_summary_written_before_gradient_evaluations_is_still_a_finished_run(p
     again = run_experiment(config, plugins, tmp_path)
     assert [r.gradient_evaluations for r in again.results] == [0, 0]  # read back: not rerun
     assert [r.eval_losses for r in again.results] == [r.eval_losses for r in first.results]
+
+
+def test_a_run_read_back_after_diverging_on_its_eval_loss_scores_inf(plugins: Plugins, tmp_path: Path,
+                                                                      tiny_raw: dict) -> None:
+    """Strict JSON saves the non-finite eval loss a run diverged on as null; read back from the cache,
+    it is a float again (NaN), so the trial scores inf instead of failing."""
+    tiny_raw["train"]["seeds"] = 1
+    config = parse_config(tiny_raw, plugins.registry)
+    first = run_experiment(config, plugins, tmp_path)
+    path = Path(first.results[0].run_dir) / "summary.json"
+    data = json.loads(path.read_text())
+    data.update(status="diverged", diverged_at=20, diverged_on="eval loss", final_eval_loss=None)
+    data["eval_losses"][-1] = None
+    path.write_text(json.dumps(data))
+    again = run_experiment(config, plugins, tmp_path)
+    read_back = again.results[0]
+    assert read_back.status == "diverged" and read_back.seconds == first.results[0].seconds  # not rerun
+    assert read_back.eval_losses[:-1] == first.results[0].eval_losses[:-1] and math.isnan(read_back.eval_losses[-1])
+    assert trial_score([read_back]) == math.inf

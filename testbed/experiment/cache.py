@@ -82,6 +82,9 @@ def finished_result(plan: RunPlan) -> RunResult | None:
     result.key, result.run_dir = plan.key, plan.run_dir  # the same run may sit in another sweep point
     if result.status == "diverged":
         result.final_eval_loss = float("nan")  # saved as null (strict JSON)
+    # a non-finite eval loss (the one a run diverged on) is saved as null too: the result read back
+    # holds a float, as the run's own did
+    result.eval_losses = [float("nan") if loss is None else loss for loss in result.eval_losses]
     return result
 
 
