@@ -25,7 +25,7 @@ NOTE = "quick profile: a smoke test of the pipeline, not a benchmark result"
 LRS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def curve_runs(rate: float, seeds: int = 5, steps: int = 200, every: int = 20, diverged: int | None = None,
+def curve_runs(rate: float, seeds: int = 6, steps: int = 200, every: int = 20, diverged: int | None = None,
                noise: float = 0.1) -> tuple[SeedRun, ...]:
     """Per seed an exponential decay exp(-rate * step / 50) with multiplicative noise (its own RNG per
     seed); the seed ``diverged`` becomes inf at its 4th evaluation."""

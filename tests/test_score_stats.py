@@ -186,12 +186,12 @@ def test_a_missing_workload_is_a_failure_and_the_best_everywhere_scores_one():
 
 # --- paired comparison ----------------------------------------------------------------------------
 
-LOSSES_B = [0.3, 0.5, 0.7, 0.2, 0.9]
+LOSSES_B = [0.3, 0.5, 0.7, 0.2, 0.9, 0.4]  # six seeds: the fewest that can give a verdict
 
 
 def test_identical_runs_show_no_significant_difference_with_a_zero_interval():
     comparison = paired_comparison(seeds_with(LOSSES_B), seeds_with(LOSSES_B))
-    assert comparison.log_ratios == (0.0,) * 5
+    assert comparison.log_ratios == (0.0,) * 6
     assert comparison.ci == (0.0, 0.0)
     assert comparison.verdict == NO_DIFFERENCE
     assert comparison.wilcoxon_p == 1.0
@@ -203,7 +203,7 @@ def test_half_the_loss_on_every_seed_is_better_and_the_interval_sits_at_log_one_
     assert comparison.verdict == BETTER
     assert comparison.ci == pytest.approx((math.log(0.5), math.log(0.5)), abs=1e-12)
     assert comparison.ratio == pytest.approx(0.5)
-    assert comparison.wilcoxon_p == pytest.approx(2 / 32)  # all 5 signs agree: 2 of 2^5 sign patterns
+    assert comparison.wilcoxon_p == pytest.approx(2 / 64)  # all 6 signs agree: 2 of 2^6 sign patterns
     assert paired_comparison(seeds_with(LOSSES_B), half).verdict == WORSE
 
 
@@ -213,10 +213,10 @@ def test_mixed_signs_show_no_significant_difference():
     two = paired_comparison(seeds_with([0.5, 2.0]), seeds_with([1.0, 1.0]))
     assert two.ci == pytest.approx((math.log(0.5), math.log(2.0)))
     assert two.verdict == NO_DIFFERENCE
-    ratios = [1.3, 0.7, 1.2, 0.8, 1.05]
-    five = paired_comparison(seeds_with([r * b for r, b in zip(ratios, LOSSES_B)]), seeds_with(LOSSES_B))
-    assert five.ci[0] < 0 < five.ci[1]
-    assert five.verdict == NO_DIFFERENCE
+    ratios = [1.3, 0.7, 1.2, 0.8, 1.05, 0.9]
+    six = paired_comparison(seeds_with([r * b for r, b in zip(ratios, LOSSES_B)]), seeds_with(LOSSES_B))
+    assert six.ci[0] < 0 < six.ci[1]
+    assert six.verdict == NO_DIFFERENCE
 
 
 @pytest.mark.parametrize("factor", [2.0, 10.0, 1e3, 1e6, 1e9, INF])
@@ -236,42 +236,52 @@ def test_one_seed_cannot_give_a_verdict_the_other_seeds_contradict(factor):
 
 
 def test_a_seed_slightly_against_the_others_leaves_the_verdict():
-    b = [0.1, 0.2, 0.3, 0.4, 0.5]
-    a = [2.4 * v for v in b[:4]] + [b[4] / 1.1]
-    assert paired_comparison(seeds_with(a), seeds_with(b)).verdict == WORSE
+    # seven seeds: the one against has the smallest rank, p = 2 * 2 / 2^7 = 0.031 (with six it would be
+    # 0.0625: the signed-rank test then rightly withholds the verdict)
+    b = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    a = [2.4 * v for v in b[:6]] + [b[6] / 1.1]
+    comparison = paired_comparison(seeds_with(a), seeds_with(b))
+    assert comparison.wilcoxon_p == pytest.approx(4 / 128)
+    assert comparison.verdict == WORSE
+    assert paired_comparison(seeds_with(a[1:]), seeds_with(b[1:])).verdict == NO_DIFFERENCE
 
 
 def test_a_seed_where_one_diverged():
-    b = [0.2, 0.4, 0.6, 0.8, 1.0]
+    b = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]
     half = [v / 2 for v in b]
-    # b diverged on seed 4, a did not: that seed counts as -log(1e6), every seed agrees: better.
-    comparison = paired_comparison(seeds_with(half), seeds_with(b[:4] + [INF]))
-    assert comparison.log_ratios[4] == pytest.approx(-LOG_1E6)
+    # b diverged on seed 6, a did not: that seed counts as -log(1e6), every seed agrees: better.
+    comparison = paired_comparison(seeds_with(half), seeds_with(b[:6] + [INF]))
+    assert comparison.log_ratios[6] == pytest.approx(-LOG_1E6)
     assert comparison.verdict == BETTER
-    assert comparison.ci[1] == pytest.approx(math.log(0.5))  # resamples without seed 4
-    # P(seed 4 drawn >= 4 times in 5) = 0.0067 < 2.5% < P(>= 3 times) = 0.058: the low end holds it 3 times
-    assert comparison.ci[0] == pytest.approx((2 * math.log(0.5) - 3 * LOG_1E6) / 5)
-    # a diverged on seed 4 and was 2x lower on the others: the divergence denies it "better"
-    comparison = paired_comparison(seeds_with(half[:4] + [INF]), seeds_with(b))
-    assert comparison.log_ratios[4] == pytest.approx(LOG_1E6)
+    assert comparison.ci[1] == pytest.approx(math.log(0.5))  # resamples without seed 6
+    # P(seed 6 drawn >= 4 times in 7) = 0.0102 < 2.5% < P(>= 3 times) = 0.0652: the low end holds it 3 times
+    assert comparison.ci[0] == pytest.approx((4 * math.log(0.5) - 3 * LOG_1E6) / 7)
+    # a diverged on seed 6 and was 2x lower on the others: the divergence denies it "better"
+    comparison = paired_comparison(seeds_with(half[:6] + [INF]), seeds_with(b))
+    assert comparison.log_ratios[6] == pytest.approx(LOG_1E6)
     assert comparison.verdict == NO_DIFFERENCE
-    # both diverged on seed 4: that seed is a tie
-    comparison = paired_comparison(seeds_with(half[:4] + [INF]), seeds_with(b[:4] + [INF]))
-    assert comparison.log_ratios[4] == 0.0
+    # both diverged on seed 6: that seed is a tie (the signed-rank test drops it: six seeds remain)
+    comparison = paired_comparison(seeds_with(half[:6] + [INF]), seeds_with(b[:6] + [INF]))
+    assert comparison.log_ratios[6] == 0.0
     assert comparison.verdict == BETTER
 
 
 def test_steps_to_target_never_reached_by_one_side():
-    reached = [SeedMetrics(s, "completed", 0.1, 50.0, 50.0, 5.0, 0) for s in range(3)]
-    never = [SeedMetrics(s, "completed", 0.3, INF, INF, INF, 0) for s in range(3)]
+    reached = [SeedMetrics(s, "completed", 0.1, 50.0, 50.0, 5.0, 0) for s in range(6)]
+    never = [SeedMetrics(s, "completed", 0.3, INF, INF, INF, 0) for s in range(6)]
     comparison = paired_comparison(reached, never, metric="steps_to_target")
-    assert comparison.log_ratios == pytest.approx((-LOG_1E6,) * 3)
+    assert comparison.log_ratios == pytest.approx((-LOG_1E6,) * 6)
     assert comparison.verdict == BETTER
     with pytest.raises(ValueError, match="unknown metric"):
         paired_comparison(reached, never, metric="best_loss")
 
 
-def test_a_single_seed_never_gives_a_verdict():
+def test_fewer_than_six_seeds_never_give_a_verdict():
+    # three seeds all 10x lower: the percentile bootstrap interval excludes 0, but two optimizers that do
+    # not differ at all share a sign on three seeds one time in four; the signed-rank test (p = 1/4) says so
+    three = paired_comparison(seeds_with([0.01, 0.02, 0.03]), seeds_with([0.1, 0.2, 0.3]))
+    assert three.ci[1] < 0 and three.wilcoxon_p == pytest.approx(0.25)
+    assert three.verdict == NO_DIFFERENCE
     assert paired_comparison(seeds_with([0.1]), seeds_with([1.0])).verdict == NO_DIFFERENCE
 
 
@@ -286,7 +296,7 @@ def test_the_seeds_must_pair():
 def test_the_bootstrap_is_deterministic():
     values = [0.31, -0.2, 0.05, 0.4, -0.12, 0.22]
     assert bootstrap_mean_ci(values) == bootstrap_mean_ci(list(values))
-    a, b = seeds_with([0.3, 0.25, 0.6, 0.1, 0.8]), seeds_with(LOSSES_B)
+    a, b = seeds_with([0.3, 0.25, 0.6, 0.1, 0.8, 0.35]), seeds_with(LOSSES_B)
     assert paired_comparison(a, b).ci == paired_comparison(a, b).ci
     assert bootstrap_mean_ci(values, seed=1) != bootstrap_mean_ci(values)  # the fixed seed is what fixes it
 

@@ -133,9 +133,9 @@ def with_overrides(suite: Suite, overrides: Sequence[str]) -> Suite:
     return Suite(suite.version, workloads, suite.profiles)
 
 
-def workload_infos(suite: Suite) -> list[WorkloadInfo]:
-    """What the scorecard says of each workload."""
-    return [WorkloadInfo(w.name, w.title, w.target) for w in suite.workloads]
+def workload_infos(suite: Suite, profile: str) -> list[WorkloadInfo]:
+    """What the scorecard says of each workload, with ``profile``'s target."""
+    return [WorkloadInfo(w.name, w.title, w.target_for(profile)) for w in suite.workloads]
 
 
 def run_score(request: ScoreRequest, plugins: Plugins, executor: Executor, chosen: Plan | None = None,
@@ -153,7 +153,7 @@ def run_score(request: ScoreRequest, plugins: Plugins, executor: Executor, chose
     note = chosen.suite.profile(chosen.profile).note
     candidate = chosen.candidate.label if chosen.candidate else None
     card = build_scorecard(chosen.suite.version, chosen.profile, candidate, [c.label for c in chosen.references],
-                           workload_infos(chosen.suite), scores, note=note)
+                           workload_infos(chosen.suite, chosen.profile), scores, note=note)
     outcome = ScoreOutcome(card, out, wall, data.status, data.executed, data.cached)
     if data.status != "complete":  # an interrupted score writes no scorecard: the same command finishes it
         return outcome

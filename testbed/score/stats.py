@@ -9,13 +9,16 @@ Conventions:
   250th and the 9,750th of 10,000), never interpolated, so an infinite mean stays infinite.
 - Paired comparison of a against b: per seed (same init, same prompts) the log ratio log(a/b) of the
   metric, clipped to +-log(``MAX_RATIO``) (1e6): a seed where only a diverged (its metric is inf) counts
-  +log(1e6), only b -log(1e6), both 0, as do equal values (two zeros included). Verdict: "better" if
-  the bootstrap 95% interval of the mean log ratio lies entirely below 0, "worse" if entirely above,
-  otherwise "no significant difference"; fewer than ``MIN_SEEDS`` (2) seeds never give a verdict. With
-  n seeds, a resample leaves out any one seed with probability (1 - 1/n)^n >= 1/4, far above 2.5%, so
-  one seed, however extreme, cannot give a verdict that all the other seeds contradict. The exact
-  Wilcoxon signed-rank p-value is kept for the record; it does not decide (with 5 seeds it cannot go
-  below 1/16).
+  +log(1e6), only b -log(1e6), both 0, as do equal values (two zeros included). Verdict: "better" when
+  two tests agree: the bootstrap 95% interval of the mean log ratio lies entirely below 0 AND the exact
+  two-sided Wilcoxon signed-rank test rejects "no difference" at ``ALPHA`` (0.05); "worse" likewise
+  above 0; otherwise "no significant difference". The percentile bootstrap alone is too optimistic
+  with a handful of seeds (with 3 seeds, two optimizers that do not differ at all would get a verdict
+  one time in four, whenever the three ratios share a sign); the exact signed-rank test holds its 5%
+  whatever the distribution, and cannot reach it with fewer than ``MIN_SEEDS`` (6) seeds (its smallest
+  p-value with n seeds is 2 / 2^n), so fewer seeds never give a verdict. The bootstrap interval says how
+  large the difference is; with n seeds a resample leaves out any one seed with probability
+  (1 - 1/n)^n >= 1/4, so one extreme seed cannot produce an interval that the other seeds contradict.
 - Performance profile (Dolan and More 2002): on each workload, an optimizer's ratio is its time to
   target over the best optimizer's (1 for the best; inf if it failed; inf for everyone on a workload
   nobody solved; a workload missing for an optimizer is a failure, not missing). rho_s(tau) is the
@@ -41,7 +44,8 @@ RESAMPLES = 10_000  # bootstrap resamples
 BOOTSTRAP_SEED = 0  # the bootstrap's fixed RNG seed: same inputs, same interval
 CONFIDENCE = 0.95
 MAX_RATIO = 1e6  # per-seed ratios are clipped to [1/MAX_RATIO, MAX_RATIO]; a lone divergence counts as either end
-MIN_SEEDS = 2  # fewer paired seeds than this never give a verdict
+ALPHA = 0.05  # the signed-rank test's level
+MIN_SEEDS = 6  # the fewest paired seeds whose exact two-sided signed-rank p-value can be below ALPHA (2/2^6)
 METRICS = ("final_loss", "steps_to_target", "evals_to_target", "seconds_to_target")
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
@@ -57,7 +61,7 @@ class Comparison:
     mean_log_ratio: float
     ci: tuple[float, float]  # bootstrap 95% interval of the mean log ratio
     verdict: str  # BETTER (a lower), WORSE (a higher) or NO_DIFFERENCE
-    wilcoxon_p: float  # exact two-sided signed-rank p-value, for the record; 1.0 when all ratios are 0
+    wilcoxon_p: float  # exact two-sided signed-rank p-value; 1.0 when all ratios are 0
 
     @property
     def ratio(self) -> float:
@@ -104,8 +108,9 @@ def summarize(seeds: Sequence[SeedMetrics]) -> dict:
 
 
 def paired_comparison(a: Sequence[SeedMetrics], b: Sequence[SeedMetrics], metric: str = "final_loss") -> Comparison:
-    """a against b on ``metric``, seed by seed: the mean log ratio, its bootstrap 95% interval and
-    the verdict it gives (see the module docstring). Both must have run the same seeds."""
+    """a against b on ``metric``, seed by seed: the mean log ratio, its bootstrap 95% interval, the
+    signed-rank p-value and the verdict they give together (see the module docstring). Both must have
+    run the same seeds."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
     by_seed_a, by_seed_b = _by_seed(a, "a"), _by_seed(b, "b")
@@ -114,9 +119,9 @@ def paired_comparison(a: Sequence[SeedMetrics], b: Sequence[SeedMetrics], metric
                            f"b ran {sorted(by_seed_b)}")
     seeds = tuple(sorted(by_seed_a))
     ratios = tuple(log_ratio(getattr(by_seed_a[s], metric), getattr(by_seed_b[s], metric)) for s in seeds)
-    ci = bootstrap_mean_ci(ratios)
+    ci, p = bootstrap_mean_ci(ratios), _wilcoxon_p(ratios)
     return Comparison(metric=metric, seeds=seeds, log_ratios=ratios, mean_log_ratio=float(np.mean(ratios)),
-                      ci=ci, verdict=verdict(ci, len(seeds)), wilcoxon_p=_wilcoxon_p(ratios))
+                      ci=ci, verdict=verdict(ci, len(seeds), p), wilcoxon_p=p)
 
 
 def log_ratio(a: float, b: float) -> float:
@@ -133,10 +138,10 @@ def log_ratio(a: float, b: float) -> float:
     return min(limit, max(-limit, math.log(a / b)))
 
 
-def verdict(ci: tuple[float, float], seeds: int) -> str:
-    """BETTER when the interval lies below 0, WORSE when above, otherwise (or with fewer than
-    MIN_SEEDS seeds) NO_DIFFERENCE."""
-    if seeds < MIN_SEEDS:
+def verdict(ci: tuple[float, float], seeds: int, p_value: float) -> str:
+    """BETTER when the interval lies below 0, WORSE when above, in both cases only if the signed-rank
+    p-value is below ALPHA too; otherwise (and always with fewer than MIN_SEEDS seeds) NO_DIFFERENCE."""
+    if seeds < MIN_SEEDS or not p_value < ALPHA:
         return NO_DIFFERENCE
     if ci[1] < 0:
         return BETTER

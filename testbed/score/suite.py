@@ -34,6 +34,8 @@ BUDGET_SCHEMA = {
     "tuning_seeds": _SEEDS,
     "trials": Option(type=int, min=1, doc="tuning trials (hyperparameter points) per optimizer"),
     "trial_steps": Option(type=int, min=1, doc="length of a tuning trial"),
+    "target": Option(None, type=float, min=0.0, min_exclusive=True, nullable=True,
+                     doc="this profile's target eval loss (null: the workload's)"),
 }
 
 
@@ -47,6 +49,7 @@ class Budget:
     tuning_seeds: tuple[int, ...]  # disjoint from scoring_seeds: no selection bias in the scores
     trials: int
     trial_steps: int
+    target: float | None = None  # this profile's target (a short profile cannot reach the full one)
 
     def candidate_steps(self) -> int:
         """Optimizer steps that scoring one candidate on this workload costs: tuning, then scoring."""
@@ -72,6 +75,11 @@ class Workload:
     budgets: Mapping[str, Budget]  # by profile name
     heavy_tailed: bool  # for the leaderboard's "Adam above SGD on heavy-tailed workloads" check
     seconds_per_step: float  # measured on one core (suite.yaml says how): for cost estimates
+
+    def target_for(self, profile: str) -> float:
+        """The target eval loss of ``profile``: its budget's own, else the workload's."""
+        own = self.budgets[profile].target
+        return self.target if own is None else own
 
 
 @dataclass(frozen=True)
