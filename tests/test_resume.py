@@ -146,8 +146,11 @@ def test_sigkill_of_the_whole_process_group_with_worker_processes_resumes_too(tm
 
 def test_ctrl_c_checkpoints_at_a_step_and_the_next_run_goes_on_from_it(tmp_path, reference):
     path, logdir = config(tmp_path, checkpoint_every=None), tmp_path / "runs"
+    # Ctrl-C as a terminal sends it: SIGINT handled as it is by default, even where the test itself runs
+    # as a shell's background job (which starts with SIGINT ignored, and children inherit that).
     process = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(path), "--logdir", str(logdir),
-                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dir = logdir / "tiny" / "sgd" / "seed-0"
     deadline = time.monotonic() + 120
     while not list(run_dir.glob(EVENT_FILE_PREFIX + "*")) and time.monotonic() < deadline:
