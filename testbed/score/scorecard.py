@@ -219,7 +219,8 @@ def scope_paragraph(card: Scorecard) -> str:
         f"{card.candidate} against {', '.join(card.references) or 'no reference'}"
     return (f"Suite {card.version}, {card.profile} profile: {scored} on {len(card.workloads)} workloads. Verdicts "
             "compare final losses seed by seed (same initialization and prompts): 'better' or 'worse' only when "
-            "the bootstrap 95% interval of the mean log ratio excludes 0. Score: the area under the performance "
+            "the bootstrap 95% interval of the mean log ratio excludes 0 and the exact signed-rank test gives "
+            "p < 0.05 (so six seeds at least). Score: the area under the performance "
             f"profile on steps to target for tau in [1, {TAU_MAX:g}], normalized to [0, 1].")
 
 
