@@ -25,9 +25,10 @@ FORMAT = 1  # of baselines-<profile>.json; a reader refuses another
 RTOL = 1e-6  # a rerun differing by less than this (relative) is float rounding, not a difference
 
 
-def shipped_path(version: str, profile: str) -> Path:
-    """Where the package keeps the baselines' per-seed results of ``profile``."""
-    return BENCHMARK / version / f"baselines-{profile}.json"
+def shipped_path(version: str, profile: str, root: Path = BENCHMARK) -> Path:
+    """Where the package (or another benchmark ``root``) keeps the baselines' per-seed results of
+    ``profile``."""
+    return Path(root) / version / f"baselines-{profile}.json"
 
 
 def machine() -> str:
@@ -110,9 +111,9 @@ def _loss(value: Any) -> float:
     return math.inf if value is None else float(value)
 
 
-def shipped_baselines(version: str, profile: str) -> BaselineResults | None:
-    """The package's baseline results of ``profile``, if it ships them."""
-    path = shipped_path(version, profile)
+def shipped_baselines(version: str, profile: str, root: Path = BENCHMARK) -> BaselineResults | None:
+    """The package's (or ``root``'s) baseline results of ``profile``, if it ships them."""
+    path = shipped_path(version, profile, root)
     return read_baselines(path) if path.is_file() else None
 
 

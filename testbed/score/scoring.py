@@ -23,7 +23,7 @@ from testbed.score.leaderboard import (BaselineResults, compare_records, leaderb
 from testbed.score.protocol import run_protocol
 from testbed.score.records import Scored, Scores, from_score_data
 from testbed.score.scorecard import Scorecard, WorkloadInfo, build_scorecard, write_scorecard
-from testbed.score.suite import Suite, load_suite
+from testbed.score.suite import BENCHMARK, Suite, load_suite
 
 DEFAULT_REFERENCES = ("adam", "sgdm")
 LEADERBOARD_FILE = "LEADERBOARD.md"
@@ -43,6 +43,7 @@ class ScoreRequest:
     rerun_baselines: bool = False
     ship: bool = False  # with baselines_only: also write the package's shipped files
     version: str = "v1"
+    root: Path = BENCHMARK  # where <version>/suite.yaml, baselines.yaml and the shipped results lie
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Plan:
     shipped: BaselineResults | None  # the shipped results (used, or compared with a rerun)
     from_shipped: list[Scored] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what a user should know before the runs
+    root: Path = BENCHMARK  # the benchmark directory the suite came from (its shipped results lie there)
 
 
 @dataclass
@@ -77,12 +79,12 @@ class ScoreOutcome:
 def plan(request: ScoreRequest, plugins: Plugins) -> Plan:
     """Validate the request before anything runs: suite, profile, workloads, the candidate and the
     references (by baseline label), and which references the shipped results cover."""
-    suite = load_suite(request.version).select(list(request.workloads) if request.workloads else None)
+    suite = load_suite(request.version, request.root).select(list(request.workloads) if request.workloads else None)
     suite.profile(request.profile)
     suite = with_overrides(suite, request.overrides)
     registry = plugins.registry
-    known = {c.label: c for c in baselines(request.version, registry)}
-    notes = missing_baselines(request.version, registry)
+    known = {c.label: c for c in baselines(request.version, registry, request.root)}
+    notes = missing_baselines(request.version, registry, request.root)
     if request.baselines_only:
         if request.optimizer is not None:
             raise ConfigError("--baselines-only scores every baseline: give no OPTIMIZER")
@@ -99,7 +101,7 @@ def plan(request: ScoreRequest, plugins: Plugins) -> Plan:
     if request.ship and (not request.baselines_only or request.workloads or request.overrides):
         raise ConfigError("--ship goes with --baselines-only on the whole suite, without --set: the shipped "
                           "results are the suite's own")
-    shipped = None if request.overrides else shipped_baselines(suite.version, request.profile)
+    shipped = None if request.overrides else shipped_baselines(suite.version, request.profile, request.root)
     from_shipped: list[Scored] = []
     run_references = references
     names = [w.name for w in suite.workloads]
@@ -108,12 +110,13 @@ def plan(request: ScoreRequest, plugins: Plugins) -> Plan:
         from_shipped = [r for r in shipped.records if r.workload in names and r.label in {c.label for c in covered}]
         run_references = [c for c in references if c not in covered]
         if covered:
+            shipped_file = shipped_path(suite.version, request.profile, request.root).name
             notes.append(f"{', '.join(c.label for c in covered)}: the shipped per-seed results of "
-                         f"{shipped_path(suite.version, request.profile).name} (--rerun-baselines runs them here)")
+                         f"{shipped_file} (--rerun-baselines runs them here)")
     if request.rerun_baselines and shipped is None:
         notes.append(f"--rerun-baselines: no shipped results of the {request.profile} profile to compare with")
     to_run = ([candidate] if candidate is not None else []) + run_references
-    return Plan(suite, request.profile, candidate, references, to_run, shipped, from_shipped, notes)
+    return Plan(suite, request.profile, candidate, references, to_run, shipped, from_shipped, notes, request.root)
 
 
 def reference(label: str, known: dict[str, Candidate]) -> Candidate:
@@ -174,7 +177,7 @@ def write_leaderboard(chosen: Plan, card: Scorecard, scores: Scores, out: Path, 
                               tuple(scores.records.values()))
     heavy = [w.name for w in chosen.suite.workloads if w.heavy_tailed]
     text = leaderboard_markdown(card, wall, results.machine, heavy)
-    targets = [out] + ([shipped_path(chosen.suite.version, chosen.profile).parent] if ship else [])
+    targets = [out] + ([shipped_path(chosen.suite.version, chosen.profile, chosen.root).parent] if ship else [])
     written = []
     for directory in targets:
         written.append(write_baselines(directory / f"baselines-{chosen.profile}.json", results))
