@@ -47,7 +47,8 @@ def on_run_start(run: "RunContext") -> None:
 
 @hookspec
 def on_step_end(run: "RunContext", step: int, metrics: "dict[str, Any]") -> None:
-    """Called after every optimizer step with the step number (1-based) and that step's metrics."""
+    """Called after every optimizer step with the step number (1-based) and that step's metrics: loss,
+    grad_norm (before clipping) and gradient_evaluations (1, or a closure optimizer's calls)."""
 
 
 @hookspec

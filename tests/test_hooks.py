@@ -228,7 +228,8 @@ def test_lifecycle_hooks_fire_once_per_run_and_once_per_step(tmp_path):
         assert steps == list(range(1, 21))
         for _, _, _, metrics in events[1:-1]:
             assert {"loss", "grad_norm"} <= set(metrics)
-            assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+            assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
+            assert metrics["gradient_evaluations"] == 1  # no closure: one loss and gradient a step
         assert events[-1][2] == "completed"
         # One context object per run, the same for all of its hook calls.
         assert len({id(c) for c in recorder.contexts[key]}) == 1
