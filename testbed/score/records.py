@@ -75,9 +75,9 @@ class Scores:
 
 
 def seed_run(result: Any) -> SeedRun:
-    """The SeedRun of a RunResult (or anything with its fields; a summary written before
-    gradient_evaluations existed counts one per step done)."""
-    evaluations = getattr(result, "gradient_evaluations", 0) or result.steps_done
+    """The SeedRun of a RunResult (or anything with its fields). A summary written before
+    gradient_evaluations existed keeps 0: metrics.seed_metrics charges such a run one per step."""
+    evaluations = getattr(result, "gradient_evaluations", 0)
     return SeedRun(int(result.seed), str(result.status), tuple(int(s) for s in result.eval_steps),
                    tuple(float(v) for v in result.eval_losses), float(result.seconds), int(result.steps_done),
                    int(evaluations))
