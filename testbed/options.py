@@ -44,15 +44,34 @@ class Option:
         return type(self.default)
 
     def describe(self) -> str:
-        """A short human description, for `testbed list`."""
+        """A short human description, for `testbed list`: type, default and every declared bound
+        (``"float, default 0.5, in (0.0, 1.0]. doc"``)."""
         kind = self.value_type().__name__
         if self.item is not None:
             kind = f"list[{self.item.__name__}]"
+        if self.length is not None:
+            kind += f" of {self.length}"
         default = "required" if self.default is REQUIRED else f"default {self.default!r}"
-        text = f"{kind}, {default}"
+        parts = [kind, default]
+        bounds = self.bounds()
+        if bounds:
+            parts.append(f"each {bounds}" if self.item is not None or self.length is not None else bounds)
         if self.choices:
-            text += f", one of {', '.join(map(str, self.choices))}"
-        return f"{text}. {self.doc}".strip()
+            parts.append(f"one of {', '.join(map(str, self.choices))}")
+        if self.nullable and self.default is not None:  # a None default says so already
+            parts.append("or null")
+        return f"{', '.join(parts)}. {self.doc}".strip()
+
+    def bounds(self) -> str:
+        """The declared range as text: ``">= 0.0"``, ``"> 0.0"``, ``"<= 1"``, ``"in (0.0, 1.0]"``, or ``""``."""
+        low = ">" if self.min_exclusive else ">="
+        if self.min is not None and self.max is not None:
+            return f"in {'(' if self.min_exclusive else '['}{self.min}, {self.max}]"
+        if self.min is not None:
+            return f"{low} {self.min}"
+        if self.max is not None:
+            return f"<= {self.max}"
+        return ""
 
 
 def _coerce_number(value: Any, kind: type, where: str) -> Any:

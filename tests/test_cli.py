@@ -268,7 +268,7 @@ def test_list_optimizers():
     out = result.stdout
     assert "sgd  [plugin optimizers]" in out and "adam  [plugin optimizers]" in out
     assert "    momentum: float, default 0.0" in out
-    assert "    betas: list[float], default [0.9, 0.999]" in out
+    assert "    betas: list[float] of 2, default [0.9, 0.999]" in out
     assert "    class: str, required" in out
 
 

@@ -161,7 +161,7 @@ def test_testbed_list_shows_the_schedule_options_with_the_declared_defaults():
     assert result.exit_code == 0, result.output
     block = re.split(r"\n(?=\S)", result.output.split("robust_condition_number  [plugin", 1)[1])[0]
     assert "    spectrum_histogram: bool, default False." in block
-    assert "    every: int, default 250." in block and "    stop: int, default None." in block
+    assert "    every: int, default 250, >= 1, or null." in block and "    stop: int, default None, >= 1." in block
 
 
 # ------------------------------------------------------------------ diagnostics of the older kind

@@ -201,10 +201,17 @@ def list_command(kind: str) -> None:
         click.echo(f"no {kind} registered")
     for entry in entries:
         click.echo(f"{entry.name}  [plugin {entry.plugin}]  {entry.doc}")
+        if entry.kind == "optimizer":
+            click.echo(f"    needs a closure: {_closure_need(entry.metadata['needs_closure'])}")
         for name, option in entry.config_options.items():
             click.echo(f"    {name}: {option.describe()}")
     for info in plugins.failed:
         click.echo(f"(plugin {info.name} failed to load: {info.error})", err=True)
+
+
+def _closure_need(flag) -> str:
+    # needs_closure is a flag or a function of the optimizer's options
+    return "depends on its options" if callable(flag) else ("yes" if flag else "no")
 
 
 @main.command()
