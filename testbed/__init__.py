@@ -23,6 +23,7 @@ hookimpl = pluggy.HookimplMarker("testbed")
 _LAZY = {
     "Batch": ".tasks",
     "Task": ".tasks",
+    "LinearRegressionTask": ".tasks",
     **{name: ".diagnostics" for name in ("Diagnostic", "Figure", "Histogram", "Plot", "Scalar", "Schedule",
                                          "Text", "schedule_from", "schedule_options")},
     "Probe": ".engine.probe",
@@ -48,6 +49,7 @@ __all__ = [
     "Diagnostic",
     "Figure",
     "Histogram",
+    "LinearRegressionTask",
     "Option",
     "Plot",
     "PluginError",

@@ -2,6 +2,8 @@
 
 A task states its dimension ``d`` and number of context examples ``n`` and samples batches only from
 the ``torch.Generator`` it is handed (never the global RNG), so the engine controls every stream.
+``LinearRegressionTask`` is the helper the standard tasks are built on: a subclass says only how the
+covariates are drawn.
 """
 
 from __future__ import annotations
@@ -45,6 +47,53 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """``batch_size`` prompts drawn from ``generator`` alone (never the global RNG)."""
         raise NotImplementedError
+
+
+class LinearRegressionTask(Task):
+    """In-context linear regression, the paper's task family; a subclass draws only the covariates.
+
+    The task contract, which every prompt of ``sample`` keeps:
+
+    - each prompt draws its own weight vector ``w ~ N(0, I_d)``, after its covariates;
+    - labels ``y_i = <w, features(x_i)>`` for the ``n`` context tokens and the query (``features`` is
+      ``x`` itself unless a subclass overrides it), plus ``N(0, label_noise^2)`` noise on every label
+      when ``label_noise > 0`` (no draw at all when it is 0);
+    - ``x`` has shape ``(B, n+1, d)`` and ``y`` shape ``(B, n+1)``, both float32;
+    - every random number comes from the ``generator`` handed to ``sample``, on its device (``randn``
+      draws so): never the global RNG, so the engine owns every stream and a seed fixes the prompts.
+    """
+
+    def __init__(self, d: int, n: int, label_noise: float = 0.0) -> None:
+        for name, value in (("d", d), ("n", n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if label_noise < 0:
+            raise ValueError(f"label_noise must be >= 0, got {label_noise!r}")
+        self.d, self.n, self.label_noise = d, n, float(label_noise)
+
+    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Covariates of ``batch_size`` prompts, shape ``(B, n+1, d)``, float32, drawn from ``generator``."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the labels are linear in, shape ``(B, n+1, d)``: ``x`` itself unless overridden."""
+        return x
+
+    def randn(self, *shape: int, generator: torch.Generator) -> torch.Tensor:
+        """Standard normal float32 numbers of ``shape`` from ``generator``, on its device."""
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """``batch_size`` prompts: covariates, then ``w`` per prompt, then the label noise (if any)."""
+        x = self.covariates(batch_size, generator)
+        w = self.randn(batch_size, self.d, 1, generator=generator)
+        y = torch.bmm(self.features(x), w).squeeze(-1)  # (B, n+1): one batched matmul, the hot path
+        if self.label_noise > 0:  # no draw at all when noiseless: keeps the default stream minimal
+            y = y + self.label_noise * self.randn(batch_size, self.n + 1, generator=generator)
+        return Batch(x, y)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(d={self.d}, n={self.n}, label_noise={self.label_noise})"
 
 
 class InDtype(Task):

@@ -1,4 +1,4 @@
-"""The standard in-context linear regression tasks (Ahn et al., ICLR 2024, section 2 of PAPER.md).
+"""The standard in-context linear regression tasks (Ahn et al., ICLR 2024, section 2 of docs/paper.md).
 
 Every task shares the label law: each prompt draws its own ``w ~ N(0, I_d)`` and labels
 ``y_i = <w, x_i> (+ N(0, label_noise^2))`` for its ``n`` context tokens and its query; a task only
@@ -13,46 +13,12 @@ import math
 
 import torch
 
-from testbed import Batch, Option, Task, hookimpl
+from testbed import LinearRegressionTask, Option, hookimpl
 
 # Shared by every task, declared once.
 LABEL_NOISE = {
     "label_noise": Option(0.0, "Std of Gaussian noise added to every label (context and query).", min=0.0),
 }
-
-
-class LinearRegressionTask(Task):
-    """Labels ``y = x w + noise`` with ``w ~ N(0, I_d)`` per prompt; subclasses draw the covariates."""
-
-    def __init__(self, d: int, n: int, label_noise: float = 0.0) -> None:
-        for name, value in (("d", d), ("n", n)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if label_noise < 0:
-            raise ValueError(f"label_noise must be >= 0, got {label_noise!r}")
-        self.d, self.n, self.label_noise = d, n, float(label_noise)
-
-    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Covariates of ``batch_size`` prompts, shape ``(B, n+1, d)``, float32."""
-        raise NotImplementedError
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the labels are linear in, shape ``(B, n+1, d)``: ``x`` itself unless overridden."""
-        return x
-
-    def _randn(self, *shape: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        x = self.covariates(batch_size, generator)
-        w = self._randn(batch_size, self.d, 1, generator=generator)
-        y = torch.bmm(self.features(x), w).squeeze(-1)  # (B, n+1): one batched matmul, the hot path
-        if self.label_noise > 0:  # no draw at all when noiseless: keeps the default stream minimal
-            y = y + self.label_noise * self._randn(batch_size, self.n + 1, generator=generator)
-        return Batch(x, y)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(d={self.d}, n={self.n}, label_noise={self.label_noise})"
 
 
 def _sphere(z: torch.Tensor) -> torch.Tensor:
@@ -91,14 +57,14 @@ class GaussianTask(LinearRegressionTask):
     """x ~ N(0, I_d): the paper's settings 1 and 2."""
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        return self._randn(batch_size, self.n + 1, self.d, generator=generator)
+        return self.randn(batch_size, self.n + 1, self.d, generator=generator)
 
 
 class SphericalTask(LinearRegressionTask):
     """x uniform on the unit sphere."""
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        return _sphere(self._randn(batch_size, self.n + 1, self.d, generator=generator))
+        return _sphere(self.randn(batch_size, self.n + 1, self.d, generator=generator))
 
 
 class GammaTask(LinearRegressionTask):
@@ -115,7 +81,7 @@ class GammaTask(LinearRegressionTask):
         self.scale = math.sqrt(10.0 / shape) if scale is None else float(scale)
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        u = _sphere(self._randn(batch_size, self.n + 1, self.d, generator=generator))
+        u = _sphere(self.randn(batch_size, self.n + 1, self.d, generator=generator))
         g = self.scale * _gamma(self.shape, (batch_size, self.n + 1, 1), generator)
         return g.sqrt() * u
 
@@ -136,7 +102,7 @@ class StudentTTask(LinearRegressionTask):
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         size = (batch_size, self.n + 1, self.d)
-        z = self._randn(*size, generator=generator)
+        z = self.randn(*size, generator=generator)
         chi2 = 2.0 * _gamma(self.df / 2.0, size, generator)  # chi^2(df) = 2 Gamma(df/2, 1)
         x = z * torch.rsqrt(chi2 / self.df)
         if self.standardize:
@@ -180,7 +146,7 @@ class AnisotropicTask(LinearRegressionTask):
         self._transform = (ev.sqrt()[:, None] * u.T).to(torch.float32)
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        z = self._randn(batch_size, self.n + 1, self.d, generator=generator)
+        z = self.randn(batch_size, self.n + 1, self.d, generator=generator)
         if self._transform.device != z.device:  # move once to the sampling device, then reuse
             self._transform = self._transform.to(z.device)
         return z @ self._transform

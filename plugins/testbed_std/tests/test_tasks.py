@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 import torch
 
-from testbed import ConfigError
+from testbed import ConfigError, LinearRegressionTask
 from testbed.options import validate_options
 from testbed.plugins.registry import Registry
 from testbed_std import tasks
@@ -26,7 +26,7 @@ def registry() -> Registry:
     return reg
 
 
-def make(registry: Registry, name: str, d: int = D, n: int = N, **options) -> tasks.LinearRegressionTask:
+def make(registry: Registry, name: str, d: int = D, n: int = N, **options) -> LinearRegressionTask:
     """Build a task the way the host does: validated options, then factory(d=, n=, **options)."""
     entry = registry.entries["task"][name]
     return entry.factory(d=d, n=n, **validate_options(entry.options, options, f"task.{name}"))
@@ -57,7 +57,7 @@ def test_registers_all_tasks_with_docs(registry):
 @pytest.mark.parametrize("d,n", [(5, 20), (1, 1), (3, 7)])
 def test_shapes_and_dtypes(registry, name, d, n):
     task = make(registry, name, d=d, n=n, label_noise=0.1)
-    assert isinstance(task, tasks.Task) and (task.d, task.n) == (d, n)
+    assert isinstance(task, LinearRegressionTask) and (task.d, task.n) == (d, n)
     batch = task.sample(4, gen())
     assert batch.x.shape == (4, n + 1, d) and batch.y.shape == (4, n + 1)
     assert batch.x.dtype == batch.y.dtype == torch.float32
