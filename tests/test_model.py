@@ -1,4 +1,4 @@
-"""The linear Transformer (PAPER.md section 1) against literal transcriptions of the paper's formulas.
+"""The linear Transformer (docs/paper.md section 1) against literal transcriptions of the paper's formulas.
 
 Three computations of the same prediction must agree: the engine path ``model(x, y)`` (associative
 form with the hand-written backward of ``linear_attention`` for linear attention), the plain-autograd

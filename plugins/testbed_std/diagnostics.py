@@ -1,4 +1,4 @@
-"""The paper's diagnostics (PAPER.md section 4) and cheap per-step companions.
+"""The paper's diagnostics (docs/paper.md section 4) and cheap per-step companions.
 
 Every quantity uses the flattened vector of all trainable parameters, through ``testbed.Probe``:
 exact gradients, Hessians (``torch.func``) and Hessian-vector products, never finite differences.

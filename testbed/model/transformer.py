@@ -1,4 +1,4 @@
-"""The linear Transformer of Ahn et al. (ICLR 2024), PAPER.md section 1.
+"""The linear Transformer of Ahn et al. (ICLR 2024), docs/paper.md section 1.
 
 One prompt is a matrix Z with d+1 rows and n+1 columns: column i <= n is (x_i, y_i), the last column
 is the query (x_q, 0). Layer l maps
@@ -199,9 +199,9 @@ def _corner(d: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def direct_forward(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Literal transcription of PAPER.md: every layer in full with the (n+1)x(n+1) weight matrix of
-    the model's attention variant and the mask matrix M. Slow (quadratic in n); the reference for
-    tests and `testbed bench`."""
+    """Literal transcription of docs/paper.md section 1: every layer in full with the (n+1)x(n+1)
+    weight matrix of the model's attention variant and the mask matrix M. Slow (quadratic in n);
+    the reference for tests and `testbed bench`."""
     Z = model.prompt(x, y)
     P, Q = model.attention_matrices()
     n = model.n

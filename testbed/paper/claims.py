@@ -1,4 +1,4 @@
-"""The paper's claims (PAPER.md section 5), each checked on measured data: holds, does not hold,
+"""The paper's claims (docs/paper.md section 5), each checked on measured data: holds, does not hold,
 or not measured, with the numbers behind the verdict. Pure functions of loaded experiments."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The standard diagnostics (PAPER.md section 4) on inputs with known answers, and along a real run:
+"""The standard diagnostics (docs/paper.md section 4) on inputs with known answers, and along a real run:
 they leave the training trajectory bitwise unchanged, and what they measure lands in TensorBoard and
 results.json."""
 
