@@ -8,11 +8,13 @@ as a third party's, so they get no special treatment here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.metadata as md
 import os
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Collection
 
 import pluggy
 
@@ -85,18 +87,22 @@ def new_manager() -> pluggy.PluginManager:
     return manager
 
 
-def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = True) -> Plugins:
-    """Load every ``testbed`` entry point, the modules named in $TESTBED_PLUGINS (comma-separated,
-    for developing a plugin without installing it) and ``extra`` ({name: module or object}), and
-    collect their registrations. A plugin that fails to import is recorded with its error."""
+def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = True,
+                 distributions: Collection[str] | None = None, environment: bool = True) -> Plugins:
+    """Load every ``testbed`` entry point (only those of ``distributions``, when given), the modules
+    named in $TESTBED_PLUGINS (comma-separated, for developing a plugin without installing it; unless
+    ``environment`` is false) and ``extra`` ({name: module or object}), and collect their
+    registrations. A plugin that fails to import is recorded with its error."""
     plugins = Plugins(new_manager())
     sources = []
     if entry_points:
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "unknown"
-            sources.append((PluginInfo(ep.name, ep.value, dist, version), ep.load))
-    for module in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
+            if distributions is None or dist in distributions:
+                sources.append((PluginInfo(ep.name, ep.value, dist, version), ep.load))
+    modules = os.environ.get(ENV_VAR, "") if environment else ""
+    for module in filter(None, (m.strip() for m in modules.split(","))):
         sources.append((PluginInfo(module, module, FROM_ENV, "-"), partial(importlib.import_module, module)))
     for info, load in sources:
         try:
@@ -119,7 +125,28 @@ def _add(plugins: Plugins, name: str, module: object, info: PluginInfo) -> None:
     except Exception as exc:  # pluggy validates hook signatures here
         plugins.infos.append(dataclasses.replace(info, error=_describe(exc)))
         return
+    unknown = unknown_hooks(plugins.manager, module)
+    if unknown:  # a misspelled hook would never be called: the plugin fails to load, as on an import error
+        plugins.manager.unregister(module)
+        known = [hook for hook, caller in vars(plugins.manager.hook).items() if caller.has_spec()]
+        error = "; ".join(_unknown_hook_error(hook, known) for hook in unknown)
+        plugins.infos.append(dataclasses.replace(info, error=error))
+        return
     plugins.infos.append(info)
+
+
+def unknown_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """The hooks ``plugin`` implements that testbed has no spec for (what pluggy's check_pending
+    rejects), except those marked ``optionalhook=True``."""
+    return sorted(caller.name for caller in manager.get_hookcallers(plugin) or []
+                  if not caller.has_spec() and any(impl.plugin is plugin and not impl.optionalhook
+                                                   for impl in caller.get_hookimpls()))
+
+
+def _unknown_hook_error(hook: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(hook, known, n=1)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else f" (testbed's hooks: {', '.join(sorted(known))})"
+    return f"unknown hook {hook!r}{suggestion}"
 
 
 def _collect_registrations(plugins: Plugins) -> None:

@@ -41,12 +41,14 @@ from testbed.plugins import Plugins, load_plugins
 
 
 class LocalExecutor:
-    """Runs in this machine's worker processes (in this process for plugins handed in as objects)."""
+    """Runs in this machine's worker processes (in this process for plugins handed in as objects, or with
+    ``in_process``)."""
 
     name = "local"
 
-    def __init__(self, workers: int | None = None):
+    def __init__(self, workers: int | None = None, in_process: bool = False):
         self.workers = workers
+        self.in_process = in_process  # every run in this process, one after the other (testbed.testing)
 
     def capacity(self) -> int:
         """``workers``, else one per core."""
@@ -55,7 +57,7 @@ class LocalExecutor:
     def execute(self, plans: list[RunPlan], plugins: Plugins, report: Report) -> tuple[list[RunResult], bool]:
         """The runs on worker processes, longest first (in plan order in this process, one after the
         other, when some plugins were handed in as objects: a worker's own load_plugins() would miss them)."""
-        if plugins.in_this_process_only:
+        if self.in_process or plugins.in_this_process_only:
             return collect(_InProcess(plans, plugins), plans, report)
         pool = _Pool(plans, min(self.capacity(), len(plans)), preload=[*PRELOAD, *plugins.entry_point_modules()])
         return collect(pool, plans, report)
