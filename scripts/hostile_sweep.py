@@ -1455,7 +1455,8 @@ def plugin_cases() -> list[Case]:
     return [
         plugin_case("import-raises", "raise ImportError('this plugin needs a missing library')\n",
                     testbed(*RUN_TINY, exits=ERROR, mentions=("hostile",))),
-        plugin_case("import-raises-plugins-command", "raise ImportError('missing library')\n", testbed("plugins", exits=DONE)),
+        plugin_case("import-raises-plugins-command", "raise ImportError('missing library')\n",
+                    testbed("plugins", exits=ERROR, mentions=("hostile",))),  # listed, then exit 1
         plugin_case("import-raises-list-command", "raise ImportError('missing library')\n",
                     testbed("list", "optimizers", exits=DONE)),
         plugin_case("syntax-error", "def broken(:\n", testbed(*validate, exits=ERROR, mentions=("hostile",))),

@@ -404,7 +404,7 @@ CLASHING = """
 def test_plugins_lists_a_broken_plugin_and_the_others(plugin_module):
     plugin_module("broken_test_plugin", BROKEN)
     result = invoke("plugins")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # after listing every plugin
     assert "Traceback" not in result.output
     out = result.stdout
     line = next(i for i, text in enumerate(out.splitlines()) if text.startswith("broken_test_plugin"))

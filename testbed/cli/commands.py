@@ -13,7 +13,7 @@ import click
 
 from testbed import __version__
 from testbed.experiment.config import apply_overrides, load_yaml
-from testbed.errors import TestbedError
+from testbed.errors import PluginError, TestbedError
 from testbed.experiment.executors.base import make_executor
 from testbed.files.layout import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
 from testbed.experiment.runner import run_sweep, summary_table
@@ -173,22 +173,25 @@ def validate(config_path: str, overrides: tuple[str, ...], show: bool) -> None:
 @main.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_command(as_json: bool) -> None:
-    """List every plugin with its distribution, version and what it registers."""
+    """List every plugin with its distribution, version and what it registers; exit 1 if one failed to load."""
     plugins = load_plugins()
     registered = {info.name: {kind: [e.name for e in plugins.registry.list(kind) if e.plugin == info.name]
                               for kind in KINDS} for info in plugins.infos}
     if as_json:
         rows = [{**info.__dict__, "registers": registered[info.name]} for info in plugins.infos]
         click.echo(json.dumps(rows, indent=2))
-        return
-    for info in plugins.infos:
-        click.echo(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
-        if info.error:
-            click.echo(f"    FAILED TO LOAD: {info.error}")
-            continue
-        for kind, names in registered[info.name].items():
-            if names:
-                click.echo(f"    {kind}s: {', '.join(names)}")
+    else:
+        for info in plugins.infos:
+            click.echo(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
+            if info.error:
+                click.echo(f"    FAILED TO LOAD: {info.error}")
+                continue
+            for kind, names in registered[info.name].items():
+                if names:
+                    click.echo(f"    {kind}s: {', '.join(names)}")
+    if plugins.failed:  # everything is listed; the exit status says that not all of it loaded
+        names = ", ".join(info.name for info in plugins.failed)
+        raise PluginError(f"{len(plugins.failed)} plugin(s) failed to load: {names}")
 
 
 @main.command("list")

@@ -1,0 +1,102 @@
+"""A plugin author's mistakes, reported so that the author sees what to fix (issue 14, points 9 and
+10): a misspelled hook fails the plugin's load like an import error (naming the plugin, the unknown
+hook and the closest real hook); `testbed plugins` exits 1 when a plugin failed to load; a factory
+whose signature does not take what the host passes is named with its signature and the call; a
+diagnostic that raises or returns NaN gets one warning line per (run, diagnostic) on the console."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from testbed.cli.commands import main
+from testbed.plugins import load_plugins
+
+MISSPELLED = """
+    import torch
+    from testbed import hookimpl
+
+    @hookimpl
+    def register_optimizer(register):  # the hook is register_optimizers
+        register("never_registered", lambda params, lr: torch.optim.SGD(params, lr=lr))
+
+    @hookimpl
+    def register_tasks(register):  # a real hook of the same plugin: the plugin is not loaded at all
+        pass
+"""
+
+OPTIONAL = """
+    from testbed import hookimpl
+
+    @hookimpl(optionalhook=True)
+    def on_some_future_hook(run):  # declared optional: a hook of a newer testbed, not an error
+        pass
+"""
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+# ------------------------------------------------------------------ point 9: a misspelled hook
+def test_a_misspelled_hook_fails_the_plugin_and_suggests_the_real_one(plugin_module):
+    plugin_module("misspelled_plugin", MISSPELLED)
+    plugins = load_plugins()
+    (failed,) = plugins.failed
+    assert failed.name == "misspelled_plugin"
+    assert "unknown hook 'register_optimizer'" in failed.error
+    assert "did you mean 'register_optimizers'?" in failed.error
+    assert not plugins.manager.has_plugin("misspelled_plugin")  # none of its hooks are called
+    assert "never_registered" not in {e.name for e in plugins.registry.list("optimizer")}
+    assert "sgd" in {e.name for e in plugins.registry.list("optimizer")}  # the others load
+
+
+def test_an_optional_unknown_hook_is_allowed(plugin_module):
+    plugin_module("optional_hook_plugin", OPTIONAL)
+    assert load_plugins().failed == []
+
+
+def test_testbed_plugins_lists_everything_then_exits_1(plugin_module):
+    plugin_module("misspelled_plugin", MISSPELLED)
+    result = invoke("plugins")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stdout.splitlines()
+    where = next(i for i, line in enumerate(lines) if line.startswith("misspelled_plugin"))
+    assert "FAILED TO LOAD" in lines[where + 1] and "'register_optimizer'" in lines[where + 1]
+    assert "optimizers: adam, adamw, sgd, torch" in result.stdout  # listed before exiting
+    (error,) = error_lines(result)
+    assert "misspelled_plugin" in error and error in result.stderr
+
+    as_json = invoke("plugins", "--json")
+    assert as_json.exit_code == 1
+    rows = {row["name"]: row for row in json.loads(as_json.stdout)}
+    assert "unknown hook 'register_optimizer'" in rows["misspelled_plugin"]["error"]
+
+
+def test_testbed_plugins_exits_1_for_an_import_error_too(plugin_module):
+    plugin_module("broken_import_plugin", "import no_such_module_xyz\n")
+    result = invoke("plugins")
+    assert result.exit_code == 1 and "no_such_module_xyz" in result.stdout
+    assert len(error_lines(result)) == 1
+
+
+def test_testbed_plugins_exits_0_when_all_load():
+    assert invoke("plugins").exit_code == 0
+
+
+def test_run_with_a_misspelled_hook_is_one_error(plugin_module, write_yaml, tiny_raw, tmp_path):
+    plugin_module("misspelled_plugin", MISSPELLED)
+    result = invoke("run", write_yaml(tiny_raw), "--logdir", tmp_path / "runs")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (error,) = error_lines(result)
+    assert "misspelled_plugin" in error and "unknown hook 'register_optimizer'" in error
+    assert "did you mean 'register_optimizers'?" in error
+    assert not (tmp_path / "runs").exists()
