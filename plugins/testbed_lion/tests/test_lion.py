@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import testbed
-from testbed.options import validate_options
-from testbed.plugins.registry import Registry
+from testbed.testing import load_plugins, run_tiny, tiny_config
 from testbed_lion import Lion, plugin
 
 
@@ -123,19 +122,24 @@ def test_bad_arguments_raise_value_error(kwargs):
         Lion([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
+def lion_alone():
+    """A fresh registry holding only this plugin, under its entry-point name."""
+    return load_plugins(named={"lion": plugin}, builtins=False)
+
+
 def test_plugin_registers_lion_with_options():
-    reg = Registry()
-    plugin.register_optimizers(reg.binder("optimizer", "lion"))
-    entry = reg.entries["optimizer"]["lion"]
+    plugins = lion_alone()
+    assert plugins.names("optimizer") == ["lion"]
+    entry = plugins.optimizer("lion")
     assert entry.plugin == "lion"
     assert set(entry.options) == {"betas", "weight_decay"}
     assert "Lion" in entry.doc
+    assert not plugins.needs_closure("lion")
 
     # The host validates the user's options, then calls factory(params, lr=..., **options).
-    options = validate_options(entry.options, {}, "optimizer.options")
-    assert options == {"betas": [0.9, 0.99], "weight_decay": 0.0}
+    assert plugins.validate("optimizer", "lion", {}) == {"betas": [0.9, 0.99], "weight_decay": 0.0}
     params = [torch.zeros(3, requires_grad=True)]
-    opt = entry.factory(params, lr=1e-3, betas=[0.9, 0.99], weight_decay=0.0)
+    opt = plugins.build_optimizer("lion", params, lr=1e-3)
     assert isinstance(opt, Lion)
     assert opt.param_groups[0]["lr"] == 1e-3
     assert opt.param_groups[0]["betas"] == (0.9, 0.99)
@@ -146,17 +150,14 @@ def test_plugin_registers_lion_with_options():
     [{"betas": [0.9, 1.5]}, {"betas": [0.9, 1.0]}, {"betas": [0.9]}, {"weight_decay": -1.0}, {"eps": 1e-8}],
 )
 def test_plugin_options_reject_bad_values(given):
-    reg = Registry()
-    plugin.register_optimizers(reg.binder("optimizer", "lion"))
-    schema = reg.entries["optimizer"]["lion"].options
-    with pytest.raises(testbed.ConfigError):
-        validate_options(schema, given, "x")
+    with pytest.raises(testbed.ConfigError, match=r"optimizers\[0\]\.options"):
+        lion_alone().validate("optimizer", "lion", given)
 
 
-def test_plugin_loads_through_pluggy():
-    # The same path an installed entry point takes, minus the metadata lookup.
-    from testbed.plugins import load_plugins
-
-    loaded = load_plugins(extra={"lion": plugin}, entry_points=False)
-    assert not loaded.failed
-    assert loaded.registry.entries["optimizer"]["lion"].plugin == "lion"
+def test_lion_trains_the_tiny_model(tmp_path):
+    # Loaded beside the built-in plugins, through pluggy as an installed entry point would be.
+    plugins = load_plugins(named={"lion": plugin})
+    run = run_tiny(tiny_config(optimizers=[{"name": "lion", "lr": 0.01}], train={"steps": 40}), tmp_path, plugins)
+    record = run.run("lion")
+    assert record.status == "completed" and record.steps_done == 40
+    assert record.eval_losses[-1] < 0.9 * record.eval_losses[0]
