@@ -100,3 +100,76 @@ def test_run_with_a_misspelled_hook_is_one_error(plugin_module, write_yaml, tiny
     assert "misspelled_plugin" in error and "unknown hook 'register_optimizer'" in error
     assert "did you mean 'register_optimizers'?" in error
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ point 10: a factory's wrong signature
+WRONG_SIGNATURES = """
+    import torch
+    from testbed import Diagnostic, Option, Scalar, hookimpl
+
+    def make_positional(params, lr):  # forgets the declared option rho
+        return torch.optim.SGD(params, lr=lr)
+
+    def make_no_lr(params, rho):
+        return torch.optim.SGD(params, lr=0.1)
+
+    def make_picky(params, lr, rho):  # takes what the host passes, then rejects a value
+        if rho > 0.5:
+            raise ValueError("rho above 0.5 diverges")
+        return torch.optim.SGD(params, lr=lr)
+
+    def make_task(dimension, n):
+        raise AssertionError("never called")
+
+    class Norm(Diagnostic):
+        def measure(self, probe, step):
+            return [Scalar("norm", float(probe.params.norm()))]
+
+    def make_diagnostic(scale):  # declares no option: the host calls it with none
+        return Norm()
+
+    RHO = {"rho": Option(0.05, "radius", min=0.0)}
+
+    @hookimpl
+    def register_optimizers(register):
+        register("forgets_rho", make_positional, options=RHO)
+        register("no_lr", make_no_lr, options=RHO)
+        register("picky", make_picky, options=RHO)
+
+    @hookimpl
+    def register_tasks(register):
+        register("misnamed_d", make_task)
+
+    @hookimpl
+    def register_diagnostics(register):
+        register("needs_scale", make_diagnostic)
+"""
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    ({"optimizers": [{"name": "forgets_rho", "lr": 0.1}]},
+     ["optimizer 'forgets_rho'", "plugin 'wrong_signatures'", "make_positional(params, lr)",
+      "factory(params, lr=..., rho=...)", "unexpected keyword argument 'rho'"]),
+    ({"optimizers": [{"name": "no_lr", "lr": 0.1}]},
+     ["optimizer 'no_lr'", "make_no_lr(params, rho)", "factory(params, lr=..., rho=...)", "'lr'"]),
+    ({"task": {"name": "misnamed_d", "d": 3, "n": 6}},
+     ["task 'misnamed_d'", "make_task(dimension, n)", "factory(d=..., n=...)"]),
+    ({"diagnostics": ["needs_scale"]},
+     ["diagnostic 'needs_scale'", "make_diagnostic(scale)", "factory()", "'scale'"]),
+])
+def test_a_factory_with_a_wrong_signature_is_named_with_it(change, fragments, plugin_module, write_yaml, tiny_raw):
+    plugin_module("wrong_signatures", WRONG_SIGNATURES)
+    result = invoke("validate", write_yaml({**tiny_raw, **change}))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (error,) = error_lines(result)
+    assert "rejected its options" not in error
+    for fragment in fragments:
+        assert fragment in error, error
+
+
+def test_a_factory_rejecting_a_value_still_says_so(plugin_module, write_yaml, tiny_raw):
+    plugin_module("wrong_signatures", WRONG_SIGNATURES)
+    optimizers = [{"name": "picky", "lr": 0.1, "options": {"rho": 0.9}}]
+    result = invoke("validate", write_yaml({**tiny_raw, "optimizers": optimizers}))
+    (error,) = error_lines(result)
+    assert "optimizer 'picky' rejected its options: rho above 0.5 diverges" in error

@@ -1,8 +1,11 @@
 """Build a run's parts from its specs through the plugin registry: the task (its batches checked), the
-model, the optimizer and the diagnostics. A plugin factory that rejects its options is a ConfigError
-naming the plugin."""
+model, the optimizer and the diagnostics. A plugin factory whose signature does not take the host's call
+is a PluginError naming its signature and the call; one that rejects its options is a ConfigError."""
 
 from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
 
 import torch
 
@@ -13,13 +16,15 @@ from testbed.model.transformer import LinearTransformer
 from testbed.plugins.registry import Entry, Registry
 from testbed.tasks import Task, checked_task
 
+_NO_PARAMS = object()  # an optimizer's factory takes the parameters first; the others take keywords only
+
 
 def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "diagnostic") -> Diagnostic:
     """The diagnostic of ``spec``. Its factory gets its own options only; the host sets its schedule
     from the schedule options of ``spec`` (what they leave out: the schedule it declared)."""
     entry = registry.get("diagnostic", spec.name, f"{where}.name")
     own = {name: value for name, value in spec.options.items() if name in entry.options}
-    diagnostic = _call_factory(entry, where, lambda: entry.factory(**own))
+    diagnostic = _call_factory(entry, where, own)
     schedule = schedule_from(spec.options, entry.metadata["schedule"])
     # an older diagnostic builds the same schedule from the same options; any other is a conflict
     its_own = getattr(diagnostic, "schedule", Diagnostic.schedule)
@@ -34,14 +39,14 @@ def build_diagnostic(spec: DiagnosticSpec, registry: Registry, where: str = "dia
 def build_task(spec: TaskSpec, registry: Registry):
     """The task of ``spec``: its factory gets d, n and its options."""
     entry = registry.get("task", spec.name, "task.name")
-    return _call_factory(entry, "task", lambda: entry.factory(d=spec.d, n=spec.n, **spec.options))
+    return _call_factory(entry, "task", {"d": spec.d, "n": spec.n, **spec.options})
 
 
 def build_optimizer(spec: OptimizerSpec, registry: Registry, params, where: str = "optimizer"):
     """The optimizer of ``spec`` over ``params``: its factory gets the learning rate and its options,
     and must return a torch.optim.Optimizer."""
     entry = registry.get("optimizer", spec.name, f"{where}.name")
-    optimizer = _call_factory(entry, where, lambda: entry.factory(params, lr=spec.lr, **spec.options))
+    optimizer = _call_factory(entry, where, {"lr": spec.lr, **spec.options}, params=params)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"{where}: plugin {entry.plugin!r} returned {type(optimizer).__name__}, "
                           "not a torch.optim.Optimizer")
@@ -55,13 +60,46 @@ def needs_closure(spec: OptimizerSpec, registry: Registry) -> bool:
     return bool(flag(spec.options) if callable(flag) else flag)
 
 
-def _call_factory(entry: Entry, where: str, build):
+def _call_factory(entry: Entry, where: str, keywords: dict[str, Any], params: Any = _NO_PARAMS):
+    """``entry.factory([params, ]**keywords)``. A factory whose signature cannot take that call is the
+    plugin's bug (a PluginError naming its signature and the call); one that raises ValueError or
+    TypeError once called rejected the options (a ConfigError)."""
+    args = () if params is _NO_PARAMS else (params,)
+    mismatch = _signature_mismatch(entry.factory, args, keywords)
+    if mismatch is not None:
+        call = ", ".join([*(["params"] if args else []), *(f"{name}=..." for name in keywords)])
+        raise PluginError(f"{where}: {entry.kind} {entry.name!r} (plugin {entry.plugin!r}): its factory "
+                          f"{_named_signature(entry.factory)} cannot be called as the host calls it, "
+                          f"factory({call}): {mismatch}")
     try:
-        return build()
+        return entry.factory(*args, **keywords)
     except TestbedError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {entry.kind} {entry.name!r} rejected its options: {exc}") from None
+
+
+def _signature_mismatch(factory: Callable[..., Any], args: tuple, keywords: dict[str, Any]) -> str | None:
+    """Why ``factory(*args, **keywords)`` does not fit the factory's signature; None if it does or
+    the signature is unknown (a builtin's)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to check against
+        return None
+    try:
+        signature.bind(*args, **keywords)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def _named_signature(factory: Callable[..., Any]) -> str:
+    """``make_sam(params, lr, rho=0.05)``: the factory's name and signature, as its author wrote them."""
+    name = getattr(factory, "__qualname__", type(factory).__name__)
+    try:
+        return f"{name}{inspect.signature(factory)}"
+    except (TypeError, ValueError):
+        return name
 
 
 def run_task(config: ExperimentConfig, registry: Registry) -> Task:
