@@ -3,7 +3,7 @@ one candidate, and the wall time of the whole leaderboard (every baseline) on a 
 
 The estimate multiplies the protocol's step counts by each workload's measured seconds per step
 (suite.yaml's seconds_per_step), so it is as good as those measurements.
-    python scripts/benchmark_cost.py [--version v1] [--cores 2]
+    python scripts/benchmark_cost.py [--version vN] [--cores 2]
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from testbed.score.suite import estimated_core_seconds, load_suite
 def main() -> None:
     """Parse the arguments and print the estimate per profile."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default="v1")
+    parser.add_argument("--version", default=None, help="suite version (default: the latest)")
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     suite = load_suite(args.version)
-    count = len(baselines(args.version))
+    count = len(baselines(suite.version))
     for profile in suite.profiles:
         print(f"{profile}: {suite.profile(profile).note}")
         for workload in suite.workloads:

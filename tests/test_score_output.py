@@ -8,7 +8,6 @@ import json
 import math
 import random
 import re
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -84,7 +83,8 @@ def test_console_lines_say_the_note_first_then_one_line_per_workload(card):
 
 
 def test_scorecard_files_contain_the_verdicts_and_their_figures(card, tmp_path):
-    out = write_scorecard(card, tmp_path / "score")
+    out = tmp_path / "score"
+    drawn = write_scorecard(card, out)
     markdown = (out / "scorecard.md").read_text()
     page = (out / "index.html").read_text()
     assert markdown.splitlines()[0] == f"> {NOTE}"  # the caveat comes before anything else
@@ -99,11 +99,12 @@ def test_scorecard_files_contain_the_verdicts_and_their_figures(card, tmp_path):
                                "figures/loss-easy.png", "figures/loss-hard.png"}
     for name in referenced:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(path for path, _ in drawn) == sorted(referenced)
 
 
 def baseline_results() -> BaselineResults:
     records = [r for r in scores().records.values() if r.label != "mine"]
-    return BaselineResults("v1", "quick", 12.5, "a test machine", tuple(records))
+    return BaselineResults("v1", "quick", 12.5, "a test machine", tuple(records), 30.5, 4, 2)
 
 
 def test_baseline_results_round_trip(tmp_path):
@@ -144,18 +145,29 @@ def test_rerun_comparison_flags_a_changed_seed_and_accepts_rounding():
     changed[0] = Scored(target.workload, target.label, {"lr": 0.1}, target.at_edge, target.sensitivity,
                         target.trials, tuple(runs), target.optimizer)
     differences = compare_records(shipped, changed)
-    assert differences == [f"easy/ref_a: chosen lr=0.01 shipped, lr=0.1 rerun",
+    assert differences == ["easy/ref_a: chosen lr=0.01 shipped, lr=0.1 rerun",
                            f"easy/ref_a: seed 3: eval loss at step 100: {shipped[0].runs[3].eval_losses[5]!r} "
                            f"shipped, {losses[5]!r} rerun"]
 
 
 def test_leaderboard_ranks_every_optimizer_and_says_where_it_ran(card):
     board = build_scorecard("v1", "full", None, [], WORKLOADS, scores(), note=None)
-    text = leaderboard_markdown(board, 600.0, "a test machine")
+    text = leaderboard_markdown(board, BaselineResults("v1", "full", 600.0, "a test machine", ()))
     rows = [line for line in text.splitlines() if re.match(r"\| \d ", line)]
     assert rows[0].startswith("| 1 | mine | 1.000 | 60 | ")
     assert rows[-1].startswith("| 3 | ref_b |") and rows[-1].endswith("| 140 | never |")
-    assert "in 10.0 minutes on a test machine" in text
+    assert "--suite v1` in 10.0 minutes on a test machine." in text
+    assert "Targets: easy 0.3, hard 0.05." in text
+
+
+def test_leaderboard_says_what_its_runs_cost_and_shows_its_figures():
+    board = build_scorecard("v1", "full", None, [], WORKLOADS, scores(), note=None)
+    results = BaselineResults("v1", "full", 90.0, "here", (), run_seconds=7200.0, executed=3, cached=5)
+    figures = [("figures/performance-profile.png", "The profile")]
+    text = leaderboard_markdown(board, results, figures=figures)
+    assert ("in 1.5 minutes on here: 3 runs executed, 5 found done. The 8 runs' own wall times sum to "
+            "2.00 core-hours.") in text
+    assert "![The profile](figures/performance-profile.png)" in text
 
 
 # ------------------------------------------------------------------ the command's bad input
@@ -203,5 +215,6 @@ def test_equal_scores_share_a_rank():
                          + [record(w.name, "slow", 0.2) for w in WORKLOADS])
     board = build_scorecard("v1", "full", None, [], WORKLOADS, twins)
     assert [(rank, label) for rank, label, _ in board.ranks()] == [(1, "x"), (1, "y"), (3, "slow")]
-    rows = [line for line in leaderboard_markdown(board, 60.0, "here").splitlines() if re.match(r"\| \d ", line)]
+    text = leaderboard_markdown(board, BaselineResults("v1", "full", 60.0, "here", ()))
+    rows = [line for line in text.splitlines() if re.match(r"\| \d ", line)]
     assert [row.split(" | ")[:2] for row in rows] == [["| 1", "x"], ["| 1", "y"], ["| 3", "slow"]]

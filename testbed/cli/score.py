@@ -27,6 +27,9 @@ def names(value: str | None) -> list[str] | None:
 @click.argument("optimizer", required=False)
 @click.option("--profile", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="quick: a smoke test of the pipeline in minutes; full: the benchmark.")
+@click.option("--suite", "suite", default=None, metavar="vN|DIR",
+              help="The suite: a version of the shipped benchmark (default: the latest; an older one keeps "
+                   "its own targets), or a directory v<N>/ with a suite.yaml and baselines.yaml of your own.")
 @click.option("--workloads", default=None, metavar="A,B", help="Only these workloads (default: the whole suite).")
 @click.option("--against", default=None, metavar="A,B",
               help="The baselines the candidate is compared with, seed by seed (default: Adam and SGD with momentum).")
@@ -42,20 +45,21 @@ def names(value: str | None) -> list[str] | None:
 @click.option("--ship", is_flag=True, help="With --baselines-only: also write the package's shipped baseline "
                                            "results and LEADERBOARD.md (a maintainer's step).")
 @command_signals()  # Ctrl-C and SIGTERM stop the runs as in `testbed run`; the same command goes on later
-def score(optimizer: str | None, profile: str, workloads: str | None, against: str | None, out: str,
+def score(optimizer: str | None, profile: str, suite: str | None, workloads: str | None, against: str | None, out: str,
           workers: int | None,
           executor: str, address: str | None, overrides: tuple[str, ...], baselines_only: bool,
           rerun_baselines: bool, ship: bool) -> None:
     """Score OPTIMIZER (a registered name or a YAML file with its search space) on the benchmark suite
     against baselines: tuned by one protocol, compared seed by seed, ranked by performance profile."""
     from testbed.score.scoring import DEFAULT_REFERENCES, ScoreRequest, plan, run_score
+    from testbed.score.suite import suite_location
 
     plugins = load_plugins()
     plugins.require_healthy()
     check_address(plugins.registry, executor, address)
     references = DEFAULT_REFERENCES if against is None else names(against)
     request = ScoreRequest(optimizer, profile, names(workloads), references, Path(out), overrides,
-                           baselines_only, rerun_baselines, ship)
+                           baselines_only, rerun_baselines, ship, *suite_location(suite))
     chosen = plan(request, plugins)
     click.echo(chosen.suite.profile(profile).note)  # first: a quick profile's output is no verdict
     for line in chosen.notes:

@@ -19,7 +19,7 @@ from testbed.errors import ConfigError
 from testbed.experiment.config import load_yaml
 from testbed.options import Option, coerce_option, validate_options
 from testbed.plugins.registry import Entry, Registry
-from testbed.score.suite import BENCHMARK, suite_file
+from testbed.score.suite import BENCHMARK, latest_version, suite_file
 
 DEFAULT_LR_RANGE = (1e-4, 1.0)
 _LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # names directories: never "." or ".."
@@ -110,8 +110,8 @@ def candidate_from_mapping(data: Any, registry: Registry, where: str, keys: set[
     return Candidate(label, entry.name, options, space)
 
 
-def baselines(version: str = "v1", registry: Registry | None = None, root: Path = BENCHMARK) -> list[Candidate]:
-    """The baselines of suite ``version`` (``baselines.yaml``) whose optimizer is installed, in the
+def baselines(version: str | None = None, registry: Registry | None = None, root: Path = BENCHMARK) -> list[Candidate]:
+    """The baselines of suite ``version`` (``baselines.yaml``; None: the latest) whose optimizer is installed, in the
     file's order (see ``missing_baselines`` for the others)."""
     registry = registry if registry is not None else _installed_registry()
     return [candidate_from_mapping(data, registry, f"baselines.yaml: {label}", _BASELINE_KEYS, label)
@@ -119,7 +119,7 @@ def baselines(version: str = "v1", registry: Registry | None = None, root: Path 
             if data.get("name") in registry.entries["optimizer"]]
 
 
-def missing_baselines(version: str = "v1", registry: Registry | None = None, root: Path = BENCHMARK) -> list[str]:
+def missing_baselines(version: str | None = None, registry: Registry | None = None, root: Path = BENCHMARK) -> list[str]:
     """A note per baseline of suite ``version`` skipped because its optimizer is not installed."""
     registry = registry if registry is not None else _installed_registry()
     return [f"baseline {label!r} skipped: optimizer {data.get('name')!r} is not installed"
@@ -129,8 +129,8 @@ def missing_baselines(version: str = "v1", registry: Registry | None = None, roo
 
 
 def baselines_file(version: str, root: Path = BENCHMARK) -> Path:
-    """``<root>/<version>/baselines.yaml`` (the version checked like the suite's)."""
-    return suite_file(version, root).parent / "baselines.yaml"
+    """``<root>/<version>/baselines.yaml`` (the version checked like the suite's; None: the latest)."""
+    return suite_file(version or latest_version(root), root).parent / "baselines.yaml"
 
 
 def _baseline_entries(version: str, root: Path) -> dict[str, Any]:

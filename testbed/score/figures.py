@@ -44,7 +44,8 @@ def profile_figure(curves: dict[str, tuple[list[float], list[float]]], scores: d
     score in the legend."""
     if not curves:
         return None
-    figure = Figure(figsize=(6.5, 4.2))
+    crowded = len(curves) > CROWDED
+    figure = Figure(figsize=(8.5 if crowded else 6.5, 4.2))
     axes = figure.add_subplot()
     palette = colours(list(curves))
     # Profiles often coincide (two optimizers best everywhere): thinner, dashed lines on top stay visible.
@@ -58,7 +59,10 @@ def profile_figure(curves: dict[str, tuple[list[float], list[float]]], scores: d
     axes.set_title("Performance profile on steps to target\nscore = area under rho on [1, tau_max], "
                    "normalized to [0, 1]", fontsize=9)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    if crowded:  # a legend inside would hide the curves near rho = 1 or 0
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axes.legend(fontsize=8, loc="lower right")
     return _save(figure, path)
 
 

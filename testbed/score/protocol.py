@@ -105,6 +105,7 @@ class ScoreData:
     executed: int = 0  # runs executed by this call, both phases
     cached: int = 0  # runs found finished under the same id and not run again
     resumed: int = 0  # runs that went on from a checkpoint
+    run_seconds: float = 0.0  # the runs' own wall times summed, cached ones included: what computing them cost
 
     @property
     def warnings(self) -> list[str]:
@@ -239,3 +240,4 @@ def _count(data: ScoreData, outcome: SweepOutcome) -> None:
     data.executed += outcome.executed
     data.cached += outcome.cached
     data.resumed += outcome.resumed
+    data.run_seconds += sum(result.seconds for experiment in outcome.experiments for result in experiment.results)

@@ -16,6 +16,7 @@ from testbed.score.metrics import SeedMetrics, seed_metrics
 from testbed.score.records import Scored, Scores
 from testbed.score.stats import paired_comparison, performance_profile, profile_score, summarize
 
+FIGURES_DIR = "figures"  # under the scorecard's directory: the pages refer to figures/<name>.png
 TAU_MAX = 4.0  # AlgoPerf's: a workload solved more than 4x slower than the best counts as not solved
 
 
@@ -191,12 +192,12 @@ def sections(card: Scorecard, out: Path) -> list[Section]:
                             [[str(rank), label, f"{score:.3f}"] for rank, label, score in card.ranks()]))
     overview.paragraphs += edge_warnings(card)
     curves = profile_curves(card)
-    path = figures.profile_figure(curves, card.profile_scores, TAU_MAX, out / "figures" / "performance-profile.png")
+    path = figures.profile_figure(curves, card.profile_scores, TAU_MAX, out / FIGURES_DIR / "performance-profile.png")
     if path is not None:
         overview.figures.append((relative(path, out), "Performance profile on steps to target (Dolan-More); the "
                                  f"score is the area under each curve on [1, {TAU_MAX:g}], normalized"))
     panels = [(w.title, card.records(w.name)) for w in card.workloads]
-    path = figures.sensitivity_figure(panels, palette, out / "figures" / "lr-sensitivity.png")
+    path = figures.sensitivity_figure(panels, palette, out / FIGURES_DIR / "lr-sensitivity.png")
     if path is not None:
         overview.figures.append((relative(path, out), "Tuning trials: score against the learning rate, per workload"))
     result = [overview]
@@ -205,7 +206,7 @@ def sections(card: Scorecard, out: Path) -> list[Section]:
         section.paragraphs.append(f"Target eval loss {workload.target:g}.")
         section.tables += [verdict_table(card, workload), metrics_table(card, workload)]
         path = figures.loss_figure(workload.title, card.records(workload.name), workload.target, palette,
-                                   out / "figures" / f"loss-{safe_filename(workload.name)}.png")
+                                   out / FIGURES_DIR / f"loss-{safe_filename(workload.name)}.png")
         if path is not None:
             section.figures.append((relative(path, out), f"{workload.title}: eval loss, median over scoring seeds "
                                     "(band: min-max), log scale"))
@@ -237,11 +238,12 @@ def relative(path: Path, out: Path) -> str:
     return str(path.relative_to(out))
 
 
-def write_scorecard(card: Scorecard, out: str | Path) -> Path:
-    """scorecard.md, index.html and figures/*.png under ``out``; returns ``out``."""
+def write_scorecard(card: Scorecard, out: str | Path) -> list[tuple[str, str]]:
+    """scorecard.md, index.html and figures/*.png under ``out``; returns the figures drawn, as
+    (path relative to ``out``, caption)."""
     out = Path(out)
     with writing(out):
-        (out / "figures").mkdir(parents=True, exist_ok=True)
+        (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     title = f"testbed score: {card.candidate or 'every baseline'} ({card.version}, {card.profile} profile)"
     parts = sections(card, out)
     preface = [card.note] if card.note else []
@@ -250,4 +252,4 @@ def write_scorecard(card: Scorecard, out: str | Path) -> Path:
     with writing(out):
         (out / "scorecard.md").write_text(markdown, encoding="utf-8")
         (out / "index.html").write_text(to_html(title, parts, Claims(), preface), encoding="utf-8")
-    return out
+    return [figure for part in parts for figure in part.figures]

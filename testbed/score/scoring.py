@@ -5,6 +5,7 @@ the leaderboard and the per-seed baseline results) written under ``out``."""
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from testbed.score.leaderboard import (BaselineResults, compare_records, leaderb
                                        shipped_baselines, shipped_path, write_baselines)
 from testbed.score.protocol import run_protocol
 from testbed.score.records import Scored, Scores, from_score_data
-from testbed.score.scorecard import Scorecard, WorkloadInfo, build_scorecard, write_scorecard
+from testbed.score.scorecard import FIGURES_DIR, Scorecard, WorkloadInfo, build_scorecard, write_scorecard
 from testbed.score.suite import BENCHMARK, Suite, load_suite
 
 DEFAULT_REFERENCES = ("adam", "sgdm")
@@ -42,7 +43,7 @@ class ScoreRequest:
     baselines_only: bool = False
     rerun_baselines: bool = False
     ship: bool = False  # with baselines_only: also write the package's shipped files
-    version: str = "v1"
+    version: str | None = None  # the suite version; None: the latest under root
     root: Path = BENCHMARK  # where <version>/suite.yaml, baselines.yaml and the shipped results lie
 
 
@@ -83,8 +84,8 @@ def plan(request: ScoreRequest, plugins: Plugins) -> Plan:
     suite.profile(request.profile)
     suite = with_overrides(suite, request.overrides)
     registry = plugins.registry
-    known = {c.label: c for c in baselines(request.version, registry, request.root)}
-    notes = missing_baselines(request.version, registry, request.root)
+    known = {c.label: c for c in baselines(suite.version, registry, request.root)}
+    notes = missing_baselines(suite.version, registry, request.root)
     if request.baselines_only:
         if request.optimizer is not None:
             raise ConfigError("--baselines-only scores every baseline: give no OPTIMIZER")
@@ -160,28 +161,51 @@ def run_score(request: ScoreRequest, plugins: Plugins, executor: Executor, chose
     outcome = ScoreOutcome(card, out, wall, data.status, data.executed, data.cached)
     if data.status != "complete":  # an interrupted score writes no scorecard: the same command finishes it
         return outcome
-    write_scorecard(card, out)
+    drawn = write_scorecard(card, out)
     if request.rerun_baselines:
         labels = {c.label for c in chosen.references}
         rerun = [r for r in scores.records.values() if r.label in labels]
         outcome.differences = compare_records(chosen.shipped.records, rerun) if chosen.shipped else None
     if request.baselines_only:
-        outcome.written = write_leaderboard(chosen, card, scores, out, wall, request.ship)
+        results = BaselineResults(chosen.suite.version, chosen.profile, wall, machine(),
+                                  tuple(scores.records.values()), data.run_seconds, data.executed, data.cached)
+        outcome.written = write_leaderboard(chosen, card, results, out, drawn, request.ship)
     return outcome
 
 
-def write_leaderboard(chosen: Plan, card: Scorecard, scores: Scores, out: Path, wall: float, ship: bool) -> list[Path]:
-    """LEADERBOARD.md and baselines-<profile>.json under ``out`` (and, with ``ship``, beside the
-    suite in the package: what `testbed score` then uses instead of rerunning the baselines)."""
-    results = BaselineResults(chosen.suite.version, chosen.profile, wall, machine(),
-                              tuple(scores.records.values()))
+def write_leaderboard(chosen: Plan, card: Scorecard, results: BaselineResults, out: Path,
+                      figures: Sequence[tuple[str, str]], ship: bool) -> list[Path]:
+    """LEADERBOARD.md, baselines-<profile>.json and the ``figures`` (drawn under ``out``) under
+    ``out``, and with ``ship`` also beside the suite in the package: what `testbed score` then uses
+    instead of rerunning the baselines."""
     heavy = [w.name for w in chosen.suite.workloads if w.heavy_tailed]
-    text = leaderboard_markdown(card, wall, results.machine, heavy)
-    targets = [out] + ([shipped_path(chosen.suite.version, chosen.profile, chosen.root).parent] if ship else [])
-    written = []
-    for directory in targets:
-        written.append(write_baselines(directory / f"baselines-{chosen.profile}.json", results))
-        with writing(directory / LEADERBOARD_FILE):
-            (directory / LEADERBOARD_FILE).write_text(text, encoding="utf-8")
-        written.append(directory / LEADERBOARD_FILE)
+    text = leaderboard_markdown(card, results, heavy, figures)
+    written = [write_baselines(out / f"baselines-{chosen.profile}.json", results)]
+    with writing(out / LEADERBOARD_FILE):
+        (out / LEADERBOARD_FILE).write_text(text, encoding="utf-8")
+    written.append(out / LEADERBOARD_FILE)
+    if ship:
+        written += ship_leaderboard(shipped_path(chosen.suite.version, chosen.profile, chosen.root).parent,
+                                    results, text, out, figures)
+    return written
+
+
+def ship_leaderboard(directory: Path, results: BaselineResults, text: str, out: Path,
+                     figures: Sequence[tuple[str, str]]) -> list[Path]:
+    """Copy the leaderboard, its per-seed results and its figures from ``out`` into the benchmark's
+    ``directory`` (the figures keep their paths relative to LEADERBOARD.md). Figures of an earlier
+    leaderboard there that this one did not draw are removed: what lies there is one leaderboard."""
+    written = [write_baselines(directory / f"baselines-{results.profile}.json", results)]
+    with writing(directory / LEADERBOARD_FILE):
+        (directory / LEADERBOARD_FILE).write_text(text, encoding="utf-8")
+    written.append(directory / LEADERBOARD_FILE)
+    keep = {directory / path for path, _ in figures}
+    with writing(directory / FIGURES_DIR):
+        (directory / FIGURES_DIR).mkdir(exist_ok=True)
+        for stale in (directory / FIGURES_DIR).glob("*.png"):
+            if stale not in keep:
+                stale.unlink()
+        for path, _ in figures:
+            shutil.copyfile(out / path, directory / path)
+            written.append(directory / path)
     return written

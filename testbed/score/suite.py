@@ -111,8 +111,39 @@ class Suite:
         return self.profiles[name]
 
 
-def load_suite(version: str = "v1", root: Path = BENCHMARK) -> Suite:
-    """The suite of ``<root>/<version>/suite.yaml`` (root: the shipped benchmark), validated."""
+def versions(root: Path = BENCHMARK) -> list[str]:
+    """The suite versions under ``root`` (directories ``v<N>`` holding a suite.yaml), oldest first."""
+    root = Path(root)
+    found = [p.name for p in root.iterdir() if _VERSION.match(p.name) and (p / "suite.yaml").is_file()] \
+        if root.is_dir() else []
+    return sorted(found, key=lambda name: int(name[1:]))
+
+
+def latest_version(root: Path = BENCHMARK) -> str:
+    """The newest suite version under ``root``: what `testbed score` runs unless told otherwise."""
+    found = versions(root)
+    if not found:
+        raise ConfigError(f"no benchmark suite under {root}")
+    return found[-1]
+
+
+def suite_location(value: str | None) -> tuple[str | None, Path]:
+    """(version, root) of what ``--suite`` names: a version of the shipped benchmark (``v2``; None:
+    the latest), or a directory ``.../v<N>`` holding a suite.yaml (a lab's own suite, its
+    baselines.yaml and shipped results beside it)."""
+    if value is None:
+        return None, BENCHMARK
+    path = Path(value)
+    if (path / "suite.yaml").is_file():
+        path = path.resolve()
+        return path.name, path.parent
+    return value, BENCHMARK
+
+
+def load_suite(version: str | None = None, root: Path = BENCHMARK) -> Suite:
+    """The suite of ``<root>/<version>/suite.yaml`` (root: the shipped benchmark; version: the
+    latest), validated."""
+    version = version or latest_version(root)
     path = suite_file(version, root)
     raw = load_yaml(path)
     where = path.name
@@ -135,8 +166,7 @@ def suite_file(version: str, root: Path = BENCHMARK) -> Path:
     root = Path(root)
     path = root / str(version) / "suite.yaml"
     if not _VERSION.match(str(version)) or not path.is_file():
-        versions = sorted(p.name for p in root.iterdir() if (p / "suite.yaml").is_file()) if root.is_dir() else []
-        raise ConfigError(f"unknown suite version {version!r}; versions: {', '.join(versions) or 'none'}")
+        raise ConfigError(f"unknown suite version {version!r}; versions: {', '.join(versions(root)) or 'none'}")
     return path
 
 
