@@ -218,3 +218,11 @@ def test_equal_scores_share_a_rank():
     text = leaderboard_markdown(board, BaselineResults("v1", "full", 60.0, "here", ()))
     rows = [line for line in text.splitlines() if re.match(r"\| \d ", line)]
     assert [row.split(" | ")[:2] for row in rows] == [["| 1", "x"], ["| 1", "y"], ["| 3", "slow"]]
+
+
+def test_the_leaderboards_scorecard_has_no_verdict_table(tmp_path):
+    board = build_scorecard("v1", "full", None, [], WORKLOADS, scores(), note=None)
+    write_scorecard(board, tmp_path)
+    markdown = (tmp_path / "scorecard.md").read_text()
+    assert "| optimizer | chosen |" in markdown
+    assert "verdict" not in markdown and "None" not in markdown

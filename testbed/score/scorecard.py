@@ -204,7 +204,9 @@ def sections(card: Scorecard, out: Path) -> list[Section]:
     for workload in card.workloads:
         section = Section(f"{workload.title} ({workload.name})")
         section.paragraphs.append(f"Target eval loss {workload.target:g}.")
-        section.tables += [verdict_table(card, workload), metrics_table(card, workload)]
+        if card.candidate is not None:  # the leaderboard compares no candidate: no verdict table
+            section.tables.append(verdict_table(card, workload))
+        section.tables.append(metrics_table(card, workload))
         path = figures.loss_figure(workload.title, card.records(workload.name), workload.target, palette,
                                    out / FIGURES_DIR / f"loss-{safe_filename(workload.name)}.png")
         if path is not None:
