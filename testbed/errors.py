@@ -17,6 +17,11 @@ class PluginError(TestbedError):
     """A plugin failed to load, registered something invalid, or clashes with another plugin."""
 
 
+class ScaffoldError(TestbedError):
+    """A plugin distribution cannot be generated (``testbed new``): a bad name, or a target directory
+    that exists already (it is never overwritten)."""
+
+
 class ResultsError(TestbedError):
     """A results file cannot be read, or is not what testbed writes (a field missing or of the
     wrong type, a name pointing outside its directory)."""

@@ -23,6 +23,7 @@ from testbed.plugins import load_plugins
 from testbed.cli.params import ADDRESS_OPTION, EXECUTOR_HELP, SET_OPTION, RegisteredName, check_address
 from testbed.cli.plugin_commands import PluginCommandsGroup
 from testbed.cli.progress import PhaseProgress
+from testbed.cli.new import new
 from testbed.cli.score import score
 from testbed.plugins.registry import KINDS
 from testbed.experiment.signals import command_signals
@@ -58,6 +59,7 @@ def main() -> None:
 
 
 main.add_command(score)
+main.add_command(new)
 
 
 @main.command()
