@@ -173,3 +173,56 @@ def test_a_factory_rejecting_a_value_still_says_so(plugin_module, write_yaml, ti
     result = invoke("validate", write_yaml({**tiny_raw, "optimizers": optimizers}))
     (error,) = error_lines(result)
     assert "optimizer 'picky' rejected its options: rho above 0.5 diverges" in error
+
+
+# ------------------------------------------------------------------ point 10: a failing diagnostic on the console
+FAILING_DIAGNOSTICS = """
+    from testbed import Diagnostic, Scalar, Schedule, hookimpl
+
+    class Boom(Diagnostic):
+        def measure(self, probe, step):
+            if step >= 3:
+                raise RuntimeError(f"kaboom at {step}")
+            return [Scalar("ok", 1.0)]
+
+    class AlwaysNan(Diagnostic):
+        def measure(self, probe, step):
+            return [Scalar("value", float("nan"))]
+
+    @hookimpl
+    def register_diagnostics(register):
+        register("boom", Boom, schedule=Schedule(every=1))
+        register("always_nan", AlwaysNan, schedule=Schedule(every=5))
+"""
+
+
+def test_a_failing_diagnostic_is_one_warning_per_run_and_diagnostic(plugin_module, write_yaml, tiny_raw, tmp_path):
+    plugin_module("failing_diagnostics", FAILING_DIAGNOSTICS)
+    logdir = tmp_path / "runs"
+    result = invoke("run", write_yaml({**tiny_raw, "diagnostics": ["boom", "always_nan"]}), "--logdir", logdir)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    keys = ["sgd/seed-0", "sgd/seed-1", "adam/seed-0", "adam/seed-1"]
+    assert len(warnings) == 2 * len(keys), warnings  # not one per step
+    for key in keys:
+        (boom,) = [w for w in warnings if w.startswith(f"Warning: run {key}: diagnostic boom ")]
+        assert "failed at step 3" in boom and "RuntimeError: kaboom at 3" in boom
+        error_txt = logdir / "tiny" / key / "error.txt"
+        assert f"traceback in {error_txt}" in boom
+        traceback = error_txt.read_text()
+        assert "diagnostic boom failed at step 3" in traceback and "RuntimeError: kaboom at 3" in traceback
+        assert "in measure" in traceback  # the diagnostic's own frame: where to look
+        (nan,) = [w for w in warnings if w.startswith(f"Warning: run {key}: diagnostic always_nan")]
+        assert "value is nan at step 0" in nan and "and 4 more" in nan  # steps 0, 5, 10, 15, 20
+        assert "error.txt" not in nan
+        summary = json.loads((logdir / "tiny" / key / "summary.json").read_text())
+        assert summary["status"] == "completed" and len(summary["diagnostic_errors"]) == 6
+
+
+def test_a_fresh_attempt_does_not_keep_an_earlier_attempts_tracebacks(plugin_module, write_yaml, tiny_raw, tmp_path):
+    plugin_module("failing_diagnostics", FAILING_DIAGNOSTICS)
+    logdir, config = tmp_path / "runs", write_yaml({**tiny_raw, "diagnostics": ["boom"]})
+    assert invoke("run", config, "--logdir", logdir).exit_code == 0
+    assert invoke("run", config, "--logdir", logdir, "--force").exit_code == 0
+    traceback = (logdir / "tiny" / "sgd" / "seed-0" / "error.txt").read_text()
+    assert traceback.count("diagnostic boom failed at step 3") == 1

@@ -15,7 +15,8 @@ from testbed import __version__
 from testbed.experiment.config import apply_overrides, load_yaml
 from testbed.errors import PluginError, TestbedError
 from testbed.experiment.executors.base import make_executor
-from testbed.files.layout import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
+from testbed.engine.diagnostic_runner import problems_by_diagnostic, raised
+from testbed.files.layout import ERROR_FILE, RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
 from testbed.experiment.runner import run_sweep, summary_table
 from testbed.experiment.sweep import Sweep, expand
 from testbed.experiment.tuning import plan_pilots
@@ -112,6 +113,8 @@ def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int 
     for result in outcome.results:
         if result.warnings:
             click.echo(_warning_line(result), err=True)
+        for line in _diagnostic_warning_lines(result):
+            click.echo(line, err=True)
     if outcome.status == "interrupted":
         sys.exit(130)
     if any(r.status == "failed" for r in outcome.results):
@@ -125,6 +128,17 @@ def _warning_line(result) -> str:
     more = len(result.warnings) - 1
     rest = f" (and {more} more in its {SUMMARY_FILE})" if more else ""
     return f"Warning: run {result.key}: {result.warnings[0]}{rest}"
+
+
+def _diagnostic_warning_lines(result) -> list[str]:
+    """One line per diagnostic of a run that raised or returned a non-finite value: its first problem,
+    how many more, and where a raising one's traceback is."""
+    lines = []
+    for messages in problems_by_diagnostic(result.diagnostic_errors).values():
+        more = f" (and {len(messages) - 1} more in its {SUMMARY_FILE})" if len(messages) > 1 else ""
+        where = f" (traceback in {Path(result.run_dir) / ERROR_FILE})" if raised(messages[0]) else ""
+        lines.append(f"Warning: run {result.key}: diagnostic {messages[0]}{more}{where}")
+    return lines
 
 
 def _describe_plan(sweep, logdir: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -11,14 +14,18 @@ from testbed.diagnostics import Diagnostic, Figure, Histogram, Record, Scalar, T
 from testbed.engine.probe import Probe, flat_gradient, flatten
 from testbed.errors import StorageError
 
+FAILED_AT = " failed at step "  # in a raising diagnostic's message, right after its name
+
 
 class DiagnosticRunner:
     """Runs one run's diagnostics at their steps and logs their records under diag/<name>/.
-    A diagnostic that raises is reported (TensorBoard text and the run's results) and disabled for
-    the rest of the run; the run itself goes on."""
+    A diagnostic that raises is reported (TensorBoard text, the run's results, its traceback appended
+    to ``error_file``) and disabled for the rest of the run; the run itself goes on."""
 
-    def __init__(self, diagnostics: list[tuple[str, Diagnostic]], probe: Probe, logger) -> None:
+    def __init__(self, diagnostics: list[tuple[str, Diagnostic]], probe: Probe, logger,
+                 error_file: Path | None = None) -> None:
         self.diagnostics, self.probe, self.logger = diagnostics, probe, logger
+        self.error_file = error_file
         self.disabled: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
@@ -77,10 +84,19 @@ class DiagnosticRunner:
         except StorageError:  # the log directory failed, not the diagnostic: the run stops
             raise
         except Exception as exc:  # a diagnostic's bug must not stop the run
-            message = f"{name} failed at step {step} and is disabled for this run: {type(exc).__name__}: {exc}"
+            message = f"{name}{FAILED_AT}{step} and is disabled for this run: {type(exc).__name__}: {exc}"
             result.diagnostic_errors.append(message)
             self.logger.text(f"diag/{name}/error", message, step)
             self.disabled.add(name)
+            self._keep_traceback(f"diagnostic {message}")
+
+    def _keep_traceback(self, heading: str) -> None:
+        """Append the traceback being handled to ``error_file``, under ``heading``: where the author looks."""
+        if self.error_file is None:
+            return
+        with contextlib.suppress(OSError):  # a full disk: the message is in the results all the same
+            with open(self.error_file, "a") as handle:
+                handle.write(f"{heading}\n{traceback.format_exc()}\n")
 
     def _log(self, name: str, record: Record, step: int, result) -> None:
         if not isinstance(record, (Scalar, Histogram, Figure, Text)):
@@ -101,3 +117,18 @@ class DiagnosticRunner:
             self.logger.figure(tag, record.figure, step)
         else:
             self.logger.text(tag, record.text, step)
+
+
+def problems_by_diagnostic(errors: list[str]) -> dict[str, list[str]]:
+    """A run's ``diagnostic_errors`` grouped by diagnostic, in order. Every message starts with the
+    diagnostic's name (a registered name: no spaces, no colon)."""
+    grouped: dict[str, list[str]] = {}
+    for message in errors:
+        name = message.split(" ", 1)[0].rstrip(":")
+        grouped.setdefault(name, []).append(message)
+    return grouped
+
+
+def raised(message: str) -> bool:
+    """Whether a ``diagnostic_errors`` message is a diagnostic that raised (not a non-finite value)."""
+    return message.partition(" ")[2].startswith(FAILED_AT.lstrip())

@@ -49,6 +49,8 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     resume = checkpoint.load(run_dir, plan.run_id) if plan.run_id else None
     if resume is not None:
         checkpoint.rewind_event_files(run_dir, resume.event_files)
+    else:  # an earlier attempt's tracebacks (error.txt) are not this attempt's
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
     logger: RunLogger | None = None
     run: RunState | None = None
     started = time.perf_counter()
@@ -129,10 +131,12 @@ def _end_hook(plugins: Plugins, context: RunContext, result: RunResult) -> None:
 
 
 def _record_failure(result: RunResult, run_dir: Path, error: str) -> None:
-    """Mark the run failed with ``error``; the traceback being handled goes to ERROR_FILE (error.txt)."""
+    """Mark the run failed with ``error``; the traceback being handled is appended to ERROR_FILE
+    (error.txt), after those of diagnostics that failed earlier in the run."""
     result.status, result.error = "failed", error
     with contextlib.suppress(OSError):  # a full disk: the error is in the result all the same
-        (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+        with open(run_dir / ERROR_FILE, "a") as handle:
+            handle.write(traceback.format_exc())
 
 
 def _start(plan: RunPlan, plugins: Plugins, logger: RunLogger, resume: checkpoint.Checkpoint | None,

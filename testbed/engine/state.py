@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -12,6 +13,7 @@ from testbed.engine.probe import Probe
 from testbed.engine.run import RunContext, RunPlan
 from testbed.engine.seeds import generator, stream_seed
 from testbed.engine.tblog import RunLogger
+from testbed.files.layout import ERROR_FILE
 from testbed.plugins.registry import Registry
 from testbed.tasks import Batch, Task
 
@@ -55,5 +57,5 @@ def build_run(plan: RunPlan, registry: Registry, logger: RunLogger, attempt_star
                     closure_needed=needs_closure(plan.optimizer, registry),
                     data_stream=generator(stream_seed(plan.seed, "data")),
                     eval_batch=eval_batch,
-                    diagnostics=DiagnosticRunner(diagnostics, probe, logger),
+                    diagnostics=DiagnosticRunner(diagnostics, probe, logger, Path(plan.run_dir) / ERROR_FILE),
                     logger=logger, attempt_started=attempt_started, resumed_from=resumed_from)

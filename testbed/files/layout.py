@@ -4,7 +4,8 @@
                                             while an attempt runs), profile.json (`testbed reproduce`)
     <logdir>/<sweep>/                       testbed.lock, sweep.json, and one experiment per <point>/
     <experiment>/<label>/seed-<s>/          a run: events.out.tfevents.*, config.yaml, summary.json,
-                                            checkpoint.pt until it finishes, error.txt if it failed,
+                                            checkpoint.pt until it finishes, error.txt (the
+                                            tracebacks of its failure and of diagnostics that raised),
                                             summary.invalid-<n>.json kept aside
     <experiment>/tuning/<label>/lr-<lr>/seed-<s>/   a learning-rate pilot run, laid out as a run
 
@@ -33,7 +34,7 @@ TUNING_DIR = "tuning"
 SUMMARY_FILE = "summary.json"
 INVALID_SUMMARY = re.compile(r"summary\.invalid-\d+\.json")  # a summary.json kept aside
 CHECKPOINT_FILE = "checkpoint.pt"
-ERROR_FILE = "error.txt"  # the traceback of a failed run
+ERROR_FILE = "error.txt"  # the tracebacks of a run's failure and of its diagnostics that raised
 EVENT_FILE_PREFIX = "events.out.tfevents."  # TensorBoard's event files
 
 
