@@ -266,16 +266,18 @@ def test_every_module_is_in_a_layer():
 
 
 def standard_plugin_names() -> set[str]:
-    """What the standard plugins register (plugins/testbed_std's entry points and testbed_lion's)."""
+    """What the standard plugins register (plugins/testbed_std's entry points) and the example plugins
+    (testbed_lion's, testbed_mixture's)."""
     plugins = set()
-    for pyproject in (ROOT / "pyproject.toml", ROOT / "plugins" / "testbed_lion" / "pyproject.toml"):
+    examples = [ROOT / "plugins" / name / "pyproject.toml" for name in ("testbed_lion", "testbed_mixture")]
+    for pyproject in (ROOT / "pyproject.toml", *examples):
         entry_points = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["testbed"]
         # the root's entry points also register the core's own parts (its executors): not plugins
         plugins |= {name for name, module in entry_points.items()
-                    if module.startswith(("testbed_std.", "testbed_lion."))}
+                    if module.startswith(("testbed_std.", "testbed_lion.", "testbed_mixture."))}
     registry = load_plugins().registry
     names = {entry.name for kind in registry.entries.values() for entry in kind.values() if entry.plugin in plugins}
-    assert {"sgd", "adam", "gaussian", "gradient_noise", "lion"} <= names  # the scan below means something
+    assert {"sgd", "adam", "gaussian", "gradient_noise", "lion", "update_cosine"} <= names  # the scan means something
     return names - NOT_PLUGIN_WORDS
 
 
