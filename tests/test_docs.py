@@ -10,6 +10,7 @@ which does not ship docs/: CI runs these tests against the installed wheel from 
 from __future__ import annotations
 
 import doctest
+import importlib
 import inspect
 import json
 import os
@@ -117,6 +118,13 @@ def test_a_name_written_only_in_prose_is_not_documented():
     assert [n for n in ("Text", "Scalar", "Plot", "Histogram") if named_in_code(n, markdown)] == ["Scalar", "Histogram"]
 
 
+def test_every_public_name_of_testbed_testing_is_in_the_guide():
+    testing = importlib.import_module("testbed.testing")
+    guide = guide_text()
+    missing = [name for name in testing.__all__ if not named_in_code(name, guide)]
+    assert not missing, f"testbed.testing exports {missing}, which docs/plugins.md never names as code"
+
+
 def test_the_hooks_are_found():
     names = {f.__name__ for f in hookspec_functions()}
     assert {"register_optimizers", "on_step_end", "on_run_end"} <= names
@@ -201,8 +209,19 @@ def test_the_complete_example_runs_as_the_guide_says(tmp_path):
     assert sorted(runs) == ["adam", "sam", "sgd", "signum"]
     assert all(run["status"] == "completed" and not run["diagnostic_errors"] for run in runs.values())
     assert runs["sam"]["gradient_evaluations"] == 2 * runs["adam"]["gradient_evaluations"] == 40
-    assert all(len(run["diagnostics"]["update_cosine/cosine"]) == 2 for run in runs.values())  # after steps 0 and 10
+    assert all(len(run["diagnostics"]["gradient_alignment/cosine"]) == 2 for run in runs.values())  # after steps 0 and 10
     assert "sam seed 0: completed" in done.stdout  # on_run_end of my_hooks.py
+
+
+def test_the_example_plugins_tests_pass_with_testbed_testing(tmp_path):
+    files = example_files(guide_text())
+    assert {"test_my_plugins.py", "test_fixtures.py"} <= set(files)
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_plugins.py",
+                           "test_fixtures.py"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": "."},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "6 passed" in done.stdout, done.stdout + done.stderr
 
 
 def test_the_command_example_adds_a_command(tmp_path):
