@@ -1,5 +1,6 @@
 """The paper's claims (docs/paper.md section 5), each checked on measured data: holds, does not hold,
-or not measured, with the numbers behind the verdict. Pure functions of loaded experiments."""
+or not measured, with the numbers behind the verdict. Pure functions of loaded experiments; only the
+paper's experiments are evidence (``paper_experiment``), whatever else the report covers."""
 
 from __future__ import annotations
 
@@ -7,8 +8,50 @@ import math
 import statistics
 from typing import Callable
 
+from testbed.model.config import MODEL_SCHEMA
 from testbed.report.data import Experiment
 from testbed.report.render import FAILS, HOLDS, UNMEASURED, Claim
+
+ANY = object()  # an option whose value is a draw, not part of the setting (a teacher's seed)
+# The paper's tasks as its experiments set them (docs/paper.md section 2); an option left out of a
+# config is taken at the paper's value. A plugin's task, or a standard one with other options (a
+# lighter tail, label noise), is not the paper's setting, even with sgd and adam runs.
+PAPER_TASKS: dict[str, dict[str, object]] = {
+    "gaussian": {"label_noise": 0.0},
+    "gamma": {"shape": 0.1, "scale": None, "label_noise": 0.0},
+    "spherical": {"label_noise": 0.0},
+    "nonlinear": {"hidden": 10, "teacher_seed": ANY, "label_noise": 0.0},
+}
+PAPER_INIT_STD = 0.05
+NONLINEAR_FEATURE_MAP = [30]  # the nonlinear experiment's student: an MLP 5-30-5 before full attention
+PAPER_OPTIMIZERS = ("sgd", "adam")  # a label the claims read is the optimizer of that name
+
+
+def paper_experiment(e: Experiment) -> bool:
+    """Whether ``e`` is one of the paper's experiments: a paper task with the paper's options, the
+    paper's model (block-sparse P and Q without a feature map, or the nonlinear experiment's full
+    attention after its MLP; linear or softmax attention, any depth, init std 0.05), and labels sgd
+    and adam, where used, naming those optimizers."""
+    task = e.config["task"]
+    expected = PAPER_TASKS.get(task["name"])
+    options = task.get("options") or {}
+    if expected is None or set(options) - set(expected):
+        return False
+    if any(value is not ANY and options.get(name, value) != value for name, value in expected.items()):
+        return False
+    model = {**{name: option.default for name, option in MODEL_SCHEMA.items()}, **e.config["model"]}
+    if model["init_std"] != PAPER_INIT_STD or not _paper_optimizers(e):
+        return False
+    if task["name"] == "nonlinear":
+        return model["parameterization"] == "full" and (model["feature_map"] or {}).get("hidden") == NONLINEAR_FEATURE_MAP
+    return model["parameterization"] == "block_sparse" and not model["feature_map"]
+
+
+def _paper_optimizers(e: Experiment) -> bool:
+    """No entry is labelled sgd or adam while being another optimizer (configs written without
+    their optimizers are taken at their labels)."""
+    return all(entry["name"] == entry.get("label", entry["name"]) for entry in e.config.get("optimizers", [])
+               if entry.get("label", entry["name"]) in PAPER_OPTIMIZERS)
 
 
 def _pair(experiment: Experiment) -> tuple[str, str] | None:
@@ -313,7 +356,9 @@ def larger_model(experiments: list[Experiment]) -> Claim:
 
 def check_claims(experiments: list[Experiment], steps: tuple[int, ...] = (750, 1250),
                  smoothness_from: int = 250) -> list[Claim]:
-    """Every claim; R_med ratios at ``steps``, directional smoothness from step ``smoothness_from``."""
+    """Every claim, on the paper's experiments among ``experiments`` (the others are no evidence);
+    R_med ratios at ``steps``, directional smoothness from step ``smoothness_from``."""
+    experiments = [e for e in experiments if paper_experiment(e)]
     checks: list[Callable[[list[Experiment]], Claim]] = [
         adam_beats_sgd, noise_heavy_tailed, noise_ordering, noise_depth,
         lambda es: condition_number(es, steps), lambda es: condition_gap_heavy_tails(es, steps),
