@@ -23,13 +23,14 @@ def registered_names(kind: str) -> set[str]:
 @click.command("new")
 @click.argument("kind", type=click.Choice(KINDS))
 @click.argument("name")
-@click.option("--dir", "directory", default=".", show_default=True,
-              help="Where to create the distribution's directory, testbed-NAME (with _ as -); created if missing.")
+@click.option("--dir", "directory", default=".", show_default=True, metavar="DIR",
+              help="Where to create the distribution's directory, DIR/testbed-NAME (with _ as -); created if missing.")
 def new(kind: str, name: str, directory: str) -> None:
-    """Generate a complete plugin distribution for a new KIND registered as NAME: pyproject.toml with
-    the testbed entry point, the plugin under src/, tests using testbed.testing, an example config
-    comparing it with the standard optimizers, and a README. It installs and passes its own tests and
-    `testbed check NAME` as generated. An existing directory is never overwritten."""
+    """Generate a complete plugin distribution for a new optimizer, task or diagnostic registered as NAME
+    (lower-case letters, digits and _): pyproject.toml with the testbed entry point, the plugin under
+    src/, tests using testbed.testing, an example config comparing it with the standard optimizers, and
+    a README. It installs and passes its own tests and `testbed check NAME` as generated. An existing
+    directory is never overwritten."""
     plugin_names(kind, name)  # a bad name is reported before the plugins load
     target = create_plugin(kind, name, Path(directory), taken=registered_names(kind))
     click.echo(f"created {target} (the {kind} {name!r}). Next:")
