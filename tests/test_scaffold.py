@@ -7,9 +7,14 @@ and its example runs."""
 
 from __future__ import annotations
 
+import ast
 import glob
 import importlib
+import json
+import os
+import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -21,6 +26,7 @@ import testbed
 from testbed.cli.commands import main
 from testbed.experiment.sweep import expand
 from testbed.plugins import load_plugins
+from testbed.scaffold.generate import IMPORTED_CLASS_NAMES
 
 KINDS = ("optimizer", "task", "diagnostic")
 PACKAGE = Path(testbed.__file__).resolve().parent
@@ -136,6 +142,27 @@ def test_a_bad_name_is_one_error_line_and_writes_nothing(name, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("kind,name", [("diagnostic", "scalar"), ("optimizer", "option"), ("task", "linear_regression_task")])
+def test_a_name_whose_class_would_shadow_an_import_is_refused(kind, name, tmp_path):
+    assert_one_error(invoke("new", kind, name, "--dir", tmp_path), "would shadow")
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_shadowing_rule_knows_every_class_the_templates_import():
+    imported = set()
+    for template in TEMPLATES.rglob("*.py.tmpl"):
+        for node in ast.walk(ast.parse(template.read_text().replace("$", "_"))):
+            if isinstance(node, ast.ImportFrom):
+                imported |= {alias.name for alias in node.names if alias.name[:1].isupper()}
+    assert imported - {"_class_name"} == IMPORTED_CLASS_NAMES
+
+
+def test_an_installed_package_of_the_same_name_is_refused(tmp_path):
+    # testbed_std holds the standard plugins: a distribution installing a package of that name would overwrite it.
+    assert_one_error(invoke("new", "optimizer", "std", "--dir", tmp_path), "testbed_std is installed already")
+    assert not any(tmp_path.iterdir())
+
+
 def test_an_unknown_kind_is_one_error_line(tmp_path):
     assert_one_error(invoke("new", "executor", "mine", "--dir", tmp_path), "executor")
     assert not any(tmp_path.iterdir())
@@ -181,3 +208,62 @@ def test_every_template_is_package_data():
     files = {p for p in (source / "scaffold" / "templates").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert files and files <= shipped, sorted(map(str, files - shipped))
     assert {p.parent.name for p in files if p.parent.parent.name == "templates"} == {"common", *KINDS}
+
+
+# ------------------------------------------------------------------ the issue's acceptance, end to end
+# Names no other plugin takes (the example distributions may be installed beside testbed).
+ACCEPTANCE = [("optimizer", "signum"), ("task", "uniform_cube"), ("diagnostic", "step_alignment")]
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> Path:
+    """The python of a fresh virtual environment that sees this one's packages (testbed, torch, pip,
+    setuptools, pytest) through a .pth file: what it installs goes into its own site-packages, with no
+    network (pip --no-deps --no-build-isolation)."""
+    root = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    python = root / "bin" / "python"
+    own_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    # addsitedir, not a bare path: it also runs this environment's .pth files (an editable testbed's)
+    parent_site = sysconfig.get_paths()["purelib"]
+    Path(own_site, "testbed_parent.pth").write_text(f"import site; site.addsitedir({parent_site!r})\n")
+    return python
+
+
+def in_venv(python: Path, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python ARGS`` in ``cwd``, with no plugin named in $TESTBED_PLUGINS and nothing on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TESTBED_PLUGINS", "PYTHONPATH")}
+    completed = subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                               timeout=timeout)
+    assert completed.returncode == 0, f"{' '.join(args)}:\n{completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,name", ACCEPTANCE)
+def test_a_new_plugin_installs_passes_its_tests_and_check_and_runs(kind, name, fresh_venv, tmp_path):
+    testbed_cli = ("-m", "testbed.cli")
+    in_venv(fresh_venv, *testbed_cli, "new", kind, name, "--dir", str(tmp_path / "x"), cwd=tmp_path)
+    target = tmp_path / "x" / f"testbed-{name.replace('_', '-')}"
+    in_venv(fresh_venv, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-input",
+            "--disable-pip-version-check", "--no-cache-dir", str(target), cwd=tmp_path)
+    site = in_venv(fresh_venv, "-c", f"import testbed_{name}; print(testbed_{name}.__file__)", cwd=tmp_path)
+    assert fresh_venv.parent.parent in Path(site.stdout.strip()).parents  # installed into the fresh venv
+
+    tests = in_venv(fresh_venv, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=target)
+    assert " passed" in tests.stdout
+
+    checked = in_venv(fresh_venv, *testbed_cli, "check", name, cwd=tmp_path)
+    assert name in checked.stdout
+
+    logdir = tmp_path / "runs"
+    in_venv(fresh_venv, *testbed_cli, "run", str(target / "examples" / f"{name}.yaml"), "--set", "train.steps=200",
+            "--logdir", str(logdir), cwd=tmp_path)
+    results = json.loads((logdir / name / "results.json").read_text())
+    assert results["status"] == "complete"
+    assert {run["status"] for run in results["runs"]} == {"completed"}
+    assert all(run["steps_done"] == 200 for run in results["runs"])
+    assert results["versions"][name] == f"testbed-{name.replace('_', '-')} 0.1.0"
+    if kind == "diagnostic":
+        assert all(run["diagnostics"][f"{name}/cosine"] for run in results["runs"])

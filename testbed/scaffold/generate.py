@@ -9,6 +9,7 @@ end, so a failure leaves no half-written plugin, and an existing target is never
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
 import shutil
@@ -29,6 +30,9 @@ MAX_NAME_LENGTH = 40
 SUFFIX = ".tmpl"
 PATH_TOKENS = ("PACKAGE", "NAME")  # upper case: a valid name never contains them
 FRAGMENT = "about.md.tmpl"  # a kind's part of the README, substituted as $about, not a file of its own
+# The CamelCase names the generated modules import: a plugin class named like one would shadow it.
+IMPORTED_CLASS_NAMES = frozenset({"Callable", "Diagnostic", "Iterable", "LinearRegressionTask", "Option", "Plot",
+                                  "PluginSet", "Probe", "Scalar", "Schedule"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,11 @@ def plugin_names(kind: str, name: str) -> PluginNames:
                             f"letter, at most {MAX_NAME_LENGTH} characters (e.g. my_{kind})")
     if keyword.iskeyword(name):
         raise ScaffoldError(f"invalid {kind} name {name!r}: a Python keyword")
-    return PluginNames(kind, name)
+    names = PluginNames(kind, name)
+    if names.class_name in IMPORTED_CLASS_NAMES:
+        raise ScaffoldError(f"invalid {kind} name {name!r}: its class, {names.class_name}, would shadow the "
+                            f"{names.class_name} the generated code imports")
+    return names
 
 
 def create_plugin(kind: str, name: str, parent: str | Path, taken: Collection[str] = ()) -> Path:
@@ -79,6 +87,8 @@ def create_plugin(kind: str, name: str, parent: str | Path, taken: Collection[st
     names = plugin_names(kind, name)
     if name in taken:
         raise ScaffoldError(f"{kind} {name!r} is registered already (testbed list {kind}s): choose another name")
+    if importlib.util.find_spec(names.package) is not None:  # installing ours would overwrite it
+        raise ScaffoldError(f"a package {names.package} is installed already: choose another name")
     parent = Path(parent)
     target = parent / names.distribution
     if target.exists() or target.is_symlink():
