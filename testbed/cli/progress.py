@@ -96,13 +96,18 @@ class PhaseProgress:
 
     def __init__(self) -> None:
         self.display: Progress | None = None
+        self.code_changed: set[str] = set()  # plugins already said to have changed (once, not per phase)
 
     def start(self, phase: Phase) -> None:
-        """Close the previous phase's display, say what the phase tuned, cached and resumes, and
-        show a bar over its runs (none when every run of the phase is already done)."""
+        """Close the previous phase's display, say what the phase tuned, which plugins' edited code it
+        runs again, what it cached and resumes, and show a bar over its runs (none when every run of
+        the phase is already done)."""
         self.close()
         for tuning in phase.tuning:
             click.echo(describe_tuning(tuning))
+        for plugin in sorted(set(phase.code_changed) - self.code_changed):
+            click.echo(f"{plugin}: the plugin's code changed since the cached runs; running them again")
+        self.code_changed.update(phase.code_changed)
         if phase.cached or phase.resumed:
             click.echo(f"{phase.name}: {phase.cached} runs already done (not run again), "
                        f"{phase.resumed} resume from a checkpoint")

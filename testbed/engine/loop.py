@@ -44,7 +44,8 @@ def train(plan: RunPlan, plugins: Plugins, should_stop: Callable[[], bool] = lam
     spec = plan.optimizer
     run_dir = Path(plan.run_dir)
     result = RunResult(plan.key, spec.label, spec.name, plan.seed, "completed", 0, plan.run_dir, 0.0,
-                       lr=spec.lr, versions=versions(plugins), run_id=plan.run_id or None)
+                       lr=spec.lr, versions=versions(plugins), run_id=plan.run_id or None,
+                       plugin_code=dict(plan.plugin_code))
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = checkpoint.load(run_dir, plan.run_id) if plan.run_id else None
     if resume is not None:

@@ -25,6 +25,8 @@ class RunPlan:
     pilot: bool = False  # a tuning pilot: config and optimizer are the pilot's (lr = one grid value)
     texts: tuple[tuple[str, str], ...] = ()  # extra TensorBoard text entries (tag, markdown) at step 0
     run_id: str = ""  # set by the driver (cache.run_id); "" = no identity, so no checkpoints
+    # set with run_id: (plugin, source hash) of the working-tree plugins that went into it
+    plugin_code: tuple[tuple[str, str], ...] = ()
     point: tuple[tuple[str, Any], ...] = ()  # the sweep point's (key, value)s that apply to this run
     group: str = ""  # the sweep point's directory name ("" outside a sweep)
 
@@ -107,6 +109,8 @@ class RunResult:
     diagnostic_errors: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None
+    # the source hashes in its run id (plugins from a working tree): a rerun can tell an edited plugin
+    plugin_code: dict[str, str] = field(default_factory=dict)
     resumed_from: list[int] = field(default_factory=list)  # the checkpoint step of each resume
     # how many times the loss and its gradient were computed: one per step, or the closure calls of
     # a closure optimizer (what a step costs); 0 in summaries written before it was counted

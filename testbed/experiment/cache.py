@@ -6,6 +6,14 @@ diagnostics that apply to it, its seed, and the versions of testbed, torch and o
 provide its task, optimizer and diagnostics. Its experiment name, the other optimizer entries and
 the seed list are not part of it, so two sweep points that share a run share its id.
 
+A version names a release, not a plugin its author is editing: for the providing plugins that come
+from a working tree (installed from a local directory, editable or not, or named in
+$TESTBED_PLUGINS: see testbed.plugins.source) the id also hashes their source, so an edited update
+rule gives new ids and new runs instead of stale cached numbers. Released plugins (a wheel, an
+index) add nothing, so their ids are what they were before source hashes existed (shipped results
+and users' caches stay valid). The hashes go into the run's summary too (``plugin_code``), so that
+a rerun can say that a plugin's code changed (``changed_plugins``).
+
 A run whose directory holds a ``summary.json`` with its id and a finished status (completed or
 diverged: both are outcomes of the protocol) is not run again; a failed or interrupted one is, and
 so is a divergence recorded before the engine told divergence from an overflowing gradient norm.
@@ -31,6 +39,7 @@ from testbed.files.json_io import plain_data
 from testbed.files.layout import SUMMARY_FILE, invalid_summary_name
 from testbed.plugins import Plugins
 from testbed.engine.run import STATUSES, RunPlan, RunResult
+from testbed.engine.specs import DiagnosticSpec
 
 FINISHED = ("completed", "diverged")
 # Train settings added after run ids were: at these defaults they leave the id as it was, so
@@ -48,12 +57,11 @@ def run_id(plan: RunPlan, plugins: Plugins) -> str:
 
 def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
     """What a run's id hashes (see the module docstring), as plain JSON-able data."""
-    config, spec, registry = plan.config, plan.optimizer, plugins.registry
-    diagnostics = [d for d in config.diagnostics if d.applies_to(spec.label, plan.seed)]
-    provided_by = {registry.get("task", config.task.name, "task").plugin,
-                   registry.get("optimizer", spec.name, "optimizer").plugin}
-    provided_by |= {registry.get("diagnostic", d.name, "diagnostic").plugin for d in diagnostics}
+    config, spec = plan.config, plan.optimizer
+    diagnostics = applying_diagnostics(plan)
+    provided_by = providers(plan, plugins)
     plugin_versions = plugins.versions()
+    code = plugins.source_hashes(provided_by)
     train = {k: v for k, v in plain_data(dataclasses.asdict(config.train)).items()
              if k != "seeds" and SINCE_IDS.get(k, object()) != v}
     return {
@@ -67,7 +75,38 @@ def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
         "pilot": plan.pilot,
         "versions": {**core_versions(),
                      **{name: plugin_versions.get(name, "unknown") for name in sorted(provided_by)}},
+        **({"code": code} if code else {}),  # absent for released plugins: their ids stay as they were
     }
+
+
+def identified(plan: RunPlan, plugins: Plugins) -> RunPlan:
+    """``plan`` with its run id and the source hashes that went into it (its summary records them)."""
+    code = plugins.source_hashes(providers(plan, plugins))
+    plan = dataclasses.replace(plan, plugin_code=tuple(code.items()))
+    return dataclasses.replace(plan, run_id=run_id(plan, plugins))
+
+
+def applying_diagnostics(plan: RunPlan) -> list[DiagnosticSpec]:
+    """The config's diagnostics that apply to this run's optimizer label and seed."""
+    return [d for d in plan.config.diagnostics if d.applies_to(plan.optimizer.label, plan.seed)]
+
+
+def providers(plan: RunPlan, plugins: Plugins) -> set[str]:
+    """The plugins that provide the run's task, optimizer and the diagnostics that apply to it."""
+    registry = plugins.registry
+    names = {registry.get("task", plan.config.task.name, "task").plugin,
+             registry.get("optimizer", plan.optimizer.name, "optimizer").plugin}
+    return names | {registry.get("diagnostic", d.name, "diagnostic").plugin for d in applying_diagnostics(plan)}
+
+
+def changed_plugins(plan: RunPlan) -> list[str]:
+    """The plugins (by name) whose source differs from that recorded by a finished run of another
+    id in ``plan``'s directory: why that run is done again. [] if there is none, or the same code."""
+    data = read_summary(Path(plan.run_dir))
+    if data is None or data["status"] not in FINISHED or data.get("run_id") == plan.run_id:
+        return []
+    before, now = data.get("plugin_code", {}), dict(plan.plugin_code)
+    return sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
 
 
 def finished_result(plan: RunPlan) -> RunResult | None:

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import yaml
 
 from testbed.engine import checkpoint
-from testbed.experiment.cache import finished_result, run_id, set_aside_invalid_summary
+from testbed.experiment.cache import changed_plugins, finished_result, identified, set_aside_invalid_summary
 from testbed.engine.specs import ExperimentConfig, OptimizerSpec
 from testbed.engine.loop import Report, hparams_of, storage_failure
 from testbed.engine.provenance import versions
@@ -118,6 +118,8 @@ class Phase:
     tuning: tuple[Tuning, ...]  # the finished tunings of every point (none in the tuning phase)
     cached: int = 0  # runs of this phase already done, not run again
     resumed: int = 0  # runs of ``plans`` that go on from a checkpoint
+    # plugins whose code changed since finished runs of ``plans`` (run again: their ids hash it)
+    code_changed: tuple[str, ...] = ()
 
     @property
     def steps_per_run(self) -> int:
@@ -242,7 +244,7 @@ def _declare_hparams(directory: Path, plans: list[RunPlan]) -> None:
 
 
 def _identify(plans: list[RunPlan], plugins: Plugins) -> list[RunPlan]:
-    return [replace(plan, run_id=run_id(plan, plugins)) for plan in plans]
+    return [identified(plan, plugins) for plan in plans]
 
 
 def _never_chosen(plan: RunPlan, tuning: dict[str, Tuning]) -> RunResult:
@@ -260,6 +262,7 @@ def _run_phase(name: str, plans: list[RunPlan], tuning: tuple[Tuning, ...], plug
     results: dict[str, RunResult] = {}
     first: dict[str, RunPlan] = {}  # run id -> the plan that executes it
     to_run: list[RunPlan] = []
+    code_changed: set[str] = set()
     for plan in plans:
         cached = None if force else finished_result(plan)
         if cached is not None:
@@ -267,12 +270,15 @@ def _run_phase(name: str, plans: list[RunPlan], tuning: tuple[Tuning, ...], plug
         elif plan.run_id not in first:
             first[plan.run_id] = plan
             to_run.append(plan)
+        if cached is None and not force:
+            code_changed.update(changed_plugins(plan))
     resumed = [plan for plan in to_run if not force and checkpoint.has_checkpoint(Path(plan.run_dir), plan.run_id)]
     _prepare_runs(to_run, keep={plan.run_dir for plan in resumed})
     counts["cached"] += len(results)
     counts["executed"] += len(to_run)
     counts["resumed"] += len(resumed)
-    on_phase(Phase(name, to_run, tuning, cached=len(results), resumed=len(resumed)))
+    on_phase(Phase(name, to_run, tuning, cached=len(results), resumed=len(resumed),
+                   code_changed=tuple(sorted(code_changed))))
     executed, interrupted = executor.execute(to_run, plugins, report) if to_run else ([], False)
     by_id = {plan.run_id: result for plan, result in zip(to_run, executed)}
     for plan in plans:

@@ -14,13 +14,14 @@ import importlib.metadata as md
 import os
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Collection
+from typing import Collection, Iterable
 
 import pluggy
 
 from testbed import hookspecs
 from testbed.errors import PluginError
 from testbed.plugins.registry import Registry
+from testbed.plugins.source import installed_from_directory, source_hash
 
 GROUP = "testbed"
 ENV_VAR = "TESTBED_PLUGINS"
@@ -39,6 +40,8 @@ class PluginInfo:
     distribution: str
     version: str
     error: str | None = None  # set when the plugin failed to import
+    # its code can change under its version (see testbed.plugins.source): run ids hash its source
+    working_tree: bool = False
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Plugins:
     manager: pluggy.PluginManager
     infos: list[PluginInfo] = field(default_factory=list)
     registry: Registry = field(default_factory=Registry)
+    _source_hashes: dict[str, str | None] = field(default_factory=dict, repr=False)  # hashed once each
 
     @property
     def failed(self) -> list[PluginInfo]:
@@ -78,6 +82,16 @@ class Plugins:
         """``{plugin name: 'distribution version'}`` of every loaded plugin, for provenance."""
         return {i.name: f"{i.distribution} {i.version}" for i in self.infos if i.error is None}
 
+    def source_hashes(self, names: Iterable[str]) -> dict[str, str]:
+        """``{plugin name: hash of its source}`` for those of ``names`` that come from a working tree
+        (see testbed.plugins.source), each hashed the first time it is asked for."""
+        infos = {info.name: info for info in self.infos if info.working_tree and info.error is None}
+        wanted = sorted(set(names) & infos.keys())
+        for name in wanted:
+            if name not in self._source_hashes:
+                self._source_hashes[name] = source_hash(infos[name].module)
+        return {name: self._source_hashes[name] for name in wanted if self._source_hashes[name] is not None}
+
 
 def new_manager() -> pluggy.PluginManager:
     """A fresh pluggy manager that knows testbed's hooks and has no plugins yet (one per load,
@@ -100,10 +114,12 @@ def load_plugins(extra: dict[str, object] | None = None, entry_points: bool = Tr
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "unknown"
             if distributions is None or dist in distributions:
-                sources.append((PluginInfo(ep.name, ep.value, dist, version), ep.load))
+                info = PluginInfo(ep.name, ep.value, dist, version, working_tree=installed_from_directory(ep.dist))
+                sources.append((info, ep.load))
     modules = os.environ.get(ENV_VAR, "") if environment else ""
     for module in filter(None, (m.strip() for m in modules.split(","))):
-        sources.append((PluginInfo(module, module, FROM_ENV, "-"), partial(importlib.import_module, module)))
+        info = PluginInfo(module, module, FROM_ENV, "-", working_tree=True)
+        sources.append((info, partial(importlib.import_module, module)))
     for info, load in sources:
         try:
             obj = load()
