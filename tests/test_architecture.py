@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("paper", ["testbed.paper"]),
     ("score", ["testbed.score"]),
     ("scaffold", ["testbed.scaffold"]),
+    ("conformance", ["testbed.conformance"]),
     ("cli", ["testbed.cli"]),
 ]
 # The layers of the core that may name standard plugins: the paper's vocabulary, and the benchmark

@@ -208,7 +208,9 @@ def register_diagnostics(register) -> None:
                                 min=0.0, min_exclusive=True, max=0.5),
     }, schedule=Schedule(steps=(0,)),
         doc="Gradient noise ||g_k - g|| at a point (default: initialization): histogram, QQ plot, "
-            "skewness, kurtosis, quantile ratios, Hill tail index", plots=NOISE_PLOTS)
+            "skewness, kurtosis, quantile ratios, Hill tail index", plots=NOISE_PLOTS,
+        # `testbed check` measures at every step of a tiny run: 10,000 samples and a figure each time take minutes
+        check_options={"samples": 100, "full_batch": 320, "every": 2})
     register("robust_condition_number", lambda **o: RobustConditionNumber(**o), options={
         "spectrum_histogram": Option(False, "also log the Hessian eigenvalues as a histogram"),
     }, schedule=Schedule(every=250),

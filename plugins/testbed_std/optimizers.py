@@ -137,4 +137,5 @@ def register_optimizers(register) -> None:
         "class": Option(type=str, doc="a torch.optim class name, e.g. RMSprop"),
         "kwargs": Option({}, "keyword arguments of that class, besides params and lr"),
     }, doc="Any torch.optim optimizer by class name, with its keyword options",
-        needs_closure=lambda options: options["class"] == "LBFGS")
+        needs_closure=lambda options: options["class"] == "LBFGS",
+        check_options={"class": "RMSprop"})  # `testbed check` needs one class to build

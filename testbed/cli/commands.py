@@ -24,6 +24,7 @@ from testbed.plugins import load_plugins
 from testbed.cli.params import ADDRESS_OPTION, EXECUTOR_HELP, SET_OPTION, RegisteredName, check_address
 from testbed.cli.plugin_commands import PluginCommandsGroup
 from testbed.cli.progress import PhaseProgress
+from testbed.cli.check import check
 from testbed.cli.new import new
 from testbed.cli.score import score
 from testbed.plugins.registry import KINDS
@@ -61,6 +62,7 @@ def main() -> None:
 
 main.add_command(score)
 main.add_command(new)
+main.add_command(check)
 
 
 @main.command()

@@ -16,13 +16,15 @@ from testbed.options import Option, validate_options
 
 KINDS = ("optimizer", "task", "diagnostic", "executor")
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
-# Extra metadata each kind accepts at registration, with its default.
+# Extra metadata each kind accepts at registration, with its default. check_options: the options
+# `testbed check` builds it with for its behavioural checks, over the defaults (a value for a required
+# option; a cheaper setting of an expensive one); a config never sees them.
 _METADATA: dict[str, dict[str, Any]] = {
-    "optimizer": {"needs_closure": False},
-    "task": {},
+    "optimizer": {"needs_closure": False, "check_options": {}},
+    "task": {"check_options": {}},
     # plots: testbed.Plot declarations (the report's figures, TensorBoard's charts); schedule: when it
     # runs unless the config says otherwise (every/steps/start/stop)
-    "diagnostic": {"plots": (), "schedule": Schedule()},
+    "diagnostic": {"plots": (), "schedule": Schedule(), "check_options": {}},
     "executor": {"takes_address": False},  # whether it joins a cluster at an address (ray)
 }
 
