@@ -6,7 +6,8 @@ Optimizers: ``global_rng_sgd`` (noise from torch's global RNG), ``forgetful_mome
 state_dict drops the momentum), ``quiet_sam`` (needs a closure, calls it twice, registered without
 needs_closure: handed none it silently steps on p.grad), ``silent_closure`` (registered with
 needs_closure, steps without one), ``ascent`` (climbs), ``narrow`` (rejects its declared bound),
-``broken_factory`` (its factory raises). Tasks: ``global_rng_task``, ``noisy_labels`` (undeclared
+``broken_factory`` (its factory raises), ``needs_value`` (a required option without check_options),
+``bad_check_options`` (check_options of an unknown option). Tasks: ``global_rng_task``, ``noisy_labels`` (undeclared
 noise), ``biased_weights`` (w ~ N(1, I)), ``wide_batch`` (x of d+1 features). Diagnostics:
 ``param_mutator`` (scales probe.params in place), ``eval_mutator`` (scales the eval batch in place),
 ``forgetful_counter`` (its state_dict drops its count), ``missing_plot`` (declares a plot it never
@@ -118,6 +119,10 @@ def register_optimizers(register) -> None:
     register("narrow", make_narrow, options={"momentum": Option(0.0, "momentum", min=0.0, max=1.0)},
              doc="declares momentum up to 1, rejects 1")
     register("broken_factory", make_broken, doc="its factory raises")
+    register("needs_value", make_narrow, options={"momentum": Option(type=float, doc="required", min=0.0)},
+             doc="a required option, no check_options")
+    register("bad_check_options", make_narrow, options={"momentum": Option(0.0, "momentum")},
+             check_options={"speed": 1.0}, doc="check_options naming an option it does not have")
 
 
 # ------------------------------------------------------------------ tasks

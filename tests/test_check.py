@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 import check_plugins
 from testbed.cli.commands import main
-from testbed.conformance.runner import Outcome, check_entries, resolve_names
+from testbed.conformance.runner import Outcome, check_entries, load_failures, resolve_names
 from testbed.errors import ConfigError
 from testbed.plugins import ENV_VAR, load_plugins
 from testbed.plugins.registry import Registry
@@ -153,3 +153,25 @@ def test_a_kind_prefix_and_an_option_reach_the_checks(planted_env: None) -> None
     result = invoke("optimizer:torch", "-o", "class=LBFGS")
     assert result.exit_code == 0, result.output
     assert "PASS optimizer torch  closure: keeps the closure contract (step() without a closure raises)" in result.output
+
+
+def test_a_plugin_that_fails_to_load_is_a_fail_line_and_named_for_an_unknown_name(plugin_module) -> None:
+    plugin_module("unloadable", "raise ImportError('no module named signum_core')\n")
+    lines = [o.line() for o in load_failures(load_plugins())]
+    assert lines == ["FAIL plugin unloadable  loads: ImportError: no module named signum_core (distribution "
+                     "$TESTBED_PLUGINS -)"]
+    assert_one_error(invoke("signum"), "plugins that failed to load, and may register it: unloadable "
+                                       "(ImportError: no module named signum_core)")
+
+
+def test_a_required_option_without_a_value_skips_and_a_given_one_checks(planted: Registry, planted_env: None) -> None:
+    (skipped,) = outcomes(planted, "needs_value").values()
+    assert skipped.status == "SKIP" and "-o momentum=VALUE" in skipped.message
+    result = invoke("needs_value", "-o", "momentum=0.5")
+    assert result.exit_code == 0 and result.output.count("PASS optimizer needs_value") == 7, result.output
+
+
+def test_invalid_check_options_are_a_fail_line(planted: Registry) -> None:
+    (outcome,) = outcomes(planted, "bad_check_options").values()
+    assert outcome.failed and "its check_options are not valid options" in outcome.message
+    assert "speed: unknown option" in outcome.message

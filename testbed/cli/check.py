@@ -9,6 +9,7 @@ from typing import Any
 import click
 import yaml
 
+from testbed.errors import ConfigError
 from testbed.plugins import load_plugins
 
 
@@ -58,7 +59,13 @@ def check(names: tuple[str, ...], check_all: bool, pairs: tuple[str, ...]) -> No
         raise click.UsageError("--option goes with exactly one NAME")
     plugins = load_plugins()
     registry = plugins.registry
-    entries = all_entries(registry) if check_all else resolve_names(names, registry)
+    try:
+        entries = all_entries(registry) if check_all else resolve_names(names, registry)
+    except ConfigError as exc:
+        if not plugins.failed:
+            raise
+        failed = ", ".join(f"{info.name} ({info.error})" for info in plugins.failed)
+        raise ConfigError(f"{exc}; plugins that failed to load, and may register it: {failed}") from None
     validate_given(entries, given)
     outcomes = load_failures(plugins) if check_all else []
     for outcome in outcomes:

@@ -295,7 +295,7 @@ def leaves_its_probe_unchanged(subject: Subject) -> str:
     if run.watched.faults:
         raise Fault(f"{run.watched.faults[0]}: a diagnostic works on copies (e.g. probe.params.clone()), since "
                     "the probe is shared by every diagnostic measured at that step")
-    return "parameters, update, gradient, eval batch and model as handed"
+    return f"every call of a {STEPS}-step run left parameters, update, gradient, eval batch and model as handed"
 
 
 CHECKS = (

@@ -67,7 +67,7 @@ def deterministic(subject: Subject) -> str:
     if not (torch.equal(first.x, second.x) and torch.equal(first.y, second.y)):
         raise Fault("two batches drawn from generators in the same state differ: the task draws from something "
                     "besides the generator it is handed (a generator of its own, the global RNG, state it keeps)")
-    return "the same generator state, the same batch"
+    return f"two batches of {BATCH} from generators seeded alike"
 
 
 def leaves_the_global_rng_alone(subject: Subject) -> str:
