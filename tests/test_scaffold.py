@@ -255,7 +255,7 @@ def test_a_new_plugin_installs_passes_its_tests_and_check_and_runs(kind, name, f
     assert " passed" in tests.stdout
 
     checked = in_venv(fresh_venv, *testbed_cli, "check", name, cwd=tmp_path)
-    assert name in checked.stdout
+    assert f"PASS {kind} {name}" in checked.stdout and "FAIL" not in checked.stdout
 
     logdir = tmp_path / "runs"
     in_venv(fresh_venv, *testbed_cli, "run", str(target / "examples" / f"{name}.yaml"), "--set", "train.steps=200",
