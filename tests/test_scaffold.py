@@ -130,6 +130,16 @@ def test_the_default_directory_is_the_current_one(tmp_path, monkeypatch):
     assert (tmp_path / "testbed-cubes" / "src" / "testbed_cubes" / "task.py").is_file()
 
 
+def test_the_distribution_is_as_readable_as_the_umask_makes_a_new_directory(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        target = generate("task", "shared", tmp_path)
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # the scratch directory is gone
+
+
 def test_a_missing_parent_directory_is_created(tmp_path):
     target = generate("diagnostic", "probe_thing", tmp_path / "a" / "b")
     assert target.parent == tmp_path / "a" / "b"

@@ -13,7 +13,7 @@ import importlib.util
 import keyword
 import re
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -96,12 +96,13 @@ def create_plugin(kind: str, name: str, parent: str | Path, taken: Collection[st
                             "another --dir")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{names.distribution}.", dir=parent))
+        scratch = parent / f".{names.distribution}-{uuid.uuid4().hex[:12]}.tmp"
+        scratch.mkdir()  # not mkdtemp: its mode 0700 would make the distribution private; mkdir keeps the umask's
     except OSError as exc:
         raise ScaffoldError(f"cannot write into {parent}: {exc.strerror or exc}") from None
     try:
         write_tree(names, scratch)
-        scratch.rename(target)  # fails, rather than merging, if the target appeared meanwhile
+        scratch.rename(target)  # fails, never merges, if a target with anything in it appeared meanwhile
     except OSError as exc:
         raise ScaffoldError(f"cannot create {target}: {exc.strerror or exc}") from None
     finally:
