@@ -213,6 +213,9 @@ def test_the_source_hash_covers_every_file_of_the_package(tmp_path, monkeypatch)
     assert second != first
     (tree / PACKAGE / "notes.txt").write_text("not code\n")
     assert source_hash(PACKAGE) == second
+    (tree / PACKAGE / "tests").mkdir()
+    (tree / PACKAGE / "tests" / "test_plugin.py").write_text("def test(): pass\n")
+    assert source_hash(PACKAGE) == second  # a test changes no run
 
 
 def tiny_plan(tiny_raw: dict, tmp_path: Path, plugins: Plugins) -> RunPlan:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from testbed.errors import PluginError
 
+TESTS = {"tests", "test"}  # folders of a plugin package whose files no run executes
+
 
 def installed_from_directory(dist: md.Distribution | None) -> bool:
     """Whether ``dist`` was pip-installed from a local directory (editable or not), per its
@@ -42,12 +44,14 @@ def source_hash(module: str) -> str | None:
     """16 hex digits of the SHA-256 of the top-level package that holds ``module`` ("pkg.mod" or an
     entry point's "pkg.mod:attr"): every .py file in it, by relative path, sorted. The whole package,
     not one module: a helper in another file changes an update rule too. A top-level module that is
-    no package hashes its own file; None if it has no file (built in, or gone)."""
+    no package hashes its own file; None if it has no file (built in, or gone). Test folders inside
+    it are left out: editing a test changes no run."""
     top = module.split(":")[0].split(".")[0]
     imported = sys.modules.get(top) or importlib.import_module(top)  # loading the plugin imported it
     roots = [Path(root) for root in getattr(imported, "__path__", [])]  # a namespace package has several
     if roots:
-        files = sorted((path.relative_to(root).as_posix(), path) for root in roots for path in root.rglob("*.py"))
+        files = sorted((path.relative_to(root).as_posix(), path) for root in roots for path in root.rglob("*.py")
+                       if not TESTS.intersection(path.relative_to(root).parts[:-1]))
     elif getattr(imported, "__file__", None):
         files = [(Path(imported.__file__).name, Path(imported.__file__))]
     else:
