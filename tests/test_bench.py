@@ -20,7 +20,10 @@ def test_bench_quick_reports_every_measurement(tmp_path):
         assert math.isclose(case["speedup"], case["engine_steps_per_sec"] / case["direct_steps_per_sec"])
     assert list(data["context_length"]["cases"]) == ["20", "80"]
     assert 0 < data["hessian_seconds"] < 60
-    assert data["gradient_noise"]["samples"] == 20 and data["gradient_noise"]["seconds"] > 0
+    noise = data["gradient_noise"]
+    assert noise["samples"] == 20 and noise["seconds"] > 0 and noise["sampling_seconds"] > 0
+    assert math.isclose(noise["speedup"], noise["per_batch_seconds"] / noise["seconds"])
+    assert "one Probe.gradient per minibatch" in result.output
     assert data["peak_memory_mib"] > 0
     for line in ("engine / direct", "full Hessian", "gradient_noise", "peak memory"):
         assert line in result.output

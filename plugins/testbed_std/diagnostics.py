@@ -35,9 +35,10 @@ class GradientNoise(Diagnostic):
         full_batch = self.full_batch or 100 * batch_size
         generator = probe.generator(f"gradient_noise:{step}")
         full = full_gradient(probe, full_batch, batch_size, generator)
+        # Drawn lazily, so the stream's order is the full batch's chunks, then one minibatch at a time.
+        minibatches = (probe.sample(batch_size, generator) for _ in range(self.samples))
         errors = torch.empty(self.samples, dtype=torch.float64)
-        for k in range(self.samples):
-            g = probe.gradient(batch=probe.sample(batch_size, generator))
+        for k, g in enumerate(probe.gradients(minibatches)):
             errors[k] = torch.linalg.vector_norm((g - full).double())
         stats = noise_stats.summarize(errors, self.tail_fraction)
         records = [Scalar(name, value) for name, value in stats.items()]
@@ -47,12 +48,9 @@ class GradientNoise(Diagnostic):
 
 def full_gradient(probe, full_batch: int, chunk: int, generator: torch.Generator) -> torch.Tensor:
     """Mean gradient over ``full_batch`` fresh prompts, accumulated in chunks (an exact mean)."""
-    total, remaining = None, full_batch
-    while remaining > 0:
-        size = min(chunk, remaining)
-        g = probe.gradient(batch=probe.sample(size, generator)).double() * size
-        total = g if total is None else total + g
-        remaining -= size
+    sizes = [min(chunk, full_batch - start) for start in range(0, full_batch, chunk)]
+    chunks = (probe.sample(size, generator) for size in sizes)
+    total = sum(g.double() * size for g, size in zip(probe.gradients(chunks), sizes))
     return (total / full_batch).to(probe.params.dtype)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.func import functional_call, grad, jacrev, jvp
@@ -89,6 +89,20 @@ class Probe:
         with torch.enable_grad():
             (g,) = torch.autograd.grad(self.loss_function(batch, twice=False)(theta), theta)
         return g
+
+    def gradients(self, batches: Iterable[Batch], theta: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """The gradient on each of ``batches`` in turn, taken lazily (a batch is drawn only when its
+        gradient is asked for), through the model's training path: one pass of the compiled kernel
+        per batch where it covers the model. Equal to ``gradient`` up to float rounding, at a fraction
+        of its cost per batch (no functional_call, no autograd graph of the attention stack)."""
+        model = copy.deepcopy(self.model)  # its own copy: the probe's model is never touched
+        point = (self.params if theta is None else theta).detach().clone()  # parameters own their storage
+        torch.nn.utils.vector_to_parameters(point, model.parameters())
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                model.loss_backward(batch.x, batch.y, batch.target)
+            yield flat_gradient(model)
 
     def hessian(self, theta: torch.Tensor | None = None, batch: Batch | None = None) -> torch.Tensor:
         """The full Hessian (P x P) of the loss in the flattened parameters: the compiled kernel's

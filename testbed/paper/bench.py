@@ -11,9 +11,9 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -26,6 +26,7 @@ from testbed.model.transformer import LinearTransformer, direct_forward
 from testbed.model.config import ModelConfig
 from testbed.options import validate_options
 from testbed.plugins import load_plugins
+from testbed.tasks import Batch
 from testbed.text import format_table
 
 ADAM = OptimizerSpec("adam", "adam", 0.02, {"betas": [0.9, 0.9], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False})
@@ -95,18 +96,46 @@ def time_hessian(registry, repeats: int = 3) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def time_gradient_noise(registry, samples: int) -> float:
-    """Seconds for one gradient_noise evaluation on setting 3 (defaults: 100 x 1000 prompts for g,
-    then ``samples`` minibatch gradients of 1000 prompts)."""
+def noise_diagnostic(registry, samples: int, full_batch: int):
+    """The gradient_noise diagnostic with these options (the others at their defaults)."""
+    entry = registry.get("diagnostic", "gradient_noise", "bench")
+    options = validate_options(entry.options, {"samples": samples, "full_batch": full_batch}, "bench")
+    return build_diagnostic(DiagnosticSpec("gradient_noise", options), registry)
+
+
+class PerBatchGradientProbe(Probe):
+    """A probe whose ``gradients`` take one ``Probe.gradient`` per batch (functional_call and
+    autograd): how gradient_noise computed its minibatch gradients before issue 15."""
+
+    def gradients(self, batches: Iterable[Batch], theta: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """``gradient`` on each batch in turn, drawn lazily like ``Probe.gradients``."""
+        for batch in batches:
+            yield self.gradient(theta, batch)
+
+
+def time_gradient_noise(registry, samples: int, full_batch: int = 100_000) -> dict[str, float]:
+    """One gradient_noise evaluation on setting 3 (``full_batch`` prompts for g, then ``samples``
+    minibatch gradients of 1000 prompts), side by side with the same evaluation taking one
+    ``Probe.gradient`` per minibatch (before issue 15), and drawing the same prompts alone (the floor
+    of any way that keeps the diagnostic's stream): seconds of each and the speedup."""
     task = build_task(TaskSpec("gamma", 5, 20, GAMMA), registry)
     model = LinearTransformer(ModelConfig(layers=3), task.d, task.n, generator(0))
     probe = Probe.of(model, task, task.sample(1000, generator(99)), 1000, 1)
-    entry = registry.get("diagnostic", "gradient_noise", "bench")
-    options = validate_options(entry.options, {"samples": samples}, "bench")
-    diagnostic = build_diagnostic(DiagnosticSpec("gradient_noise", options), registry)
+    per_batch = PerBatchGradientProbe(**{f.name: getattr(probe, f.name) for f in fields(probe)})
+    noise_diagnostic(registry, 2, 1000).measure(probe, 0)  # warm-up: the figure's first drawing
+    diagnostic = noise_diagnostic(registry, samples, full_batch)
+    seconds = {}
+    for side, measured in (("seconds", probe), ("per_batch_seconds", per_batch)):
+        started = time.perf_counter()
+        diagnostic.measure(measured, 0)
+        seconds[side] = time.perf_counter() - started
+    draws = probe.generator("gradient_noise:0")
+    sizes = [min(1000, full_batch - start) for start in range(0, full_batch, 1000)] + [1000] * samples
     started = time.perf_counter()
-    diagnostic.measure(probe, 0)
-    return time.perf_counter() - started
+    for size in sizes:
+        probe.sample(size, draws)
+    seconds["sampling_seconds"] = time.perf_counter() - started
+    return {**seconds, "speedup": seconds["per_batch_seconds"] / seconds["seconds"]}
 
 
 def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_samples: int = 10_000,
@@ -123,7 +152,7 @@ def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_
             case = TrainingCase(f"n={n}", TaskSpec("gaussian", 5, n, GAUSSIAN), ModelConfig(layers=3), CONTEXT_BATCH)
             context[str(n)] = time_training(case, registry, budget, 1, max_steps)
         hessian_seconds = time_hessian(registry)
-        noise_seconds = time_gradient_noise(registry, noise_samples)
+        noise = time_gradient_noise(registry, noise_samples)
     finally:
         torch.set_num_threads(threads)
     return {
@@ -132,7 +161,7 @@ def run_bench(budget: float = 2.0, rounds: int = 3, max_steps: int = 500, noise_
         "training": training,
         "context_length": {"batch_size": CONTEXT_BATCH, "cases": context},
         "hessian_seconds": hessian_seconds,
-        "gradient_noise": {"seconds": noise_seconds, "samples": noise_samples, "full_batch": 100_000},
+        "gradient_noise": {**noise, "samples": noise_samples, "full_batch": 100_000},
         "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -156,7 +185,9 @@ def format_bench(results: dict[str, Any]) -> str:
     noise = results["gradient_noise"]
     lines += [
         f"full Hessian, L=3, d=5, n=20, 1000 prompts: {results['hessian_seconds']:.3f} s",
-        f"gradient_noise, setting 3, {noise['full_batch']} + {noise['samples']} x 1000 prompts: {noise['seconds']:.1f} s",
+        f"gradient_noise, setting 3, {noise['full_batch']} + {noise['samples']} x 1000 prompts: {noise['seconds']:.1f} s; "
+        f"one Probe.gradient per minibatch: {noise['per_batch_seconds']:.1f} s ({noise['speedup']:.2f}x); "
+        f"drawing the prompts alone: {noise['sampling_seconds']:.1f} s",
         f"peak memory: {results['peak_memory_mib']:.0f} MiB",
         f"(one torch thread, torch {results['torch']}; context-length times in parentheses are relative to n={next(iter(context['cases']))})",
     ]
