@@ -73,5 +73,8 @@ def test_kernel_not_used_where_it_does_not_apply():
     model = LinearTransformer(ModelConfig(attention="softmax"), 3, 6, torch.Generator().manual_seed(0))
     batch = Batch(torch.randn(4, 7, 3), torch.randn(4, 7))
     assert not kernel_supports(model, batch)
-    assert not kernel_supports(LinearTransformer(ModelConfig(), 3, 6, torch.Generator()).double(),
-                               Batch(batch.x.double(), batch.y.double()))
+    float64 = LinearTransformer(ModelConfig(), 3, 6, torch.Generator()).double()
+    assert kernel_supports(float64, Batch(batch.x.double(), batch.y.double()))
+    assert not kernel_supports(float64, batch)  # float32 prompts for a float64 model
+    assert not kernel_supports(LinearTransformer(ModelConfig(), 3, 6, torch.Generator()).half(),
+                               Batch(batch.x.half(), batch.y.half()))

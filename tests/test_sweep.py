@@ -111,6 +111,9 @@ def test_run_id_follows_what_decides_the_run(registry):
     assert "dtype" not in content["train"]
     in_float64 = expand(swept(dtype="float64"), registry).points[0]
     assert ids(plan_runs(in_float64.config, in_float64.directory))[("sgd", 0)] != a[("sgd", 0)]
+    # float64 moved to the compiled kernel (issue 15): its runs name that arithmetic, float32's do not.
+    assert identity(plan_runs(in_float64.config, in_float64.directory)[0], plugins)["train"]["arithmetic"] == "compiled kernel"
+    assert "arithmetic" not in content["train"]
     # A new version of the plugin that provides the optimizer makes a new run.
     plugins.infos = [dataclasses.replace(i, version="99.0") if i.name == "optimizers" else i for i in plugins.infos]
     assert run_id(first[0], plugins) != a[("sgd", 0)]

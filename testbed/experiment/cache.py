@@ -45,6 +45,10 @@ FINISHED = ("completed", "diverged")
 # Train settings added after run ids were: at these defaults they leave the id as it was, so
 # results cached before them stay valid.
 SINCE_IDS = {"dtype": "float32"}
+# How the engine computes in a dtype, where that changed after run ids were (a new summation order
+# moves the numbers at the rounding level): the runs of that dtype get new ids, so no cached result
+# is mixed with new ones. float64 linear attention moved from torch to the compiled kernel (issue 15).
+ARITHMETIC = {"float64": "compiled kernel"}
 # Fields a summary must have beyond those RunResult cannot do without: a result without its eval
 # curve is no result.
 REQUIRED = ("eval_steps", "eval_losses")
@@ -64,6 +68,8 @@ def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
     code = plugins.source_hashes(provided_by)
     train = {k: v for k, v in plain_data(dataclasses.asdict(config.train)).items()
              if k != "seeds" and SINCE_IDS.get(k, object()) != v}
+    if config.train.dtype in ARITHMETIC:
+        train["arithmetic"] = ARITHMETIC[config.train.dtype]
     return {
         "task": plain_data(dataclasses.asdict(config.task)),
         "model": plain_data(dataclasses.asdict(config.model)),

@@ -125,8 +125,8 @@ class LinearTransformer(nn.Module):
 
     def loss_backward(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The mean squared error of the predictions, with its gradient accumulated into every
-        parameter's ``.grad`` (as ``loss.backward()`` would). For linear attention in float32 the
-        compiled kernel computes both in one pass over the batch, tile by tile."""
+        parameter's ``.grad`` (as ``loss.backward()`` would). For linear attention (float32 or
+        float64) the compiled kernel computes both in one pass over the batch, tile by tile."""
         library = self._compiled_kernel()
         if library is None:
             loss = mse_loss(self(x, y), target)
@@ -136,12 +136,13 @@ class LinearTransformer(nn.Module):
         Z0 = self.prompt(x, y)
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
         B, D, N1, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, self.n)
-        kernels.check_arguments(target=(tensors[1], (B,)))
-        loss, dP, dQc = torch.empty(()), torch.empty_like(P), torch.empty_like(Qc)
-        dZ = torch.empty(Z0.shape) if Z0.requires_grad else None  # contiguous, unlike Z0
-        status = library.la_loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
-                                      loss.data_ptr(), dZ.data_ptr() if dZ is not None else None,
-                                      dP.data_ptr(), dQc.data_ptr())
+        kernels.check_arguments(P.dtype, target=(tensors[1], (B,)))
+        loss, dP, dQc = torch.empty((), dtype=P.dtype), torch.empty_like(P), torch.empty_like(Qc)
+        dZ = torch.empty(Z0.shape, dtype=P.dtype) if Z0.requires_grad else None  # contiguous, unlike Z0
+        loss_grad = kernels.entry(library, "la_loss_grad", P.dtype)
+        status = loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
+                           loss.data_ptr(), dZ.data_ptr() if dZ is not None else None,
+                           dP.data_ptr(), dQc.data_ptr())
         if status:
             raise MemoryError("linear-attention kernel: out of memory")
         # The rest of the graph (P from B, a feature map under Z0) is plain autograd.
@@ -153,10 +154,12 @@ class LinearTransformer(nn.Module):
         return loss
 
     def _compiled_kernel(self):
-        """The compiled kernel when it covers this model (a variant it supports, in float32), else None."""
+        """The compiled kernel when it covers this model (a variant it supports, in float32 or
+        float64), else None."""
         if not self.attention.kernel_supported or not self.use_kernel:
             return None
-        if any(p.dtype != torch.float32 for p in self.parameters()):
+        dtypes = {p.dtype for p in self.parameters()}
+        if len(dtypes) != 1 or not dtypes <= kernels.DTYPES.keys():
             return None
         return kernels.load()
 

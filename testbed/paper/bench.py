@@ -26,7 +26,7 @@ from testbed.model.transformer import LinearTransformer, direct_forward
 from testbed.model.config import ModelConfig
 from testbed.options import validate_options
 from testbed.plugins import load_plugins
-from testbed.tasks import Batch
+from testbed.tasks import Batch, InDtype
 from testbed.text import format_table
 
 ADAM = OptimizerSpec("adam", "adam", 0.02, {"betas": [0.9, 0.9], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False})
@@ -36,17 +36,26 @@ GAMMA = {"shape": 0.1, "scale": None, "label_noise": 0.0}
 
 @dataclass(frozen=True)
 class TrainingCase:
-    """One training-speed case of the bench: a task, a model and a batch size."""
+    """One training-speed case of the bench: a task, a model, a batch size and the dtype (as
+    ``train.dtype``: the model and its prompts)."""
     name: str
     task: TaskSpec
     model: ModelConfig
     batch_size: int = 1000
+    dtype: str = "float32"
 
 
 TRAINING_CASES = [
     TrainingCase("setting 1 (L=3, d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN), ModelConfig(layers=3)),
     TrainingCase("setting 3, gamma (L=3, d=5, n=20, B=1000)", TaskSpec("gamma", 5, 20, GAMMA), ModelConfig(layers=3)),
     TrainingCase("L=8 (d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN), ModelConfig(layers=8)),
+    TrainingCase("setting 1, float64 (L=3, d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN),
+                 ModelConfig(layers=3), dtype="float64"),
+    TrainingCase("full P and Q (L=3, d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN),
+                 ModelConfig(layers=3, parameterization="full")),
+    TrainingCase("larger model (L=8, d=20, n=60, B=1000)", TaskSpec("gaussian", 20, 60, GAUSSIAN), ModelConfig(layers=8)),
+    TrainingCase("larger model, float64 (L=8, d=20, n=60, B=1000)", TaskSpec("gaussian", 20, 60, GAUSSIAN),
+                 ModelConfig(layers=8), dtype="float64"),
 ]
 # The direct formula's score matrices grow as n^2: the context-length sweep uses 100 prompts a step.
 CONTEXT_LENGTHS = (20, 80, 320, 1280)
@@ -66,10 +75,12 @@ def _seconds_per_step(step: Callable[[], Any], budget: float, max_steps: int) ->
 def time_training(case: TrainingCase, registry, budget: float, rounds: int, max_steps: int) -> dict[str, float]:
     """Training speed of one case, the engine's step against the direct formula's: median
     milliseconds and steps per second of each over ``rounds``, and their ratio."""
+    dtype = getattr(torch, case.dtype)
     task = build_task(case.task, registry)
+    task = task if dtype == torch.float32 else InDtype(task, dtype)  # as a run casts its prompts
     steps = {}
     for side in ("engine", "direct"):
-        model = LinearTransformer(case.model, task.d, task.n, generator(0))
+        model = LinearTransformer(case.model, task.d, task.n, generator(0)).to(dtype)  # as run_model
         optimizer = build_optimizer(ADAM, registry, model.parameters())
         forward = None if side == "engine" else partial(direct_forward, model)
         data = generator(1)

@@ -5,6 +5,7 @@ tiny matrices; this C++ version stores prompts batch-innermost so every inner lo
 pass over the batch, and runs the same code on dual numbers for exact Hessian-vector products. It is
 optional: without a C++ compiler, or with TESTBED_KERNEL=torch, the torch implementation (and
 torch.func for second derivatives) runs instead, with the same results up to float rounding.
+Every entry point comes in float32 and float64 (``entry`` picks the one for a dtype).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("linear_attention.cpp")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
+# The element types the kernel is compiled for, and the suffix of their entry points.
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def cache_dir() -> Path:
@@ -79,39 +82,51 @@ def load() -> ctypes.CDLL | None:
         return None
     int_args = [ctypes.c_int] * 6
     pointer = ctypes.c_void_p
-    library.la_forward.argtypes = int_args + [pointer] * 5
-    library.la_backward.argtypes = int_args + [pointer] * 7
-    library.la_forward.restype = library.la_backward.restype = ctypes.c_int
     library.la_saved_size.argtypes = [ctypes.c_int] * 5
     library.la_saved_size.restype = ctypes.c_size_t
-    library.la_hvp.argtypes = int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4
-    library.la_hvp.restype = ctypes.c_int
-    library.la_loss_grad.argtypes = int_args + [pointer] * 8
-    library.la_loss_grad.restype = ctypes.c_int
+    for suffix in DTYPES.values():
+        signatures = {"la_forward": int_args + [pointer] * 5, "la_backward": int_args + [pointer] * 7,
+                      "la_hvp": int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4,
+                      "la_loss_grad": int_args + [pointer] * 8}
+        for name, argtypes in signatures.items():
+            function = getattr(library, f"{name}_{suffix}")
+            function.argtypes, function.restype = argtypes, ctypes.c_int
     return library
+
+
+def entry(library: ctypes.CDLL, name: str, dtype: torch.dtype):
+    """The library's entry point ``name`` for elements of ``dtype`` (la_forward, float64 ->
+    la_forward_f64); a ValueError for a dtype the kernel is not compiled for."""
+    if dtype not in DTYPES:
+        raise ValueError(f"linear-attention kernel: no entry point for {dtype}; it computes in "
+                         f"{' or '.join(str(t).removeprefix('torch.') for t in DTYPES)}")
+    return getattr(library, f"{name}_{DTYPES[dtype]}")
 
 
 def stack_sizes(Z0: torch.Tensor, P: torch.Tensor, Qc: torch.Tensor, r: int, n: int) -> tuple[int, int, int, int]:
     """(B, D, N1, L) of a kernel call on prompts Z0 (B, D, n+1) with P (L, D, D) and the core Qc
-    (L, r, r) of Q, after checking all three (see ``check_arguments``)."""
+    (L, r, r) of Q, after checking all three (see ``check_arguments``): all in P's dtype."""
     if Z0.dim() != 3 or P.dim() != 3:
         raise ValueError(f"linear-attention kernel: Z0 of shape {tuple(Z0.shape)} and P of shape "
                          f"{tuple(P.shape)}, expected (B, D, n+1) and (L, D, D)")
     (B, D, _), L = Z0.shape, P.shape[0]
     if not 0 < r <= D:
         raise ValueError(f"linear-attention kernel: Q acts on r = {r} rows, expected 1 to D = {D}")
-    check_arguments(Z0=(Z0, (B, D, n + 1)), P=(P, (L, D, D)), Qc=(Qc, (L, r, r)))
+    check_arguments(P.dtype, Z0=(Z0, (B, D, n + 1)), P=(P, (L, D, D)), Qc=(Qc, (L, r, r)))
     return B, D, n + 1, L
 
 
-def check_arguments(**arguments: tuple[torch.Tensor, tuple[int, ...]]) -> None:
-    """Raise ValueError unless every tensor (name=(tensor, shape)) is float32, contiguous, on the CPU
-    and of exactly its shape. The C++ code reads and writes through raw pointers with the sizes it is
-    passed: a mismatch would run out of bounds (an abort) or read garbage. Reads no entry."""
+def check_arguments(dtype: torch.dtype, **arguments: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+    """Raise ValueError unless every tensor (name=(tensor, shape)) is of ``dtype`` (float32 or
+    float64: one the kernel is compiled for), contiguous, on the CPU and of exactly its shape. The
+    C++ code reads and writes through raw pointers with the sizes it is passed: a mismatch would run
+    out of bounds (an abort) or read garbage. Reads no entry."""
+    expected = str(dtype if dtype in DTYPES else torch.float32).removeprefix("torch.")
     for name, (tensor, shape) in arguments.items():
-        if tensor.shape != shape or tensor.dtype != torch.float32 or not tensor.is_cpu or not tensor.is_contiguous():
-            dtype = str(tensor.dtype).removeprefix("torch.")
+        if (tensor.shape != shape or tensor.dtype != dtype or dtype not in DTYPES or not tensor.is_cpu
+                or not tensor.is_contiguous()):
+            actual = str(tensor.dtype).removeprefix("torch.")
             layout = "" if tensor.is_contiguous() else ", not contiguous"
-            raise ValueError(f"linear-attention kernel: {name} is a {dtype} tensor of shape "
+            raise ValueError(f"linear-attention kernel: {name} is a {actual} tensor of shape "
                              f"{tuple(tensor.shape)} on {tensor.device}{layout}; expected a contiguous "
-                             f"float32 tensor of shape {shape} on cpu")
+                             f"{expected} tensor of shape {shape} on cpu")

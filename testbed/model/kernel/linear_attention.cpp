@@ -1,48 +1,55 @@
 /* Forward, backward and Hessian-vector products of a stack of linear self-attention layers (see
  * testbed/linear_attention.py for the math and notation).
  *
- * One algorithm, templated on the element type E:
- *  - E = float, for the training step: prompts are processed in tiles of TILE prompts stored
+ * One algorithm, templated on the element type E over a real type R (float or double: the
+ * extern "C" entry points come in both, suffixed _f32 and _f64):
+ *  - E = R, for the training step: prompts are processed in tiles of TILE prompts stored
  *    batch-innermost (Z[i][t][b] at ((i * N1) + t) * W + b), so every inner loop is a vectorized
  *    pass over the tile's prompts.
- *  - E = Dual<K>, for second derivatives: a value with K tangents, one prompt at a time (W = 1),
+ *  - E = Dual<R, K>, for second derivatives: a value with K tangents, one prompt at a time (W = 1),
  *    the inner loops vectorized over the tangents. Running the gradient computation on duals whose
  *    tangents are K directions in (P, Q) gives exactly the K Hessian-vector products
  *    (forward-over-reverse differentiation).
+ * No size is fixed: every buffer is allocated from the sizes passed in.
  * Sizes: D = d+1 rows, N1 = n+1 columns, r key rows (Q acts on Z[:r]), L layers.
  * P: (L, D, D), Qc: (L, r, r), row-major.
  */
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
-template <int K> struct Dual {
-    float v;
-    float t[K];
+template <class R, int K> struct Dual {
+    R v;
+    R t[K];
 };
 
-/* Element operations: o += a * b, o += a, c * a. */
-inline void acc(float &o, float a, float b) { o += a * b; }
-inline void add(float &o, float a) { o += a; }
-inline float scaled(float c, float a) { return c * a; }
-inline float value(float a) { return a; }
+/* The real type under an element: R itself, or the value type of a dual. */
+template <class E> struct RealOf { using type = E; };
+template <class R, int K> struct RealOf<Dual<R, K>> { using type = R; };
+template <class E> using Real = typename RealOf<E>::type;
+template <class R> using IfReal = std::enable_if_t<std::is_floating_point_v<R>, int>;
 
-template <int K> inline void acc(Dual<K> &o, const Dual<K> &a, const Dual<K> &b) {
+/* Element operations: o += a * b, o += a, c * a. */
+template <class R, IfReal<R> = 0> inline void acc(R &o, R a, R b) { o += a * b; }
+template <class R, IfReal<R> = 0> inline void add(R &o, R a) { o += a; }
+template <class R, IfReal<R> = 0> inline R scaled(R c, R a) { return c * a; }
+
+template <class R, int K> inline void acc(Dual<R, K> &o, const Dual<R, K> &a, const Dual<R, K> &b) {
     o.v += a.v * b.v;
     for (int k = 0; k < K; k++) o.t[k] += a.t[k] * b.v + a.v * b.t[k];
 }
-template <int K> inline void add(Dual<K> &o, const Dual<K> &a) {
+template <class R, int K> inline void add(Dual<R, K> &o, const Dual<R, K> &a) {
     o.v += a.v;
     for (int k = 0; k < K; k++) o.t[k] += a.t[k];
 }
-template <int K> inline Dual<K> scaled(float c, const Dual<K> &a) {
-    Dual<K> r;
+template <class R, int K> inline Dual<R, K> scaled(R c, const Dual<R, K> &a) {
+    Dual<R, K> r;
     r.v = c * a.v;
     for (int k = 0; k < K; k++) r.t[k] = c * a.t[k];
     return r;
 }
-template <int K> inline float value(const Dual<K> &a) { return a.v; }
 
 template <class E> inline void zero(E *o, size_t count) { std::memset(o, 0, sizeof(E) * count); }
 
@@ -95,7 +102,7 @@ void left_mul(int W, int I, int J, int Kc, const E *M, int si, int sj, const E *
 
 /* out[i][m][:] = scale * sum_k S[i][k][:] * M(k, m) */
 template <class E>
-void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int sm, float scale,
+void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int sm, Real<E> scale,
                E *__restrict__ out) {
     for (int i = 0; i < I; i++)
         for (int m = 0; m < Mn; m++) {
@@ -110,13 +117,13 @@ void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int
 }
 
 /* Sum over the tile of a per-prompt vector. */
-inline float tile_sum(int W, const float *v) {
+template <class R, IfReal<R> = 0> inline R tile_sum(int W, const R *v) {
     double total = 0.0;  // a fixed order, in double: the gradient is a sum over up to 1e5 prompts
     for (int b = 0; b < W; b++) total += v[b];
-    return (float)total;
+    return (R)total;
 }
-template <int K> inline Dual<K> tile_sum(int W, const Dual<K> *v) {
-    Dual<K> total;
+template <class R, int K> inline Dual<R, K> tile_sum(int W, const Dual<R, K> *v) {
+    Dual<R, K> total;
     zero(&total, 1);
     for (int b = 0; b < W; b++) add(total, v[b]);
     return total;
@@ -127,7 +134,7 @@ template <class E>
 void layer_kernel(const Layout<E> &s, const E *Z, const E *P, const E *Qc, E *S, E *PS, E *Km) {
     gram(s, s.n, s.D, s.r, Z, Z, S);
     left_mul(s.W, s.D, s.D, s.r, P, s.D, 1, S, PS);
-    right_mul(s.W, s.D, s.r, s.r, PS, Qc, s.r, 1, 1.0f / s.n, Km);
+    right_mul(s.W, s.D, s.r, s.r, PS, Qc, s.r, 1, Real<E>(1) / s.n, Km);
 }
 
 /* Last layer: v = p C (n x W), sv = v Xc^T (r x W), kv = sv Qc / n (r x W). */
@@ -151,7 +158,7 @@ void last_layer(const Layout<E> &s, const E *Z, const E *p, const E *Qc, E *v, E
             for (int b = 0; b < W; b++) acc(o[b], vt[b], z[b]);
         }
     }
-    right_mul(W, 1, s.r, s.r, sv, Qc, s.r, 1, 1.0f / s.n, kv);
+    right_mul(W, 1, s.r, s.r, sv, Qc, s.r, 1, Real<E>(1) / s.n, kv);
 }
 
 /* What the backward pass reads: each layer's input Z (L layouts), then S, PS and K of each hidden
@@ -186,10 +193,10 @@ bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat
     const E *Z = Zs + (size_t)(L - 1) * size;
     last_layer(s, Z, P + (L - 1) * D * D + (D - 1) * D, Qc + (L - 1) * r * r, v, sv, kv);
     const E *zq = s.at(Z, D - 1, N1 - 1);
-    for (int b = 0; b < W; b++) yhat[b] = scaled(-1.0f, zq[b]);
+    for (int b = 0; b < W; b++) yhat[b] = scaled(Real<E>(-1), zq[b]);
     for (int m = 0; m < r; m++) {
         const E *km = kv + (size_t)m * W, *q = s.at(Z, m, N1 - 1);
-        for (int b = 0; b < W; b++) acc(yhat[b], scaled(-1.0f, km[b]), q[b]);
+        for (int b = 0; b < W; b++) acc(yhat[b], scaled(Real<E>(-1), km[b]), q[b]);
     }
     std::free(work);
     return true;
@@ -213,7 +220,7 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
     const E *Z = Zs + (size_t)(L - 1) * size;
     const E *p = P + (L - 1) * D * D + (D - 1) * D, *Q = Qc + (L - 1) * r * r;
     last_layer(s, Z, p, Q, v, sv, kv);
-    for (int b = 0; b < W; b++) g[b] = scaled(-1.0f, gy[b]);
+    for (int b = 0; b < W; b++) g[b] = scaled(Real<E>(-1), gy[b]);
     for (int b = 0; b < W; b++) s.at(dZ, D - 1, N1 - 1)[b] = g[b];
     for (int m = 0; m < r; m++) {
         E *o = s.at(dZ, m, N1 - 1), *dkm = dk + (size_t)m * W;
@@ -229,9 +236,9 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
             const E *sk = sv + (size_t)k * W, *dkm = dk + (size_t)m * W;
             zero(tmp, W);
             for (int b = 0; b < W; b++) acc(tmp[b], sk[b], dkm[b]);
-            add(dQc[(L - 1) * r * r + k * r + m], scaled(1.0f / n, tile_sum(W, tmp)));
+            add(dQc[(L - 1) * r * r + k * r + m], scaled(Real<E>(1) / n, tile_sum(W, tmp)));
         }
-    right_mul(W, 1, r, r, dk, Q, 1, r, 1.0f / n, u); /* u = dk Qc^T / n */
+    right_mul(W, 1, r, r, dk, Q, 1, r, Real<E>(1) / n, u); /* u = dk Qc^T / n */
     for (int t = 0; t < n; t++) {
         E *o = dv + (size_t)t * W;
         zero(o, W);
@@ -268,7 +275,7 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
         const E *S = mats + 3 * l * mat, *PS = S + mat, *Km = PS + mat;
         std::memcpy(G, dZ, sizeof(E) * size);
         gram(s, N1, D, r, G, Z, dK);                     /* dK = G X^T */
-        right_mul(W, D, r, r, S, Ql, r, 1, 1.0f, SQ);     /* SQ = S Qc */
+        right_mul(W, D, r, r, S, Ql, r, 1, Real<E>(1), SQ);     /* SQ = S Qc */
         for (int i = 0; i < D; i++)                       /* dP = sum dK SQ^T / n */
             for (int j = 0; j < D; j++) {
                 zero(tmp, W);
@@ -276,7 +283,7 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
                     const E *a = dK + ((size_t)i * r + k) * W, *c = SQ + ((size_t)j * r + k) * W;
                     for (int b = 0; b < W; b++) acc(tmp[b], a[b], c[b]);
                 }
-                add(dP[l * D * D + i * D + j], scaled(1.0f / n, tile_sum(W, tmp)));
+                add(dP[l * D * D + i * D + j], scaled(Real<E>(1) / n, tile_sum(W, tmp)));
             }
         for (int k = 0; k < r; k++)                       /* dQc = sum PS^T dK / n */
             for (int m = 0; m < r; m++) {
@@ -285,10 +292,10 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
                     const E *a = PS + ((size_t)i * r + k) * W, *c = dK + ((size_t)i * r + m) * W;
                     for (int b = 0; b < W; b++) acc(tmp[b], a[b], c[b]);
                 }
-                add(dQc[l * r * r + k * r + m], scaled(1.0f / n, tile_sum(W, tmp)));
+                add(dQc[l * r * r + k * r + m], scaled(Real<E>(1) / n, tile_sum(W, tmp)));
             }
         left_mul(W, D, D, r, Pl, 1, D, dK, T);             /* T = P^T dK */
-        right_mul(W, D, r, r, T, Ql, 1, r, 1.0f / n, dS);  /* dS = T Qc^T / n */
+        right_mul(W, D, r, r, T, Ql, 1, r, Real<E>(1) / n, dS);  /* dS = T Qc^T / n */
         for (int k = 0; k < r; k++)                        /* dZ[:r] += K^T G */
             for (int i = 0; i < D; i++) {
                 const E *kk = Km + ((size_t)i * r + k) * W;
@@ -327,29 +334,29 @@ constexpr int HVP_TILE = 16;
 int tiles(int B) { return (B + TILE - 1) / TILE; }
 
 /* Copy prompts b0..b0+count-1 of Z (B, D, N1) into a tile (D, N1, TILE); pad with zeros. */
-void gather(const float *Z, int b0, int count, int D, int N1, float *tile) {
-    std::memset(tile, 0, sizeof(float) * D * N1 * TILE);
+template <class R> void gather(const R *Z, int b0, int count, int D, int N1, R *tile) {
+    std::memset(tile, 0, sizeof(R) * D * N1 * TILE);
     for (int c = 0; c < count; c++) {
-        const float *src = Z + (size_t)(b0 + c) * D * N1;
+        const R *src = Z + (size_t)(b0 + c) * D * N1;
         for (int e = 0; e < D * N1; e++) tile[(size_t)e * TILE + c] = src[e];
     }
 }
 
 /* Copy a tile (D, N1, TILE) back to prompts b0..b0+count-1 of Z (B, D, N1): gather's inverse. */
-void scatter(const float *tile, int b0, int count, int D, int N1, float *Z) {
+template <class R> void scatter(const R *tile, int b0, int count, int D, int N1, R *Z) {
     for (int c = 0; c < count; c++) {
-        float *dst = Z + (size_t)(b0 + c) * D * N1;
+        R *dst = Z + (size_t)(b0 + c) * D * N1;
         for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
     }
 }
 
 /* Hessian-vector products of the mean squared error of B prompts for up to K directions at once,
  * W prompts at a time (W = 1 vectorizes over the K tangents; for K = 1, W > 1 over the prompts). */
-template <int K>
-int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const float *Z0, const float *target,
-              const float *P, const float *Qc, const float *tP, const float *tQc, int directions,
-              float *HP, float *HQc) {
-    using E = Dual<K>;
+template <class R, int K>
+int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target,
+              const R *P, const R *Qc, const R *tP, const R *tQc, int directions,
+              R *HP, R *HQc) {
+    using E = Dual<R, K>;
     const Layout<E> s{W, D, N1, r, n, L};
     const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r, prompt = (size_t)D * N1;
     E *buffer = allocate<E>(2 * (nP + nQ) + saved_size(s) + s.size() + 2 * (size_t)W);
@@ -373,8 +380,8 @@ int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const float *Z0,
         ok = tile_forward(s, Pd, Qd, Zs, yhat);
         /* loss = mean (yhat - target)^2: gy = 2 (yhat - target) / B, tangents likewise */
         for (int c = 0; c < W; c++) {
-            gy[c] = scaled(2.0f / B, yhat[c]);
-            if (c < count) gy[c].v -= 2.0f * target[b0 + c] / B;
+            gy[c] = scaled(R(2) / B, yhat[c]);
+            if (c < count) gy[c].v -= R(2) * target[b0 + c] / B;
         }
         ok = ok && tile_backward(s, Zs, Pd, Qd, gy, dZ, dP_, dQ_);
     }
@@ -386,44 +393,38 @@ int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const float *Z0,
     return ok ? 0 : 1;
 }
 
-}  // namespace
-
-extern "C" {
-
-size_t la_saved_size(int B, int D, int N1, int r, int L) {
-    return (size_t)tiles(B) * saved_size(Layout<float>{TILE, D, N1, r, 0, L});
-}
-
-int la_forward(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *P,
-               const float *Qc, float *saved, float *yhat) {
-    const Layout<float> s{TILE, D, N1, r, n, L};
-    float *y = allocate<float>(TILE);
+template <class R>
+int forward(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *P, const R *Qc, R *saved,
+            R *yhat) {
+    const Layout<R> s{TILE, D, N1, r, n, L};
+    R *y = allocate<R>(TILE);
     if (!y) return 1;
     bool ok = true;
     for (int t = 0; t < tiles(B) && ok; t++) {
         const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
-        float *tile_saved = saved + (size_t)t * saved_size(s);
+        R *tile_saved = saved + (size_t)t * saved_size(s);
         gather(Z0, b0, count, D, N1, tile_saved);
         ok = tile_forward(s, P, Qc, tile_saved, y);
-        std::memcpy(yhat + b0, y, sizeof(float) * count);
+        std::memcpy(yhat + b0, y, sizeof(R) * count);
     }
     std::free(y);
     return ok ? 0 : 1;
 }
 
-int la_backward(int B, int D, int N1, int r, int n, int L, const float *saved, const float *P,
-                const float *Qc, const float *gy, float *dZ, float *dP, float *dQc) {
-    const Layout<float> s{TILE, D, N1, r, n, L};
-    float *tile = allocate<float>(s.size() + TILE);
+template <class R>
+int backward(int B, int D, int N1, int r, int n, int L, const R *saved, const R *P, const R *Qc,
+             const R *gy, R *dZ, R *dP, R *dQc) {
+    const Layout<R> s{TILE, D, N1, r, n, L};
+    R *tile = allocate<R>(s.size() + TILE);
     if (!tile) return 1;
-    float *g = tile + s.size();
-    std::memset(dP, 0, sizeof(float) * L * D * D);
-    std::memset(dQc, 0, sizeof(float) * L * r * r);
+    R *g = tile + s.size();
+    std::memset(dP, 0, sizeof(R) * L * D * D);
+    std::memset(dQc, 0, sizeof(R) * L * r * r);
     bool ok = true;
     for (int t = 0; t < tiles(B) && ok; t++) {
         const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
-        std::memset(g, 0, sizeof(float) * TILE);  /* padded prompts carry no gradient */
-        std::memcpy(g, gy + b0, sizeof(float) * count);
+        std::memset(g, 0, sizeof(R) * TILE);  /* padded prompts carry no gradient */
+        std::memcpy(g, gy + b0, sizeof(R) * count);
         ok = tile_backward(s, saved + (size_t)t * saved_size(s), P, Qc, g, tile, dP, dQc);
         scatter(tile, b0, count, D, N1, dZ);
     }
@@ -434,14 +435,15 @@ int la_backward(int B, int D, int N1, int r, int n, int L, const float *saved, c
 /* The mean squared error of B prompts and its gradient in one pass: each tile's backward pass runs
  * right after its forward pass (the loss of a prompt depends on that prompt alone), while the tile's
  * intermediate values are still in cache. dZ may be null (no gradient for the prompts). */
-int la_loss_grad(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *target,
-                 const float *P, const float *Qc, float *loss, float *dZ, float *dP, float *dQc) {
-    const Layout<float> s{TILE, D, N1, r, n, L};
-    float *work = allocate<float>(saved_size(s) + s.size() + 2 * TILE);
+template <class R>
+int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P,
+              const R *Qc, R *loss, R *dZ, R *dP, R *dQc) {
+    const Layout<R> s{TILE, D, N1, r, n, L};
+    R *work = allocate<R>(saved_size(s) + s.size() + 2 * TILE);
     if (!work) return 1;
-    float *saved = work, *tile = saved + saved_size(s), *y = tile + s.size(), *g = y + TILE;
-    std::memset(dP, 0, sizeof(float) * L * D * D);
-    std::memset(dQc, 0, sizeof(float) * L * r * r);
+    R *saved = work, *tile = saved + saved_size(s), *y = tile + s.size(), *g = y + TILE;
+    std::memset(dP, 0, sizeof(R) * L * D * D);
+    std::memset(dQc, 0, sizeof(R) * L * r * r);
     double total = 0.0;
     bool ok = true;
     for (int t = 0; t < tiles(B) && ok; t++) {
@@ -449,14 +451,14 @@ int la_loss_grad(int B, int D, int N1, int r, int n, int L, const float *Z0, con
         gather(Z0, b0, count, D, N1, saved);
         ok = tile_forward(s, P, Qc, saved, y);
         for (int c = 0; c < TILE; c++) {  /* padded prompts carry no gradient */
-            const float error = c < count ? y[c] - target[b0 + c] : 0.0f;
+            const R error = c < count ? y[c] - target[b0 + c] : R(0);
             total += (double)error * error;
-            g[c] = 2.0f * error / B;
+            g[c] = R(2) * error / B;
         }
         ok = ok && tile_backward(s, saved, P, Qc, g, tile, dP, dQc);
         if (dZ) scatter(tile, b0, count, D, N1, dZ);
     }
-    *loss = (float)(total / B);
+    *loss = (R)(total / B);
     std::free(work);
     return ok ? 0 : 1;
 }
@@ -464,22 +466,53 @@ int la_loss_grad(int B, int D, int N1, int r, int n, int L, const float *Z0, con
 /* Hessian-vector products H v_k (k < directions) of the mean squared error, in (P, Qc)
  * coordinates: tP (directions, L, D, D) and tQc (directions, L, r, r) in, HP and HQc out.
  * Z0: (B, D, N1) prompts; target: (B,) true query labels. */
-int la_hvp(int B, int D, int N1, int r, int n, int L, const float *Z0, const float *target,
-           const float *P, const float *Qc, int directions, const float *tP, const float *tQc,
-           float *HP, float *HQc) {
+template <class R>
+int hvp(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P,
+        const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc) {
     const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
     for (int k0 = 0; k0 < directions; k0 += 128) {
         const int count = directions - k0 < 128 ? directions - k0 : 128;
-        const float *p = tP + k0 * nP, *q = tQc + k0 * nQ;
-        float *hp = HP + k0 * nP, *hq = HQc + k0 * nQ;
+        const R *p = tP + k0 * nP, *q = tQc + k0 * nQ;
+        R *hp = HP + k0 * nP, *hq = HQc + k0 * nQ;
         const int status =
-            count == 1   ? hvp_chunk<1>(HVP_TILE, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, 1, hp, hq)
-            : count <= 8 ? hvp_chunk<8>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq)
-            : count <= 32 ? hvp_chunk<32>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq)
-                          : hvp_chunk<128>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq);
+            count == 1    ? hvp_chunk<R, 1>(HVP_TILE, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, 1, hp, hq)
+            : count <= 8  ? hvp_chunk<R, 8>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq)
+            : count <= 32 ? hvp_chunk<R, 32>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq)
+                          : hvp_chunk<R, 128>(1, B, D, N1, r, n, L, Z0, target, P, Qc, p, q, count, hp, hq);
         if (status) return status;
     }
     return 0;
 }
+
+}  // namespace
+
+/* The entry points, once per real type (R, suffix); la_saved_size counts elements of either. */
+#define ENTRY_POINTS(R, suffix)                                                                       \
+    int la_forward_##suffix(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *P,       \
+                            const R *Qc, R *saved, R *yhat) {                                         \
+        return forward(B, D, N1, r, n, L, Z0, P, Qc, saved, yhat);                                    \
+    }                                                                                                 \
+    int la_backward_##suffix(int B, int D, int N1, int r, int n, int L, const R *saved, const R *P,   \
+                             const R *Qc, const R *gy, R *dZ, R *dP, R *dQc) {                        \
+        return backward(B, D, N1, r, n, L, saved, P, Qc, gy, dZ, dP, dQc);                            \
+    }                                                                                                 \
+    int la_loss_grad_##suffix(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, \
+                              const R *P, const R *Qc, R *loss, R *dZ, R *dP, R *dQc) {               \
+        return loss_grad(B, D, N1, r, n, L, Z0, target, P, Qc, loss, dZ, dP, dQc);                    \
+    }                                                                                                 \
+    int la_hvp_##suffix(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target,      \
+                        const R *P, const R *Qc, int directions, const R *tP, const R *tQc, R *HP,    \
+                        R *HQc) {                                                                     \
+        return hvp(B, D, N1, r, n, L, Z0, target, P, Qc, directions, tP, tQc, HP, HQc);               \
+    }
+
+extern "C" {
+
+size_t la_saved_size(int B, int D, int N1, int r, int L) {
+    return (size_t)tiles(B) * saved_size(Layout<float>{TILE, D, N1, r, 0, L});
+}
+
+ENTRY_POINTS(float, f32)
+ENTRY_POINTS(double, f64)
 
 }  // extern "C"

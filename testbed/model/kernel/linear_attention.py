@@ -122,16 +122,18 @@ def _address(tensor: torch.Tensor) -> int:
 
 
 class CompiledLinearAttentionStack(torch.autograd.Function):
-    """The same stack through the compiled kernel of ``testbed.model.kernel`` (float32 only)."""
+    """The same stack through the compiled kernel of ``testbed.model.kernel`` (float32 or float64,
+    the dtype of P)."""
 
     @staticmethod
     def forward(ctx, Z0, P, Qc, r: int, n: int, library):
         """Predictions yhat (B,); the kernel keeps what its backward pass needs in ``ctx.saved``."""
         Z0, P, Qc = (t.detach().contiguous() for t in (Z0, P, Qc))
         B, D, N1, L = kernels.stack_sizes(Z0, P, Qc, r, n)
-        saved = torch.empty(library.la_saved_size(B, D, N1, r, L), dtype=torch.float32)
-        yhat = torch.empty(B, dtype=torch.float32)
-        if library.la_forward(B, D, N1, r, n, L, *map(_address, (Z0, P, Qc, saved, yhat))):
+        saved = torch.empty(library.la_saved_size(B, D, N1, r, L), dtype=P.dtype)
+        yhat = torch.empty(B, dtype=P.dtype)
+        forward = kernels.entry(library, "la_forward", P.dtype)
+        if forward(B, D, N1, r, n, L, *map(_address, (Z0, P, Qc, saved, yhat))):
             raise MemoryError("linear-attention kernel: out of memory")
         ctx.save_for_backward(P, Qc)
         ctx.saved, ctx.sizes, ctx.library = saved, (B, D, N1, r, n, L), library
@@ -144,11 +146,11 @@ class CompiledLinearAttentionStack(torch.autograd.Function):
         P, Qc = ctx.saved_tensors
         B, D, N1, r, n, L = ctx.sizes
         grad_yhat = grad_yhat.contiguous()
-        kernels.check_arguments(grad_yhat=(grad_yhat, (B,)))
-        dZ = torch.empty((B, D, N1), dtype=torch.float32)
+        kernels.check_arguments(P.dtype, grad_yhat=(grad_yhat, (B,)))
+        dZ = torch.empty((B, D, N1), dtype=P.dtype)
         dP, dQc = torch.empty_like(P), torch.empty_like(Qc)
         addresses = map(_address, (ctx.saved, P, Qc, grad_yhat, dZ, dP, dQc))
-        if ctx.library.la_backward(B, D, N1, r, n, L, *addresses):
+        if kernels.entry(ctx.library, "la_backward", P.dtype)(B, D, N1, r, n, L, *addresses):
             raise MemoryError("linear-attention kernel: out of memory")
         ctx.saved = None
         return dZ, dP, dQc, None, None, None

@@ -17,22 +17,25 @@ from testbed.tasks import Batch
 
 def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
     """The kernel covers an attention variant it supports (linear attention) without a feature map,
-    in float32."""
+    in float32 or float64 (prompts and parameters alike)."""
+    dtype = batch.x.dtype
     return (model.attention.kernel_supported and model.feature_map is None
-            and batch.x.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+            and dtype in kernels.DTYPES and all(p.dtype == dtype for p in model.parameters())
             and kernels.load() is not None)
 
 
 def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """H(params) v for every row v of ``directions`` (K, N): the Hessian of the batch's mean squared
-    error in the flattened parameters (the order of ``model.named_parameters()``)."""
+    error in the flattened parameters (the order of ``model.named_parameters()``), in the dtype of
+    ``params``."""
     library = kernels.load()
+    dtype = params.dtype
     L, d = model.config.layers, model.d
     D, n = d + 1, model.n
     first, second = (p.numel() for p in model.parameters())
     blocks = dict(zip(("first", "second"), params.detach().split([first, second])))
     K = directions.shape[0]
-    v_first, v_second = directions.detach().to(torch.float32).split([first, second], dim=1)
+    v_first, v_second = directions.detach().to(dtype).split([first, second], dim=1)
     if model.config.parameterization == "block_sparse":  # parameters A (= Qc), then B
         r = d
         A, B = blocks["first"].view(L, d, d), blocks["second"].view(L, d, d)
@@ -47,11 +50,12 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
     Z0 = model.prompt(batch.x, batch.y).detach()
     tensors = [t.contiguous() for t in (Z0, batch.target.detach(), P, Qc, tP, tQc)]
     B, _, _, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, n)
-    kernels.check_arguments(target=(tensors[1], (B,)), tP=(tensors[4], (K, L, D, D)),
+    kernels.check_arguments(dtype, target=(tensors[1], (B,)), tP=(tensors[4], (K, L, D, D)),
                             tQc=(tensors[5], (K, L, r, r)))
-    HP, HQc = torch.empty(K, L, D, D), torch.empty(K, L, r, r)
-    status = library.la_hvp(B, D, n + 1, r, n, L, *(t.data_ptr() for t in tensors[:4]), K,
-                            tensors[4].data_ptr(), tensors[5].data_ptr(), HP.data_ptr(), HQc.data_ptr())
+    HP, HQc = torch.empty(K, L, D, D, dtype=dtype), torch.empty(K, L, r, r, dtype=dtype)
+    hvp = kernels.entry(library, "la_hvp", dtype)
+    status = hvp(B, D, n + 1, r, n, L, *(t.data_ptr() for t in tensors[:4]), K,
+                 tensors[4].data_ptr(), tensors[5].data_ptr(), HP.data_ptr(), HQc.data_ptr())
     if status:
         raise MemoryError("linear-attention kernel: out of memory")
     if model.config.parameterization == "block_sparse":
@@ -64,6 +68,6 @@ def kernel_hessian(model: LinearTransformer, batch: Batch, params: torch.Tensor)
     zeros and are not computed."""
     active = ~model.inert_parameters()
     size = params.numel()
-    H = torch.zeros(size, size)
-    H[active] = kernel_hvp(model, batch, params, torch.eye(size)[active])
+    H = torch.zeros(size, size, dtype=params.dtype)
+    H[active] = kernel_hvp(model, batch, params, torch.eye(size, dtype=params.dtype)[active])
     return (H + H.T) / 2  # symmetric up to float rounding; make it exactly so
