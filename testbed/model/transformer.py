@@ -100,13 +100,31 @@ class LinearTransformer(nn.Module):
         """Z (B, d+1, n+1) from covariates and labels, with the query's label hidden (set to 0).
         Every path (compiled kernel, torch, autograd, Hessians) starts here, so it rejects prompts of
         another shape: torch would take extra tokens for context and compute a meaningless loss."""
-        problem = shape_problem(x, y, x.shape[0] if x.dim() else 0, self.n, self.input_d)
-        if problem is not None:
-            raise ValueError(f"prompts of the wrong shape: {problem}")
+        self._check_prompts(x, y)
         if self.feature_map is not None:
             x = self.feature_map(x)
         y = torch.cat([y[:, :-1], torch.zeros_like(y[:, -1:])], dim=1)
         return torch.cat([x, y.unsqueeze(-1)], dim=2).transpose(1, 2)
+
+    def _check_prompts(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        problem = shape_problem(x, y, x.shape[0] if x.dim() else 0, self.n, self.input_d)
+        if problem is not None:
+            raise ValueError(f"prompts of the wrong shape: {problem}")
+
+    def _kernel_prompt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``prompt(x, y)`` laid out contiguously, as the compiled kernel reads it. Without a feature
+        map or a gradient to take, the same entries are copied into place in one pass: ``prompt``'s
+        two concatenations and the transposing copy ``contiguous()`` makes cost twice as much."""
+        if (self.feature_map is not None or x.dtype != y.dtype
+                or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))):
+            return self.prompt(x, y).contiguous()
+        self._check_prompts(x, y)
+        B, N1, d = x.shape
+        Z = torch.empty(B, d + 1, N1, dtype=x.dtype, device=x.device)
+        Z[:, :d].copy_(x.transpose(1, 2))
+        Z[:, d, :-1].copy_(y[:, :-1])
+        Z[:, d, -1] = 0  # the query's label, hidden
+        return Z
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predictions yhat (B,) for the query of every prompt.
@@ -133,7 +151,7 @@ class LinearTransformer(nn.Module):
             loss.backward()
             return loss.detach()
         P, Qc, r = self.kernel_matrices()
-        Z0 = self.prompt(x, y)
+        Z0 = self._kernel_prompt(x, y)
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
         B, D, N1, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, self.n)
         kernels.check_arguments(P.dtype, target=(tensors[1], (B,)))

@@ -202,9 +202,12 @@ bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat
     return true;
 }
 
-/* Backward from gy = dLoss/dyhat; dZ receives dLoss/dZ0; dP and dQc are accumulated into. */
+/* Backward from gy = dLoss/dyhat; dP and dQc are accumulated into. dZ is working space that ends
+ * holding dLoss/dZ0 when input_grad is set; without it the first layer's share of dZ, a third of
+ * the backward pass that no parameter gradient reads, is skipped (dP and dQc come out the same). */
 template <class E>
-bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc) {
+bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc,
+                   bool input_grad) {
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
     const size_t size = s.size(), mat = s.mat();
     E *work = allocate<E>(4 * mat + (size_t)(2 * n + 6 * r) * W + size);
@@ -294,6 +297,7 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
                 }
                 add(dQc[l * r * r + k * r + m], scaled(Real<E>(1) / n, tile_sum(W, tmp)));
             }
+        if (l == 0 && !input_grad) break;
         left_mul(W, D, D, r, Pl, 1, D, dK, T);             /* T = P^T dK */
         right_mul(W, D, r, r, T, Ql, 1, r, Real<E>(1) / n, dS);  /* dS = T Qc^T / n */
         for (int k = 0; k < r; k++)                        /* dZ[:r] += K^T G */
@@ -383,7 +387,7 @@ int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const R *Z0, con
             gy[c] = scaled(R(2) / B, yhat[c]);
             if (c < count) gy[c].v -= R(2) * target[b0 + c] / B;
         }
-        ok = ok && tile_backward(s, Zs, Pd, Qd, gy, dZ, dP_, dQ_);
+        ok = ok && tile_backward(s, Zs, Pd, Qd, gy, dZ, dP_, dQ_, false);
     }
     for (int k = 0; k < directions; k++) {
         for (size_t e = 0; e < nP; e++) HP[(size_t)k * nP + e] = dP_[e].t[k];
@@ -425,7 +429,7 @@ int backward(int B, int D, int N1, int r, int n, int L, const R *saved, const R 
         const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
         std::memset(g, 0, sizeof(R) * TILE);  /* padded prompts carry no gradient */
         std::memcpy(g, gy + b0, sizeof(R) * count);
-        ok = tile_backward(s, saved + (size_t)t * saved_size(s), P, Qc, g, tile, dP, dQc);
+        ok = tile_backward(s, saved + (size_t)t * saved_size(s), P, Qc, g, tile, dP, dQc, true);
         scatter(tile, b0, count, D, N1, dZ);
     }
     std::free(tile);
@@ -455,7 +459,7 @@ int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *t
             total += (double)error * error;
             g[c] = R(2) * error / B;
         }
-        ok = ok && tile_backward(s, saved, P, Qc, g, tile, dP, dQc);
+        ok = ok && tile_backward(s, saved, P, Qc, g, tile, dP, dQc, dZ != nullptr);
         if (dZ) scatter(tile, b0, count, D, N1, dZ);
     }
     *loss = (R)(total / B);
