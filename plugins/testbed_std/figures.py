@@ -1,17 +1,21 @@
-"""Figures the diagnostics log to TensorBoard (matplotlib's object API: no global pyplot state)."""
+"""Figures the diagnostics log to TensorBoard (matplotlib's object API: no global pyplot state).
+
+matplotlib and scipy are imported where a figure is drawn: at module level they cost every process
+that loads the plugins (`testbed --help`, each run's worker) about a second, figure or not."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure as MplFigure
-from scipy import stats
 
 from testbed import Figure
 
 
 def noise_figure(errors: torch.Tensor, bins: int, summary: dict[str, float], step: int) -> Figure:
     """Density histogram of the noise norms with a normal QQ-plot inset."""
+    from matplotlib.figure import Figure as MplFigure
+    from scipy import stats
+
     x = errors.double().numpy()
     figure = MplFigure(figsize=(6, 4), dpi=100)
     axes = figure.add_subplot()
@@ -33,6 +37,8 @@ def noise_figure(errors: torch.Tensor, bins: int, summary: dict[str, float], ste
 def smoothness_scatter(steps: torch.Tensor, log_grad: torch.Tensor, log_smoothness: torch.Tensor,
                        correlation: float, slope: float) -> Figure:
     """log directional smoothness against log gradient norm, coloured by step."""
+    from matplotlib.figure import Figure as MplFigure
+
     figure = MplFigure(figsize=(6, 4), dpi=100)
     axes = figure.add_subplot()
     points = axes.scatter(log_grad.numpy(), log_smoothness.numpy(), c=steps.numpy(), s=4, cmap="viridis")

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import stats
 
 from testbed import Histogram
 
@@ -23,6 +22,8 @@ def hill_tail_index(samples: np.ndarray, tail_fraction: float) -> float:
 
 
 def summarize(errors: torch.Tensor, tail_fraction: float) -> dict[str, float]:
+    from scipy import stats  # here, not at import: it costs every process that loads the plugins a second
+
     x = errors.double().numpy()
     median = float(np.median(x))
     return {
