@@ -22,7 +22,8 @@ def hill_tail_index(samples: np.ndarray, tail_fraction: float) -> float:
 
 
 def summarize(errors: torch.Tensor, tail_fraction: float) -> dict[str, float]:
-    from scipy import stats  # here, not at import: it costs every process that loads the plugins a second
+    # Imported here, not with the module: scipy.stats costs every process that loads the plugins a second.
+    from scipy import stats
 
     x = errors.double().numpy()
     median = float(np.median(x))

@@ -15,6 +15,7 @@ from testbed import __version__
 from testbed.experiment.config import apply_overrides, load_yaml
 from testbed.errors import PluginError, TestbedError
 from testbed.experiment.executors.base import make_executor
+from testbed.experiment.executors.local import LocalExecutor, start_worker_server
 from testbed.engine.diagnostic_runner import problems_by_diagnostic, raised
 from testbed.files.layout import ERROR_FILE, RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE
 from testbed.experiment.runner import run_sweep, summary_table
@@ -47,10 +48,14 @@ class TestbedGroup(PluginCommandsGroup):
             ctx.exit(1)
 
 
-def _load_sweep(path: str, overrides: tuple[str, ...]):
+def _load_sweep(path: str, overrides: tuple[str, ...], start_workers: bool = False):
+    """The plugins and the checked sweep of the config at ``path``; ``start_workers``: the local
+    executor's worker server starts before the check, so that their imports (seconds each) overlap."""
     plugins = load_plugins()
     plugins.require_healthy()
     raw = apply_overrides(load_yaml(path), list(overrides))
+    if start_workers:
+        start_worker_server(plugins)
     return plugins, expand(raw, plugins.registry, default_name=Path(path).stem)
 
 
@@ -79,7 +84,7 @@ main.add_command(check)
 def run(config_path: str, overrides: tuple[str, ...], logdir: str, workers: int | None, executor: str,
         address: str | None, force: bool, dry_run: bool) -> None:
     """Run an experiment or a sweep: every point x optimizer entry x seed of CONFIG."""
-    plugins, sweep = _load_sweep(config_path, overrides)
+    plugins, sweep = _load_sweep(config_path, overrides, start_workers=executor == LocalExecutor.name and not dry_run)
     check_address(plugins.registry, executor, address)
     if dry_run:
         from testbed.experiment.dryrun import describe, estimate_seconds, plan_states

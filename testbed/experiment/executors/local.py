@@ -25,7 +25,9 @@ import signal
 import threading
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ class LocalExecutor:
         other, when some plugins were handed in as objects: a worker's own load_plugins() would miss them)."""
         if self.in_process or plugins.in_this_process_only:
             return collect(_InProcess(plans, plugins), plans, report)
-        pool = _Pool(plans, min(self.capacity(), len(plans)), preload=[*PRELOAD, *plugins.entry_point_modules()])
+        pool = _Pool(plans, min(self.capacity(), len(plans)), _worker_context(plugins))
         return collect(pool, plans, report)
 
     def close(self) -> None:
@@ -119,6 +121,25 @@ class _InProcess:
 PRELOAD = ["testbed.experiment.executors.local", "torch._dynamo"]
 
 
+def start_worker_server(plugins: Plugins) -> None:
+    """Start the worker server now, ahead of the runs: its imports (seconds) then overlap the caller's
+    own work, such as checking the config (which imports torch._dynamo too, at its first optimizer).
+    Nothing to do where workers are spawned, or where the runs will execute in this process."""
+    if not plugins.in_this_process_only and _worker_context(plugins).get_start_method() == "forkserver":
+        forkserver.ensure_running()  # returns at once: the server imports while this process goes on
+
+
+def _worker_context(plugins: Plugins) -> BaseContext:
+    """Multiprocessing's forkserver context, its server preloading the engine and ``plugins`` (used
+    when the server starts: once per driver); the spawn context where there is no forkserver."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    last = "testbed.experiment.executors.preloaded"  # gc.freeze(), once the rest is imported
+    context.set_forkserver_preload([*PRELOAD, *plugins.entry_point_modules(), last])
+    return context
+
+
 @dataclass
 class _Worker:
     """A worker process, the driver's end of its pipe, and the run it executes (None: idle)."""
@@ -136,17 +157,12 @@ class _Pool:
     Workers fork from a server process (multiprocessing's forkserver) that imported torch and the
     installed plugins once, so one starts in a fraction of a second where a spawned one re-imports
     for seconds; the server has run no torch code, so forking it is safe. Where there is no
-    forkserver, workers are spawned."""
+    forkserver, workers are spawned (``context``: see ``_worker_context``)."""
 
-    def __init__(self, plans: list[RunPlan], size: int, preload: list[str]):
-        self.plans, self.size = plans, size
+    def __init__(self, plans: list[RunPlan], size: int, context: BaseContext):
+        self.plans, self.size, self.context = plans, size, context
         self.waiting: deque[RunPlan] = deque()
         self.report: Report = lambda event: None
-        if "forkserver" in mp.get_all_start_methods():
-            self.context = mp.get_context("forkserver")
-            self.context.set_forkserver_preload(preload)  # used when the server starts: once per driver
-        else:
-            self.context = mp.get_context("spawn")
         # Read by every worker at every step: shared memory, no lock a dying worker could hold.
         self.stop = self.context.RawValue(ctypes.c_bool, False)
         self.workers: list[_Worker] = []
