@@ -239,3 +239,19 @@ def test_the_standard_plugins_hash_their_source_only_in_a_working_tree(tiny_raw,
         assert found["code"] == {"optimizers": source_hash("testbed_std"), "tasks": source_hash("testbed_std")}
     else:
         assert set(found) == RELEASED_KEYS
+
+
+def test_a_source_trees_own_metadata_found_first_does_not_hide_a_directory_install(tmp_path, monkeypatch):
+    # Run from a source tree (`python -m testbed.cli` in a checkout installed with `pip install .`),
+    # Python finds the tree's build metadata (no direct_url.json) before the installed copy: the
+    # install is still one from a directory, so the run ids stay those of the same install elsewhere.
+    tree, site = tmp_path / "tree", tmp_path / "site"
+    tree.mkdir(), site.mkdir()
+    (tree / "example.egg-info").mkdir()
+    (tree / "example.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: example\nVersion: 1.0\n")
+    installed = dist_info(site, {"url": "file:///src/example", "dir_info": {}})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(tree))
+    first = md.distribution("example")
+    assert first.read_text("direct_url.json") is None  # the tree's copy is the one found
+    assert installed_from_directory(first) and installed_from_directory(installed)

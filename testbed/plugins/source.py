@@ -28,9 +28,18 @@ TESTS = {"tests", "test"}  # folders of a plugin package whose files no run exec
 
 
 def installed_from_directory(dist: md.Distribution | None) -> bool:
-    """Whether ``dist`` was pip-installed from a local directory (editable or not), per its
-    ``direct_url.json``; False for a release or a distribution that does not say."""
-    text = dist.read_text("direct_url.json") if dist is not None else None
+    """Whether ``dist`` was pip-installed from a local directory (editable or not), per the
+    ``direct_url.json`` of any installed distribution of its name; False for a release or a
+    distribution that does not say. Any of its name: run from a source tree, Python may find that
+    tree's own build metadata (``testbed.egg-info``, no direct_url.json) before the installed one,
+    and the same install must give the same run ids whichever copy of the metadata is found first."""
+    if dist is None:
+        return False
+    return any(_direct_url_is_a_directory(found) for found in (dist, *md.distributions(name=dist.name)))
+
+
+def _direct_url_is_a_directory(dist: md.Distribution) -> bool:
+    text = dist.read_text("direct_url.json")
     if not text:
         return False
     try:
