@@ -20,7 +20,8 @@ from testbed.model.config import ModelConfig
 from testbed.model.transformer import LinearTransformer
 from testbed.options import REQUIRED, Option, validate_options
 from testbed.plugins.registry import Entry
-from testbed.tasks import Batch, LinearRegressionTask
+from testbed.tasks import Batch
+from testbed.testing.probes import StandardNormalPrompts
 
 D, N = 3, 6  # covariate dimension and context length: the smallest sizes with every code path
 BATCH = 32  # prompts per step
@@ -38,18 +39,10 @@ class Fault(Exception):
     """What a check found wrong; its message names the fault."""
 
 
-class ReferenceTask(LinearRegressionTask):
-    """x ~ N(0, I_d), the task the optimizer and diagnostic checks train on (the core's own: it names
-    no plugin, so a check never depends on which plugins are installed)."""
-
-    def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Standard normal covariates."""
-        return self.randn(batch_size, self.n + 1, self.d, generator=generator)
-
-
-def reference_task() -> ReferenceTask:
-    """The checks' training task at the tiny sizes."""
-    return ReferenceTask(D, N)
+def reference_task() -> StandardNormalPrompts:
+    """The checks' training task at the tiny sizes: x ~ N(0, I_d), the testing kit's own (it names no
+    plugin, so a check never depends on which plugins are installed)."""
+    return StandardNormalPrompts(D, N)
 
 
 def tiny_model(dtype: torch.dtype = torch.float32) -> LinearTransformer:
