@@ -180,14 +180,19 @@ def write_leaderboard(chosen: Plan, card: Scorecard, results: BaselineResults, o
     instead of rerunning the baselines."""
     heavy = [w.name for w in chosen.suite.workloads if w.heavy_tailed]
     text = leaderboard_markdown(card, results, heavy, figures)
-    written = [write_baselines(out / f"baselines-{chosen.profile}.json", results)]
-    with writing(out / LEADERBOARD_FILE):
-        (out / LEADERBOARD_FILE).write_text(text, encoding="utf-8")
-    written.append(out / LEADERBOARD_FILE)
+    written = write_board(out, results, text)
     if ship:
         written += ship_leaderboard(shipped_path(chosen.suite.version, chosen.profile, chosen.root).parent,
                                     results, text, out, figures)
     return written
+
+
+def write_board(directory: Path, results: BaselineResults, text: str) -> list[Path]:
+    """baselines-<profile>.json and LEADERBOARD.md (``text``) in ``directory``; returns their paths."""
+    written = [write_baselines(directory / f"baselines-{results.profile}.json", results)]
+    with writing(directory / LEADERBOARD_FILE):
+        (directory / LEADERBOARD_FILE).write_text(text, encoding="utf-8")
+    return [*written, directory / LEADERBOARD_FILE]
 
 
 def ship_leaderboard(directory: Path, results: BaselineResults, text: str, out: Path,
@@ -195,10 +200,7 @@ def ship_leaderboard(directory: Path, results: BaselineResults, text: str, out: 
     """Copy the leaderboard, its per-seed results and its figures from ``out`` into the benchmark's
     ``directory`` (the figures keep their paths relative to LEADERBOARD.md). Figures of an earlier
     leaderboard there that this one did not draw are removed: what lies there is one leaderboard."""
-    written = [write_baselines(directory / f"baselines-{results.profile}.json", results)]
-    with writing(directory / LEADERBOARD_FILE):
-        (directory / LEADERBOARD_FILE).write_text(text, encoding="utf-8")
-    written.append(directory / LEADERBOARD_FILE)
+    written = write_board(directory, results, text)
     keep = {directory / path for path, _ in figures}
     with writing(directory / FIGURES_DIR):
         (directory / FIGURES_DIR).mkdir(exist_ok=True)
