@@ -1,7 +1,8 @@
-"""A compiled kernel for the linear-attention stack, built on first use with the system C++ compiler.
+"""Compiled kernels, built on first use with the system C++ compiler: one library per C++ source beside
+this file (``linear_attention.cpp``: the linear-attention stack; others add their own).
 
 The torch implementation (``linear_attention.py`` beside it) spends its time in batched products of
-tiny matrices; this C++ version stores prompts batch-innermost so every inner loop is a vectorized
+tiny matrices; the C++ version stores prompts batch-innermost so every inner loop is a vectorized
 pass over the batch, and runs the same code on dual numbers for exact Hessian-vector products. It is
 optional: without a C++ compiler, or with TESTBED_KERNEL=torch, the torch implementation (and
 torch.func for second derivatives) runs instead, with the same results up to float rounding.
@@ -44,53 +45,66 @@ def _cpu_fingerprint() -> str:
         return platform.processor()
 
 
-def _library_path(compiler: str) -> Path:
+def _library_path(source: Path, compiler: str) -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
+    for part in (source.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
                  platform.machine().encode(), _cpu_fingerprint().encode()):
         key.update(part)
-    return cache_dir() / f"linear_attention-{key.hexdigest()[:16]}.so"
+    return cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
-def _compile(compiler: str, target: Path) -> None:
+def _compile(source: Path, compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename: parallel workers may compile at the same time.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(source)], check=True, capture_output=True, timeout=120)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-@lru_cache(maxsize=1)
-def load() -> ctypes.CDLL | None:
-    """The compiled library, or None when it is disabled or cannot be built here."""
+def compiled_library(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
+    """The library built from the C++ file ``source`` (compiled once per source, flags and CPU, then
+    kept in ``cache_dir()``), or None when kernels are disabled (TESTBED_KERNEL=torch) or cannot be
+    built here. ``signatures`` maps each entry point's name, without its dtype suffix, to its ctypes
+    argument types; every one returns an int status (0: done, else out of memory)."""
     if os.environ.get("TESTBED_KERNEL", "c") == "torch":
         return None
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         return None
-    target = _library_path(compiler)
+    target = _library_path(source, compiler)
     try:
         if not target.exists():
-            _compile(compiler, target)
+            _compile(source, compiler, target)
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
         return None
-    int_args = [ctypes.c_int] * 6
-    pointer = ctypes.c_void_p
-    library.la_saved_size.argtypes = [ctypes.c_int] * 5
-    library.la_saved_size.restype = ctypes.c_size_t
     for suffix in DTYPES.values():
-        signatures = {"la_forward": int_args + [pointer] * 5, "la_backward": int_args + [pointer] * 7,
-                      "la_hvp": int_args + [pointer] * 4 + [ctypes.c_int] + [pointer] * 4,
-                      "la_loss_grad": int_args + [pointer] * 8}
         for name, argtypes in signatures.items():
             function = getattr(library, f"{name}_{suffix}")
             function.argtypes, function.restype = argtypes, ctypes.c_int
+    return library
+
+
+_INTS = [ctypes.c_int] * 6
+_POINTER = ctypes.c_void_p
+LINEAR_ATTENTION = {"la_forward": _INTS + [_POINTER] * 5, "la_backward": _INTS + [_POINTER] * 7,
+                    "la_hvp": _INTS + [_POINTER] * 4 + [ctypes.c_int] + [_POINTER] * 4,
+                    "la_loss_grad": _INTS + [_POINTER] * 8}
+
+
+@lru_cache(maxsize=1)
+def load() -> ctypes.CDLL | None:
+    """The linear-attention library (``linear_attention.cpp``), or None when it is disabled or
+    cannot be built here."""
+    library = compiled_library(SOURCE, LINEAR_ATTENTION)
+    if library is not None:
+        library.la_saved_size.argtypes = [ctypes.c_int] * 5
+        library.la_saved_size.restype = ctypes.c_size_t
     return library
 
 
