@@ -28,6 +28,7 @@ PACKAGE = ROOT / "testbed"
 # public plugin API and testbed.text (plain-text formatting that every layer prints with) form the
 # bottom; files/ (safe reading and writing of log directories) sits on it; the rest stack up to the CLI.
 LAYERS: list[tuple[str, list[str]]] = [
+    ("native", ["testbed.native"]),
     ("api", ["testbed", "testbed.hookspecs", "testbed.options", "testbed.errors", "testbed.tasks",
              "testbed.diagnostics", "testbed.text"]),
     ("files", ["testbed.files"]),
