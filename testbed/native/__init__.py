@@ -39,46 +39,50 @@ def _cpu_fingerprint() -> str:
         return platform.processor()
 
 
-def _library_path(source: Path, compiler: str) -> Path:
+def _library_path(source: Path, compiler: str, flags: list[str]) -> Path:
     key = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
+    for part in (source.read_bytes(), " ".join(flags).encode(), compiler.encode(),
                  platform.machine().encode(), _cpu_fingerprint().encode()):
         key.update(part)
     return cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
-def _compile(source: Path, compiler: str, target: Path) -> None:
+def _compile(source: Path, compiler: str, flags: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename: parallel workers may compile at the same time.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, str(source)], check=True, capture_output=True, timeout=120)
+        subprocess.run([compiler, *flags, "-o", tmp, str(source)], check=True, capture_output=True, timeout=120)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def compiled_library(source: Path, signatures: dict[str, list]) -> ctypes.CDLL | None:
+def compiled_library(source: Path, signatures: dict[str, list], extra_flags: tuple[str, ...] = (),
+                     typed: bool = True) -> ctypes.CDLL | None:
     """The library built from the C++ file ``source`` (compiled once per source, flags and CPU, then
     kept in ``cache_dir()``), or None when kernels are disabled (TESTBED_KERNEL=torch) or cannot be
-    built here. ``signatures`` maps each entry point's name, without its dtype suffix, to its ctypes
-    argument types; every one returns an int status (0: done, else out of memory)."""
+    built here. ``signatures`` maps each entry point's name, without its dtype suffix when ``typed``
+    (one entry point per type in DTYPES), to its ctypes argument types; every one returns an int
+    status (0: done, else out of memory). ``extra_flags`` go to the compiler after FLAGS."""
     if os.environ.get("TESTBED_KERNEL", "c") == "torch":
         return None
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         return None
-    target = _library_path(source, compiler)
+    flags = [*FLAGS, *extra_flags]
+    target = _library_path(source, compiler, flags)
     try:
         if not target.exists():
-            _compile(source, compiler, target)
+            _compile(source, compiler, flags, target)
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
         return None
-    for suffix in DTYPES.values():
+    suffixes = [f"_{suffix}" for suffix in DTYPES.values()] if typed else [""]
+    for suffix in suffixes:
         for name, argtypes in signatures.items():
-            function = getattr(library, f"{name}_{suffix}")
+            function = getattr(library, f"{name}{suffix}")
             function.argtypes, function.restype = argtypes, ctypes.c_int
     return library

@@ -1,0 +1,177 @@
+// Counter-based prompt stream: Philox4x32-10 (Salmon, Moraes, Dror & Shaw, SC'11; the Random123
+// definition), standard normals by Box-Muller and Gamma(k) variates by Marsaglia & Tsang (2000).
+//
+// Every output depends only on (key, its index), so whole arrays fill in vectorized passes, and the
+// torch fallback in sampling.py computes the very same numbers: the float32 log, exp and sin/cos
+// below are the Cephes polynomials written as plain arithmetic (one float32 rounding per operation;
+// compiled with -ffp-contract=off, so no fused multiply-add changes a rounding), the same operations
+// in the same order as the fallback's tensor ops.
+//
+// Counter layout, block (c0, c1, c2, c3): c0, c1 = the low and high words of a 64-bit index,
+// c2 = the attempt (gamma's rejection), c3 = the stream (0: normals, 1: gamma, 2: gamma's boost),
+// key = the 64-bit key.
+
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+namespace {
+
+constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;  // round multipliers
+constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;  // Weyl key increments
+
+inline void philox(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) { k0 += W0; k1 += W1; }
+        const uint64_t p0 = uint64_t(M0) * c0, p1 = uint64_t(M1) * c2;
+        const uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0, n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
+        c1 = uint32_t(p1); c3 = uint32_t(p0); c0 = n0; c2 = n2;
+    }
+}
+
+inline float bits_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int32_t float_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+
+// A uniform in (0, 1) from the top 23 bits of w: (k + 1/2) 2^-23, exact in float32.
+inline float uniform(uint32_t w) { return (float(int32_t(w >> 9)) + 0.5f) * 1.1920928955078125e-7f; }
+
+// Cephes logf for normal x > 0 (garbage elsewhere, never used: callers mask).
+inline float log_f(float x) {
+    const int32_t bits = float_bits(x);
+    int32_t e = ((bits >> 23) & 0xff) - 126;
+    const float m = bits_float((bits & 0x7fffff) | 0x3f000000);  // x = m 2^e, m in [1/2, 1)
+    const bool low = m < 0.707106781186547524f;
+    e -= low ? 1 : 0;
+    const float f = (low ? m + m : m) - 1.0f;
+    const float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z;
+    const float fe = float(e);
+    y = y + fe * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    return (f + y) + fe * 0.693359375f;
+}
+
+// Cephes expf for x <= 0; below about -87 the result flushes to 0 (the smallest normal is e^-87.3).
+inline float exp_f(float x) {
+    // floor by truncation (floorf does not vectorize without -fno-trapping-math); exact here
+    const float r = x * 1.44269504088896341f + 0.5f, t = float(int32_t(r));
+    const float fx = t > r ? t - 1.0f : t;
+    x = x - fx * 0.693359375f;
+    x = x - fx * -2.12194440e-4f;
+    const float z = x * x;
+    float y = 1.9875691500e-4f;
+    y = y * x + 1.3981999507e-3f;
+    y = y * x + 8.3334519073e-3f;
+    y = y * x + 4.1665795894e-2f;
+    y = y * x + 1.6666665459e-1f;
+    y = y * x + 5.0000001201e-1f;
+    y = (y * z + x) + 1.0f;
+    int32_t n = int32_t(fx);
+    n = n < -127 ? -127 : n;
+    return y * bits_float((n + 127) << 23);
+}
+
+// cos and sin of the angle 2 pi (a + 2^21 + 1/2) / 2^24 for a = the top 24 bits of w: the quadrant
+// from the integer bits (exact), the Cephes polynomials on the rest, within [-pi/4, pi/4].
+inline void cos_sin(uint32_t w, float& cos_out, float& sin_out) {
+    const int32_t b = int32_t(((w >> 8) + (1u << 21)) & 0xffffffu);
+    const int32_t q = b >> 22;
+    const float phi = (float((b & 0x3fffff) - (1 << 21)) + 0.5f) * 3.7450702829239286e-7f;  // 2 pi / 2^24
+    const float z = phi * phi;
+    float s = -1.9515295891e-4f;
+    s = s * z + 8.3321608736e-3f;
+    s = s * z - 1.6666654611e-1f;
+    s = s * z * phi + phi;
+    float c = 2.443315711809948e-5f;
+    c = c * z - 1.388731625493765e-3f;
+    c = c * z + 4.166664568298827e-2f;
+    c = (c * z * z - 0.5f * z) + 1.0f;
+    const bool odd = q & 1;
+    const float cos_q = odd ? s : c, sin_q = odd ? c : s;
+    cos_out = (q == 1 || q == 2) ? -cos_q : cos_q;
+    sin_out = (q >= 2) ? -sin_q : sin_q;
+}
+
+inline float radius(uint32_t w) { return __builtin_sqrtf(-2.0f * log_f(uniform(w))); }
+
+// One Marsaglia-Tsang attempt for element i: its candidate in g, and whether it is accepted.
+// Branch-free, so a loop of attempts vectorizes.
+inline bool gamma_attempt(uint32_t k0, uint32_t k1, uint64_t i, uint32_t attempt, float d, float c, float& g) {
+    uint32_t c0 = uint32_t(i), c1 = uint32_t(i >> 32), c2 = attempt, c3 = 1;
+    philox(c0, c1, c2, c3, k0, k1);
+    float cos_t, sin_t;
+    cos_sin(c1, cos_t, sin_t);
+    const float x = radius(c0) * cos_t;
+    const float t = 1.0f + c * x;
+    const float v = t * t * t;
+    const float u = uniform(c2);
+    const bool ok = (v > 0.0f) & (log_f(u) < ((0.5f * x * x + d) - d * v) + d * log_f(v));
+    g = d * v;
+    return ok;
+}
+
+// The boost's factor U^(1/k) of element i, U from the block (i, 0, stream 2): one per element,
+// whichever attempt was accepted.
+inline float boost_factor(uint32_t k0, uint32_t k1, uint64_t i, float inv_k) {
+    uint32_t c0 = uint32_t(i), c1 = uint32_t(i >> 32), c2 = 0, c3 = 2;
+    philox(c0, c1, c2, c3, k0, k1);
+    return exp_f(log_f(uniform(c0)) * inv_k);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Philox4x32-10 of one counter and key (its known-answer test).
+int philox_block(const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+    uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+    philox(c0, c1, c2, c3, key[0], key[1]);
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+    return 0;
+}
+
+// 4 * blocks standard normals: block i gives out[i], out[blocks + i], out[2 blocks + i],
+// out[3 blocks + i] (two Box-Muller pairs), so each pass stores contiguously.
+int philox_normal(uint64_t key, int64_t blocks, float* out) {
+    const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+    float* out1 = out + blocks; float* out2 = out1 + blocks; float* out3 = out2 + blocks;
+    for (int64_t i = 0; i < blocks; ++i) {
+        uint32_t c0 = uint32_t(uint64_t(i)), c1 = uint32_t(uint64_t(i) >> 32), c2 = 0, c3 = 0;
+        philox(c0, c1, c2, c3, k0, k1);
+        float cos_a, sin_a, cos_b, sin_b;
+        cos_sin(c1, cos_a, sin_a);
+        cos_sin(c3, cos_b, sin_b);
+        const float r_a = radius(c0), r_b = radius(c2);
+        out[i] = r_a * cos_a; out1[i] = r_a * sin_a; out2[i] = r_b * cos_b; out3[i] = r_b * sin_b;
+    }
+    return 0;
+}
+
+// count Gamma variates: out[i] is element i's first accepted attempt. d and c are Marsaglia-Tsang's
+// for the shape alpha (k + 1 when boost: G(k) = G(k + 1) U^(1/k), inv_k = 1/k).
+int philox_gamma(uint64_t key, int64_t count, float d, float c, float inv_k, int boost, float* out) {
+    const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+    // One vectorized pass over the first attempts, then the few rejected elements one by one.
+    uint8_t* ok = new (std::nothrow) uint8_t[count > 0 ? count : 1];
+    if (ok == nullptr) return 1;
+    for (int64_t i = 0; i < count; ++i)
+        ok[i] = gamma_attempt(k0, k1, uint64_t(i), 0, d, c, out[i]);
+    for (int64_t i = 0; i < count; ++i)
+        for (uint32_t attempt = 1; !ok[i]; ++attempt)
+            ok[i] = gamma_attempt(k0, k1, uint64_t(i), attempt, d, c, out[i]);
+    delete[] ok;
+    if (boost != 0)
+        for (int64_t i = 0; i < count; ++i) out[i] = out[i] * boost_factor(k0, k1, uint64_t(i), inv_k);
+    return 0;
+}
+
+}  // extern "C"
