@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 from testbed.cli.commands import main
 from testbed.paper.report import paper_extras
 from testbed.report import make_report
-from testbed.paper.claims import (FAILS, HOLDS, UNMEASURED, adam_beats_sgd, condition_ratios, depth, larger_model, noise_ordering)
+from testbed.paper.claims import (FAILS, HOLDS, NOT_JUDGED, UNMEASURED, adam_beats_sgd, condition_ratios, depth, larger_model, noise_ordering)
 from testbed.report.data import Experiment, Run
 
 STEPS = [0, 250, 500, 750, 1000, 1250]
@@ -77,7 +77,8 @@ def test_report_writes_every_figure_and_a_correct_table(logdir, tmp_path):
     assert verdicts["SGD's trajectory has a larger robust condition number than Adam's (L = 3 linear attention)"] == HOLDS
     assert verdicts["Adam's directional smoothness is smaller than SGD's"] == HOLDS
     assert verdicts["log gradient norm and log directional smoothness are positively correlated"] == HOLDS
-    assert verdicts["A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)"] == UNMEASURED
+    for precision in ("float32 (the authors' precision)", "float64"):
+        assert verdicts[f"A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead), in {precision}"] == UNMEASURED
 
 
 def test_report_command(logdir, tmp_path):
@@ -155,20 +156,20 @@ def test_the_divergence_paragraph_says_where_and_on_what():
     assert divergence_paragraph(e) == "Diverged runs: adam 2 of 2 (steps 300-1200; non-finite gradient 1, loss 1)."
 
 
-def test_a_depth_where_every_run_of_an_optimizer_diverged_fails_the_depth_claim():
+def test_a_depth_where_every_run_of_an_optimizer_diverged_is_not_judged():
     study = [experiment(f"L{L}", {"sgd": [s, s], "adam": [a, a]}, config("gaussian", L))
              for L, s, a in ((2, 0.4, 0.3), (4, 0.3, 0.1), (6, 0.2, 0.02))]
     assert depth(study).verdict == HOLDS
     diverge(study[2], "adam")
     study[2].runs[0].status, study[2].runs[0].final_eval_loss = "diverged", None  # one SGD seed too
-    result = depth(study)
-    assert result.verdict == FAILS
+    result = depth(study)  # fewer than half of Adam's runs at L = 6 completed: no verdict on the survivors
+    assert result.verdict == NOT_JUDGED and result.evidence.startswith("not judged: 3 of 12 runs diverged")
     assert "L=6: SGD 0.2 (1 of 2 diverged), Adam no run finished (2 of 2 diverged)" in result.evidence
     assert "L=4: SGD 0.3, Adam 0.1, SGD/Adam 3.00" in result.evidence
     large = experiment("big", {"sgd": [0.2], "adam": [0.1]}, config("gaussian", 8, d=20))
     assert larger_model([large]).verdict == HOLDS
     result = larger_model([diverge(large, "adam")])
-    assert result.verdict == FAILS and "Adam no run finished (1 of 1 diverged) vs SGD 0.2" in result.evidence
+    assert result.verdict == NOT_JUDGED and "Adam no run finished (1 of 1 diverged) vs SGD 0.2" in result.evidence
 
 
 def test_condition_ratios_pair_by_seed():

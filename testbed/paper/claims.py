@@ -4,13 +4,14 @@ paper's experiments are evidence (``paper_experiment``), whatever else the repor
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from typing import Callable
 
 from testbed.model.config import MODEL_SCHEMA
 from testbed.report.data import Experiment
-from testbed.report.render import FAILS, HOLDS, UNMEASURED, Claim
+from testbed.report.render import FAILS, HOLDS, NOT_JUDGED, UNMEASURED, Claim
 
 ANY = object()  # an option whose value is a draw, not part of the setting (a teacher's seed)
 # The paper's tasks as its experiments set them (docs/paper.md section 2); an option left out of a
@@ -25,6 +26,12 @@ PAPER_TASKS: dict[str, dict[str, object]] = {
 PAPER_INIT_STD = 0.05
 NONLINEAR_FEATURE_MAP = [30]  # the nonlinear experiment's student: an MLP 5-30-5 before full attention
 PAPER_OPTIMIZERS = ("sgd", "adam")  # a label the claims read is the optimizer of that name
+# The deep experiments' claims get a verdict in each precision: float32 is the authors' (their deep
+# runs diverge in it), float64 is where the same runs train.
+PRECISIONS = ("float32", "float64")
+# A loss claim needs at least this share of each compared optimizer's runs completed: the mean of
+# the few survivors of a mostly diverged experiment is no verdict.
+MIN_COMPLETED = 0.5
 
 
 def paper_experiment(e: Experiment) -> bool:
@@ -142,16 +149,62 @@ def _setting1_shape(e: Experiment) -> bool:
     return e.task == "gaussian" and task["d"] == 5 and task["n"] == 20 and e.attention == "linear"
 
 
-def noise_depth(experiments: list[Experiment]) -> Claim:
-    """Every deep model's (L = 6, 8) noise is more skewed than every shallow one's (L = 2, 4)."""
-    shallow = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (2, 4)]
-    deep = [noise_skewness(e) for e in experiments if _setting1_shape(e) and e.layers in (6, 8)]
-    shallow, deep = [s for s in shallow if s is not None], [s for s in deep if s is not None]
+def precision(e: Experiment) -> str:
+    """The experiment's training precision (train.dtype; float32 where its config does not say)."""
+    return e.config.get("train", {}).get("dtype", "float32")
+
+
+def _in_precision(title: str, dtype: str) -> str:
+    return f"{title}, in {dtype}" + (" (the authors' precision)" if dtype == "float32" else "")
+
+
+def _precision_family(family: list[Experiment], dtype: str) -> tuple[list[Experiment], str]:
+    """``family`` as measured in ``dtype``: its experiments in that precision and, at a depth with
+    none, the other precision's (the shallow depths run in float32 only: they train there), with a
+    note naming the depths so borrowed. Nothing when no experiment of ``family`` is in ``dtype``."""
+    own = [e for e in family if precision(e) == dtype]
+    if not own:
+        return [], ""
+    depths = {e.layers for e in own}
+    borrowed = [e for e in family if precision(e) != dtype and e.layers not in depths]
+    others = sorted({(e.layers, precision(e)) for e in borrowed})
+    note = "; ".join(f"L={L} in {other} (no {dtype} runs)" for L, other in others)
+    return own + borrowed, note
+
+
+def _with_note(evidence: str, note: str) -> str:
+    return f"{evidence}; {note}" if note else evidence
+
+
+def _unjudged(experiments: list[Experiment]) -> str | None:
+    """Why a loss comparison of ``experiments``' SGD and Adam runs is not judged ("N of M runs
+    diverged ..."), or None when each has at least MIN_COMPLETED of its runs completed."""
+    short, runs = [], []
+    for e in experiments:
+        for label in ("sgd", "adam"):
+            of_label = e.runs_of(label)
+            runs += of_label
+            completed = len(e.runs_of(label, completed=True))
+            if of_label and completed < MIN_COMPLETED * len(of_label):
+                short.append(f"{label} L={e.layers} {completed} of {len(of_label)} completed")
+    if not short:
+        return None
+    diverged = sum(r.status == "diverged" for r in runs)
+    return f"not judged: {diverged} of {len(runs)} runs diverged (fewer than half completed: {', '.join(short)})"
+
+
+def noise_depth(experiments: list[Experiment], dtype: str = "float32") -> Claim:
+    """Every deep model's (L = 6, 8) noise is more skewed than every shallow one's (L = 2, 4), in
+    ``dtype`` (depths without runs in it taken from the other precision)."""
+    title = _in_precision("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", dtype)
+    family = [e for e in experiments if _setting1_shape(e) and e.layers in (2, 4, 6, 8) and noise_skewness(e) is not None]
+    family, note = _precision_family(family, dtype)
+    shallow = [noise_skewness(e) for e in family if e.layers in (2, 4)]
+    deep = [noise_skewness(e) for e in family if e.layers in (6, 8)]
     if not shallow or not deep:
-        return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", UNMEASURED,
-                     "needs noise measured at L in {2, 4} and in {6, 8}")
-    return Claim("Noise is heavier for deeper models (L = 6, 8 vs 2, 4)", _verdict([min(deep) > max(shallow)]),
-                 f"skewness L=2,4: {', '.join(f'{s:.2f}' for s in shallow)}; L=6,8: {', '.join(f'{s:.2f}' for s in deep)}")
+        return Claim(title, UNMEASURED, f"needs noise measured at L in {{2, 4}} and in {{6, 8}}, {dtype} among them")
+    return Claim(title, _verdict([min(deep) > max(shallow)]), _with_note(
+        f"skewness L=2,4: {', '.join(f'{s:.2f}' for s in shallow)}; L=6,8: {', '.join(f'{s:.2f}' for s in deep)}", note))
 
 
 def condition_ratios(experiment: Experiment, steps: tuple[int, ...], numerator: str, denominator: str,
@@ -205,18 +258,21 @@ def condition_gap_heavy_tails(experiments: list[Experiment], steps: tuple[int, .
                  f"SGD/Adam R_med, mean over steps {', '.join(map(str, steps))}: gamma {gamma:.2f}, gaussian {gaussian:.2f}")
 
 
-def condition_gap_depth(experiments: list[Experiment], steps: tuple[int, ...]) -> Claim:
-    """The SGD/Adam R_med ratio grows with depth on Setting 1's data (tuned runs when enough)."""
-    title = "The R_med gap (SGD/Adam) grows with the number of layers"
+def condition_gap_depth(experiments: list[Experiment], steps: tuple[int, ...], dtype: str = "float32") -> Claim:
+    """The SGD/Adam R_med ratio grows with depth on Setting 1's data (tuned runs when enough), in
+    ``dtype`` (depths without runs in it taken from the other precision)."""
+    title = _in_precision("The R_med gap (SGD/Adam) grows with the number of layers", dtype)
     family = [e for e in experiments if _setting1_shape(e) and _mean_ratio(e, steps) is not None]
     if len({e.layers for e in family if _tuned(e)}) >= 2:
         family = [e for e in family if _tuned(e)]
+    family, note = _precision_family(family, dtype)
     by_depth = {e.layers: _mean_ratio(e, steps) for e in sorted(family, key=lambda e: e.layers)}
     if len(by_depth) < 2:
-        return Claim(title, UNMEASURED, "needs R_med for SGD and Adam on Gaussian data at two or more depths")
+        return Claim(title, UNMEASURED,
+                     f"needs R_med for SGD and Adam on Gaussian data at two or more depths, {dtype} among them")
     ratios = list(by_depth.values())
     return Claim(title, _verdict([all(b > a for a, b in zip(ratios, ratios[1:]))]),
-                 ", ".join(f"L={L}: {r:.2f}" for L, r in by_depth.items()))
+                 _with_note(", ".join(f"L={L}: {r:.2f}" for L, r in by_depth.items()), note))
 
 
 def median_smoothness(experiment: Experiment, label: str, start: int = 0) -> float | None:
@@ -300,17 +356,20 @@ def _final(e: Experiment, label: str) -> tuple[float | None, str]:
     return mean, text + (f" ({diverged} of {len(runs)} diverged)" if diverged else "")
 
 
-def depth(experiments: list[Experiment]) -> Claim:
-    """With depth, both optimizers' final losses fall and the SGD/Adam gap grows (Setting 1's data)."""
-    title = "More layers: lower loss for both optimizers and a larger Adam-SGD gap"
+def depth(experiments: list[Experiment], dtype: str = "float32") -> Claim:
+    """With depth, both optimizers' final losses fall and the SGD/Adam gap grows (Setting 1's data),
+    in ``dtype`` (depths without runs in it taken from the other precision); not judged where fewer
+    than MIN_COMPLETED of an optimizer's runs at a depth completed."""
+    title = _in_precision("More layers: lower loss for both optimizers and a larger Adam-SGD gap", dtype)
     family = [e for e in experiments if _setting1_shape(e) and _pair(e)]
     # The depth study tunes each depth's learning rates: compare its experiments with each other,
     # not with fixed-rate ones (Setting 1 at L = 3), when it has two depths or more.
     if len({e.layers for e in family if _tuned(e)}) >= 2:
         family = [e for e in family if _tuned(e)]
+    family, note = _precision_family(family, dtype)
     chosen = {e.layers: e for e in sorted(family, key=lambda e: e.layers)}
     if len(chosen) < 2:
-        return Claim(title, UNMEASURED, "needs SGD and Adam on Gaussian data at two or more depths")
+        return Claim(title, UNMEASURED, f"needs SGD and Adam on Gaussian data at two or more depths, {dtype} among them")
     finals = {L: (_final(e, "sgd"), _final(e, "adam")) for L, e in chosen.items()}
     # A depth where every run of an optimizer diverged has no loss to compare: the claim fails there.
     measured = {L: (s, a) for L, ((s, _), (a, _)) in finals.items() if s is not None and a is not None}
@@ -320,7 +379,10 @@ def depth(experiments: list[Experiment]) -> Claim:
     checks += [all(b > a for a, b in zip(gap, gap[1:])), len(measured) == len(finals)]
     evidence = [f"L={L}: SGD {s_text}, Adam {a_text}" + (f", SGD/Adam {_ratio(s, a):.2f}" if L in measured else "")
                 for L, ((s, s_text), (a, a_text)) in finals.items()]
-    return Claim(title, _verdict(checks), "; ".join(evidence))
+    unjudged = _unjudged(list(chosen.values()))
+    if unjudged:
+        return Claim(title, NOT_JUDGED, _with_note("; ".join([unjudged, *evidence]), note))
+    return Claim(title, _verdict(checks), _with_note("; ".join(evidence), note))
 
 
 def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
@@ -342,28 +404,41 @@ def linear_vs_softmax(experiments: list[Experiment]) -> Claim:
     return Claim(title, _verdict(checks), "; ".join(evidence) or "needs linear and softmax runs on the same task")
 
 
-def larger_model(experiments: list[Experiment]) -> Claim:
-    """On a larger model (d >= 20, L >= 8) Adam still ends below SGD."""
-    large = [e for e in experiments if e.config["task"]["d"] >= 20 and e.layers >= 8 and _pair(e)]
+def larger_model(experiments: list[Experiment], dtype: str = "float32") -> Claim:
+    """On a larger model (d >= 20, L >= 8) trained in ``dtype`` Adam still ends below SGD; not
+    judged where fewer than MIN_COMPLETED of an optimizer's runs completed."""
+    title = _in_precision("A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)", dtype)
+    large = [e for e in experiments if e.config["task"]["d"] >= 20 and e.layers >= 8 and _pair(e)
+             and precision(e) == dtype]
     checks, evidence = [], []
     for e in large:
         (sgd, sgd_text), (adam, adam_text) = _final(e, "sgd"), _final(e, "adam")
         checks.append(sgd is not None and adam is not None and adam < sgd)
         evidence.append(f"{e.name}: Adam {adam_text} vs SGD {sgd_text}")
-    return Claim("A larger model (L = 8, d = 20, n = 60) behaves the same way (Adam ahead)", _verdict(checks),
-                 "; ".join(evidence) or "needs SGD and Adam on a model with d >= 20 and L >= 8")
+    if not large:
+        return Claim(title, UNMEASURED, f"needs SGD and Adam in {dtype} on a model with d >= 20 and L >= 8")
+    unjudged = _unjudged(large)
+    if unjudged:
+        return Claim(title, NOT_JUDGED, "; ".join([unjudged, *evidence]))
+    return Claim(title, _verdict(checks), "; ".join(evidence))
 
 
 def check_claims(experiments: list[Experiment], steps: tuple[int, ...] = (750, 1250),
                  smoothness_from: int = 250) -> list[Claim]:
     """Every claim, on the paper's experiments among ``experiments`` (the others are no evidence);
-    R_med ratios at ``steps``, directional smoothness from step ``smoothness_from``."""
+    R_med ratios at ``steps``, directional smoothness from step ``smoothness_from``. The deep
+    experiments' claims come once per precision (PRECISIONS)."""
     experiments = [e for e in experiments if paper_experiment(e)]
     checks: list[Callable[[list[Experiment]], Claim]] = [
-        adam_beats_sgd, noise_heavy_tailed, noise_ordering, noise_depth,
+        adam_beats_sgd, noise_heavy_tailed, noise_ordering, *in_each_precision(noise_depth),
         lambda es: condition_number(es, steps), lambda es: condition_gap_heavy_tails(es, steps),
-        lambda es: condition_gap_depth(es, steps), lambda es: smaller_smoothness(es, smoothness_from),
-        generalized_smoothness,
-        spherical_vs_gamma, depth, linear_vs_softmax, larger_model,
+        *in_each_precision(functools.partial(condition_gap_depth, steps=steps)),
+        lambda es: smaller_smoothness(es, smoothness_from), generalized_smoothness,
+        spherical_vs_gamma, *in_each_precision(depth), linear_vs_softmax, *in_each_precision(larger_model),
     ]
     return [check(experiments) for check in checks]
+
+
+def in_each_precision(check: Callable[..., Claim]) -> list[Callable[[list[Experiment]], Claim]]:
+    """``check`` once per precision of PRECISIONS (its ``dtype`` keyword)."""
+    return [functools.partial(check, dtype=dtype) for dtype in PRECISIONS]

@@ -10,8 +10,9 @@ from typing import Iterator
 
 from testbed.errors import StorageError
 
-# A claim's verdict (each has its colour in the HTML page).
-HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
+# A claim's verdict (each has its colour in the HTML page). Not judged: measured, but on too few
+# completed runs (most diverged) for the verdict to mean anything.
+HOLDS, FAILS, UNMEASURED, NOT_JUDGED = "holds", "does not hold", "not measured", "not judged"
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def to_html(title: str, sections: list[Section], claims: Claims, preface: list[s
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:0.5em 0 1em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
-             ".holds{color:#176317}.does-not-hold{color:#a01010}.not-measured{color:#777}</style></head><body>",
+             ".holds{color:#176317}.does-not-hold{color:#a01010}.not-measured{color:#777}.not-judged{color:#9a6700}</style></head><body>",
              f"<h1>{e(title)}</h1>", *(f"<p>{e(p)}</p>" for p in preface)]
     if claims.claims:
         parts += [f"<h2>{e(claims.heading)}</h2>", "<table><tr><th>claim</th><th>verdict</th><th>evidence</th></tr>"]
