@@ -8,11 +8,18 @@ covariates are drawn.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from testbed.errors import BatchError
+from testbed.native import sampling
+
+# Where a LinearRegressionTask's random numbers come from (train.stream): "philox", the counter-based
+# stream (one 64-bit key drawn from the generator per call, then testbed.native.sampling fills the
+# array), or "torch", torch's own samplers on the generator (the stream before issue 15).
+STREAMS = ("philox", "torch")
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,14 @@ class LinearRegressionTask(Task):
       when ``label_noise > 0`` (no draw at all when it is 0);
     - ``x`` has shape ``(B, n+1, d)`` and ``y`` shape ``(B, n+1)``, both float32;
     - every random number comes from the ``generator`` handed to ``sample``, on its device (``randn``
-      draws so): never the global RNG, so the engine owns every stream and a seed fixes the prompts.
+      and ``standard_gamma`` draw so): never the global RNG, so the engine owns every stream and a
+      seed fixes the prompts.
+
+    ``stream`` (one of STREAMS; a run sets it from train.stream) says how ``randn`` and
+    ``standard_gamma`` turn the generator into numbers.
     """
+
+    stream: str = "philox"
 
     def __init__(self, d: int, n: int, label_noise: float = 0.0) -> None:
         for name, value in (("d", d), ("n", n)):
@@ -81,7 +94,18 @@ class LinearRegressionTask(Task):
 
     def randn(self, *shape: int, generator: torch.Generator) -> torch.Tensor:
         """Standard normal float32 numbers of ``shape`` from ``generator``, on its device."""
-        return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        if self.stream == "torch":
+            return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        key = sampling.draw_key(generator)
+        return sampling.normal(key, math.prod(shape), generator.device).view(shape)
+
+    def standard_gamma(self, shape: float, *size: int, generator: torch.Generator) -> torch.Tensor:
+        """Gamma(``shape``, scale 1) float32 variates of ``size`` from ``generator``, on its device
+        (Marsaglia & Tsang, with the boost G(k) = G(k+1) U^(1/k) for shapes below 1)."""
+        if self.stream == "torch":
+            return _torch_stream_gamma(shape, size, generator)
+        key = sampling.draw_key(generator)
+        return sampling.standard_gamma(key, math.prod(size), shape, generator.device).view(size)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """``batch_size`` prompts: covariates, then ``w`` per prompt, then the label noise (if any)."""
@@ -94,6 +118,41 @@ class LinearRegressionTask(Task):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={self.d}, n={self.n}, label_noise={self.label_noise})"
+
+
+def use_stream(task: Task, stream: str) -> Task:
+    """``task`` drawing from ``stream`` (one of STREAMS) when it is a LinearRegressionTask; any other
+    task draws as it always does. Returns the task."""
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
+    if isinstance(task, LinearRegressionTask):
+        task.stream = stream
+    return task
+
+
+def _torch_stream_gamma(shape: float, size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Gamma(shape, scale 1) samples by Marsaglia & Tsang (2000) on torch's own samplers, vectorized
+    over the batch: the torch stream's (torch's _standard_gamma draws one value at a time).
+    Shapes below 1 use the boost G(a) = G(a+1) * U^(1/a)."""
+    count = math.prod(size)
+    alpha = shape + 1.0 if shape < 1.0 else shape
+    d = alpha - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    draw = {"generator": generator, "device": generator.device, "dtype": torch.float32}
+    accepted, have = [], 0
+    while have < count:
+        m = count - have
+        m += m // 16 + 16  # acceptance is above 95%: one round almost always suffices
+        x = torch.randn(m, **draw)
+        v = (1.0 + c * x) ** 3
+        u = torch.rand(m, **draw)
+        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v))
+        accepted.append((d * v)[ok][: count - have])
+        have += accepted[-1].numel()
+    g = torch.cat(accepted)
+    if shape < 1.0:
+        g = g * torch.rand(count, **draw) ** (1.0 / shape)
+    return g.view(size)
 
 
 class InDtype(Task):

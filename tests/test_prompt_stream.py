@@ -81,3 +81,95 @@ def test_compiled_and_torch_paths_give_the_same_numbers(key):
 def test_the_key_comes_from_the_generator():
     keys = [sampling.draw_key(torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
     assert keys[0] == keys[1] != keys[2] and all(0 <= k < 2**64 for k in keys)
+
+
+# How tasks and runs draw from it (train.stream)
+
+def _task(name: str, stream: str, **options):
+    from testbed.plugins import load_plugins
+    from testbed.engine.build import build_task
+    from testbed.engine.specs import TaskSpec
+    from testbed.tasks import use_stream
+
+    return use_stream(build_task(TaskSpec(name, 5, 20, options), load_plugins().registry), stream)
+
+
+@pytest.mark.parametrize("name,options", [("gaussian", {}), ("gamma", {"shape": 0.1}), ("student_t", {}),
+                                          ("spherical", {"label_noise": 0.1})])
+def test_a_seed_fixes_the_prompts_and_the_streams_differ(name, options):
+    philox, torch_stream = _task(name, "philox", **options), _task(name, "torch", **options)
+    one, two = (philox.sample(50, torch.Generator().manual_seed(7)) for _ in range(2))
+    assert torch.equal(one.x, two.x) and torch.equal(one.y, two.y)
+    other = torch_stream.sample(50, torch.Generator().manual_seed(7))
+    assert not torch.equal(one.x, other.x)
+    assert one.x.dtype == torch.float32 and one.x.shape == (50, 21, 5) and torch.isfinite(one.y).all()
+
+
+def test_the_torch_stream_is_the_stream_before_train_stream():
+    # today's Setting 1 prompts: covariates, then w, each one torch.randn on the generator
+    batch = _task("gaussian", "torch").sample(8, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(8, 21, 5, generator=g), torch.randn(8, 5, 1, generator=g)
+    assert torch.equal(batch.x, x) and torch.equal(batch.y, torch.bmm(x, w).squeeze(-1))
+
+
+def test_philox_prompts_draw_one_key_per_array_from_the_generator():
+    g = torch.Generator().manual_seed(3)
+    batch = _task("gaussian", "philox").sample(8, g)
+    keys = torch.Generator().manual_seed(3)
+    x = sampling.normal(sampling.draw_key(keys), 8 * 21 * 5).view(8, 21, 5)
+    w = sampling.normal(sampling.draw_key(keys), 8 * 5).view(8, 5, 1)
+    assert torch.equal(batch.x, x) and torch.equal(batch.y, torch.bmm(x, w).squeeze(-1))
+    assert torch.equal(g.get_state(), keys.get_state())  # nothing else was drawn
+
+
+def test_the_stream_is_the_same_in_every_dtype():
+    from testbed.tasks import checked_task
+
+    task = _task("gamma", "philox")
+    f32, f64 = (checked_task(task, "t", dtype).sample(16, torch.Generator().manual_seed(1))
+                for dtype in (torch.float32, torch.float64))
+    assert f64.x.dtype == torch.float64 and torch.equal(f64.x, f32.x.double())
+
+
+def _plans(tiny_raw, tmp_path, stream: str | None, plugins):
+    from testbed.experiment.config import parse_config
+    from testbed.experiment.runner import plan_runs
+
+    if stream is not None:
+        tiny_raw["train"]["stream"] = stream
+    return plan_runs(parse_config(tiny_raw, plugins.registry), tmp_path)
+
+
+def test_run_ids_differ_between_streams_and_the_torch_streams_are_todays(tiny_raw, tmp_path, monkeypatch):
+    import copy
+
+    import testbed.experiment.cache as cache
+    import testbed_std.optimizers
+    import testbed_std.tasks
+    from testbed.plugins import load_plugins
+
+    # released plugins (no source hash) and fixed core versions: the id depends on the config alone
+    plugins = load_plugins(extra={"optimizers": testbed_std.optimizers, "tasks": testbed_std.tasks},
+                           entry_points=False)
+    monkeypatch.setattr(cache, "core_versions", lambda: {"testbed": "0.0.0", "torch": "0.0.0"})
+    ids = {stream: cache.run_id(_plans(copy.deepcopy(tiny_raw), tmp_path, stream, plugins)[0], plugins)
+           for stream in (None, "philox", "torch")}
+    assert ids[None] == ids["philox"] != ids["torch"]
+    # the tiny experiment's first run (sgd, seed 0) as computed before train.stream existed
+    assert ids["torch"] == "8ee23b8df3af3ebf"
+
+
+@pytest.mark.parametrize("stream", ["philox", "torch"])
+def test_a_seeded_run_is_identical_twice(tiny_raw, tmp_path, stream):
+    from testbed.experiment.config import parse_config
+    from testbed.experiment.runner import run_experiment
+    from testbed.plugins import load_plugins
+
+    tiny_raw["train"].update(stream=stream, seeds=[0])
+    plugins = load_plugins()
+    config = parse_config(tiny_raw, plugins.registry)
+    first, second = (run_experiment(config, plugins, tmp_path / name, workers=1) for name in "ab")
+    assert [r.status for r in first.results] == ["completed"] * 2
+    assert [r.eval_losses for r in first.results] == [r.eval_losses for r in second.results]
+    assert [r.run_id for r in first.results] == [r.run_id for r in second.results]

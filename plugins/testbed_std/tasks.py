@@ -26,33 +26,6 @@ def _sphere(z: torch.Tensor) -> torch.Tensor:
     return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
 
-def _gamma(shape: float, size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Gamma(shape, scale 1) samples by Marsaglia & Tsang (2000), vectorized over the batch.
-
-    torch's own sampler draws one value at a time and dominated the training step of the gamma
-    task. Shapes below 1 use the boost G(a) = G(a+1) * U^(1/a).
-    """
-    count = math.prod(size)
-    alpha = shape + 1.0 if shape < 1.0 else shape
-    d = alpha - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    draw = {"generator": generator, "device": generator.device, "dtype": torch.float32}
-    accepted, have = [], 0
-    while have < count:
-        m = count - have
-        m += m // 16 + 16  # acceptance is above 95%: one round almost always suffices
-        x = torch.randn(m, **draw)
-        v = (1.0 + c * x) ** 3
-        u = torch.rand(m, **draw)
-        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v))
-        accepted.append((d * v)[ok][: count - have])
-        have += accepted[-1].numel()
-    g = torch.cat(accepted)
-    if shape < 1.0:
-        g = g * torch.rand(count, **draw) ** (1.0 / shape)
-    return g.view(size)
-
-
 class GaussianTask(LinearRegressionTask):
     """x ~ N(0, I_d): the paper's settings 1 and 2."""
 
@@ -82,7 +55,7 @@ class GammaTask(LinearRegressionTask):
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         u = _sphere(self.randn(batch_size, self.n + 1, self.d, generator=generator))
-        g = self.scale * _gamma(self.shape, (batch_size, self.n + 1, 1), generator)
+        g = self.scale * self.standard_gamma(self.shape, batch_size, self.n + 1, 1, generator=generator)
         return g.sqrt() * u
 
 
@@ -103,7 +76,7 @@ class StudentTTask(LinearRegressionTask):
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         size = (batch_size, self.n + 1, self.d)
         z = self.randn(*size, generator=generator)
-        chi2 = 2.0 * _gamma(self.df / 2.0, size, generator)  # chi^2(df) = 2 Gamma(df/2, 1)
+        chi2 = 2.0 * self.standard_gamma(self.df / 2.0, *size, generator=generator)  # chi^2(df) = 2 Gamma(df/2, 1)
         x = z * torch.rsqrt(chi2 / self.df)
         if self.standardize:
             x = x * math.sqrt((self.df - 2.0) / self.df)  # Var t(df) = df / (df - 2)
@@ -185,7 +158,12 @@ class NonlinearTask(GaussianTask):
             teacher = (self.W1, self.b1, self.W2, self.b2)
             self.W1, self.b1, self.W2, self.b2 = (t.to(x.device) for t in teacher)
         w1, b1, w2, b2 = (t.to(x.dtype) for t in (self.W1, self.b1, self.W2, self.b2))  # no-op for float32
-        return torch.relu(x @ w1.T + b1) @ w2.T + b2
+        # Feature-major products (features x tokens): BLAS takes the tokens as the long dimension
+        # about 8x faster than as the rows of a skinny (tokens x 5) matrix (0.26 against 2.2 ms for
+        # the nonlinear experiment's 42,000 tokens a step, one thread).
+        tokens = x.reshape(-1, x.shape[-1]).T
+        hidden = torch.addmm(b1[:, None], w1, tokens).relu_()
+        return torch.addmm(b2[:, None], w2, hidden).T.reshape(*x.shape[:-1], w2.shape[0])
 
     features = phi
 

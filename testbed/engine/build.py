@@ -14,7 +14,7 @@ from testbed.diagnostics import Diagnostic, schedule_from
 from testbed.errors import ConfigError, PluginError, TestbedError
 from testbed.model.transformer import LinearTransformer
 from testbed.plugins.registry import Entry, Registry
-from testbed.tasks import Task, checked_task
+from testbed.tasks import Task, checked_task, use_stream
 
 _NO_PARAMS = object()  # an optimizer's factory takes the parameters first; the others take keywords only
 
@@ -103,9 +103,9 @@ def _named_signature(factory: Callable[..., Any]) -> str:
 
 
 def run_task(config: ExperimentConfig, registry: Registry) -> Task:
-    """The experiment's task, its prompts in ``train.dtype``; every batch it returns (training, eval,
-    a diagnostic's) is checked before it reaches the model."""
-    task = build_task(config.task, registry)
+    """The experiment's task, its prompts drawn from ``train.stream`` in ``train.dtype``; every batch
+    it returns (training, eval, a diagnostic's) is checked before it reaches the model."""
+    task = use_stream(build_task(config.task, registry), config.train.stream)
     return checked_task(task, config.task.name, getattr(torch, config.train.dtype))
 
 

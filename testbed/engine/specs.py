@@ -12,6 +12,7 @@ from testbed.engine.limits import MAX_SEED, MAX_STEPS
 from testbed.files.json_io import plain_data
 from testbed.model.config import ModelConfig
 from testbed.options import Option
+from testbed.tasks import STREAMS
 
 
 DTYPES = ("float32", "float64")
@@ -27,6 +28,8 @@ TRAIN_SCHEMA = {
                                "null = only at an interruption", min=1, nullable=True),
     "dtype": Option("float32", "floating-point type of the model and the prompts (the paper's code: "
                     "float32; float64 tells float32 overflow from a real divergence)", choices=DTYPES),
+    "stream": Option("philox", "how prompts are drawn from a run's generators: philox (counter-based, "
+                     "compiled) or torch (torch's samplers: the stream of runs before issue 15)", choices=STREAMS),
 }
 
 EVAL_SCHEMA = {
@@ -95,6 +98,7 @@ class TrainConfig:
     log_every: int = TRAIN_SCHEMA["log_every"].default
     checkpoint_every: int | None = TRAIN_SCHEMA["checkpoint_every"].default
     dtype: str = TRAIN_SCHEMA["dtype"].default
+    stream: str = TRAIN_SCHEMA["stream"].default
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,18 @@ from testbed.engine.specs import DiagnosticSpec
 FINISHED = ("completed", "diverged")
 # Train settings added after run ids were: at these defaults they leave the id as it was, so
 # results cached before them stay valid.
-SINCE_IDS = {"dtype": "float32"}
+# train.stream: the torch stream is the one runs drew before the setting existed (issue 15); the
+# philox stream draws other prompts, so its runs get ids of their own.
+SINCE_IDS = {"dtype": "float32", "stream": "torch"}
 # How the engine computes in a dtype, where that changed after run ids were (a new summation order
 # moves the numbers at the rounding level): the runs of that dtype get new ids, so no cached result
 # is mixed with new ones. float64 linear attention moved from torch to the compiled kernel (issue 15).
 ARITHMETIC = {"float64": "compiled kernel"}
+# The same for a model with an MLP feature map: its forward and backward moved from autograd to
+# compiled code (issue 15), in every dtype.
+FEATURE_MAP_ARITHMETIC = "compiled feature map"
+# And for softmax attention: it moved from autograd to its compiled kernel (issue 15), in every dtype.
+ATTENTION_ARITHMETIC = {"softmax": "compiled softmax kernel"}
 # Fields a summary must have beyond those RunResult cannot do without: a result without its eval
 # curve is no result.
 REQUIRED = ("eval_steps", "eval_losses")
@@ -68,8 +75,13 @@ def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
     code = plugins.source_hashes(provided_by)
     train = {k: v for k, v in plain_data(dataclasses.asdict(config.train)).items()
              if k != "seeds" and SINCE_IDS.get(k, object()) != v}
-    if config.train.dtype in ARITHMETIC:
-        train["arithmetic"] = ARITHMETIC[config.train.dtype]
+    arithmetic = [ARITHMETIC[config.train.dtype]] if config.train.dtype in ARITHMETIC else []
+    if config.model.feature_map is not None:
+        arithmetic.append(FEATURE_MAP_ARITHMETIC)
+    if config.model.attention in ATTENTION_ARITHMETIC:
+        arithmetic.append(ATTENTION_ARITHMETIC[config.model.attention])
+    if arithmetic:
+        train["arithmetic"] = ", ".join(arithmetic)
     return {
         "task": plain_data(dataclasses.asdict(config.task)),
         "model": plain_data(dataclasses.asdict(config.model)),

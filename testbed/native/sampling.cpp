@@ -60,7 +60,7 @@ inline float log_f(float x) {
     return (f + y) + fe * 0.693359375f;
 }
 
-// Cephes expf for x <= 0; below about -87 the result flushes to 0 (the smallest normal is e^-87.3).
+// Cephes expf for x <= 0, down to the subnormals (e^-103); below, 0.
 inline float exp_f(float x) {
     // floor by truncation (floorf does not vectorize without -fno-trapping-math); exact here
     const float r = x * 1.44269504088896341f + 0.5f, t = float(int32_t(r));
@@ -75,9 +75,13 @@ inline float exp_f(float x) {
     y = y * x + 1.6666665459e-1f;
     y = y * x + 5.0000001201e-1f;
     y = (y * z + x) + 1.0f;
+    // y 2^n, subnormal results included (as torch's pow gives them): below 2^-126 in two
+    // exact-then-rounded steps, 2^(n+64) then 2^-64; n below -190 gives 0
     int32_t n = int32_t(fx);
-    n = n < -127 ? -127 : n;
-    return y * bits_float((n + 127) << 23);
+    n = n < -190 ? -190 : n;
+    const bool tiny = n < -126;
+    const float scaled = y * bits_float(((tiny ? n + 64 : n) + 127) << 23);
+    return tiny ? scaled * 5.421010862427522e-20f : scaled;  // 2^-64
 }
 
 // cos and sin of the angle 2 pi (a + 2^21 + 1/2) / 2^24 for a = the top 24 bits of w: the quadrant

@@ -154,8 +154,10 @@ def _exp(x: torch.Tensor) -> torch.Tensor:
     for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         y = y * x + coefficient
     y = (y * z + x) + 1.0
-    n = fx.to(torch.int32).clamp_(min=-127)
-    return y * ((n + 127) << 23).view(torch.float32)
+    n = fx.to(torch.int32).clamp_(min=-190)
+    tiny = n < -126
+    scaled = y * ((torch.where(tiny, n + 64, n) + 127) << 23).view(torch.float32)
+    return torch.where(tiny, scaled * 5.421010862427522e-20, scaled)
 
 
 def _cos_sin(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
