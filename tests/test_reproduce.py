@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from testbed.cli.commands import main
@@ -69,3 +70,19 @@ def test_reproduce_quick_smoke(tmp_path):
     assert plan.exit_code == 0, plan.output
     assert "paper_setting1: 4 runs: 4 done, 0 resume, 0 to run; about 0 s" in plan.output
     assert "estimated time left: 0 s" in plan.output
+
+
+def test_reproduce_dry_run_prints_each_experiments_training_cost(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(SUITE / "setting1.yaml", suite)
+    plan = CliRunner().invoke(main, ["reproduce", "--quick", "--suite", str(suite), "--out", str(tmp_path / "out"),
+                                     "--dry-run", "--workers", "2"])
+    assert plan.exit_code == 0, plan.output
+    lines = plan.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("experiment "))
+    assert lines[header].split() == ["experiment", "runs", "x", "steps", "left", "ms/step", "core-s"]
+    name, runs, times, steps, ms, core = lines[header + 1].split()
+    assert (name, runs, steps) == ("paper_setting1", "4", "150") and float(ms) > 0
+    assert float(core.replace(",", "")) == pytest.approx(600 * float(ms) / 1e3, rel=0.02, abs=1)
+    assert lines[header + 2].startswith("total: ") and "on 2 workers" in lines[header + 2]

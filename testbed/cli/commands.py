@@ -287,16 +287,20 @@ def reproduce(quick: bool, out: str, workers: int | None, suite: str | None, for
     plugins.require_healthy()
     check_address(plugins.registry, executor or "local", address)
     if dry_run:
-        from testbed.experiment.dryrun import duration, estimate_seconds, plan_states, summary_line
+        from testbed.experiment.dryrun import cost_table, duration, plan_states, summary_line, training_cost
 
         capacity = workers or os.cpu_count() or 1
-        total = 0.0
+        costs = []
         for config in sorted(suite_configs(plugins, Path(suite) if suite else SUITE, quick), key=relative_cost):
             states = plan_states(Sweep.of(config), plugins, Path(out) / "runs", force)
-            seconds = estimate_seconds(states, plugins, capacity)
-            total += seconds
-            click.echo(f"{config.name}: {summary_line(states)}; about {duration(seconds)}")
-        click.echo(f"estimated time left: {duration(total)} on {capacity} workers (training steps only)")
+            costs.append((config.name, training_cost(states, plugins)))
+            click.echo(f"{config.name}: {summary_line(states)}; about {duration(costs[-1][1].core_seconds / capacity)}")
+        click.echo("")
+        for line in cost_table(costs, capacity):
+            click.echo(line)
+        total = sum(cost.core_seconds for _, cost in costs) / capacity
+        click.echo(f"estimated time left: {duration(total)} on {capacity} workers (training steps only, timed here "
+                   "on one thread; diagnostics add to it: README, Reproducing the paper, has the full table)")
         return
     progress = PhaseProgress()
 

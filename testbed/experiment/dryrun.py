@@ -5,7 +5,8 @@ same id: goes on from its step) or to run. The main runs of a tuned optimizer en
 only once its learning rate is chosen: when all its pilots are done the choice is made from them,
 otherwise they wait for tuning. The time estimate times a few training steps of each distinct
 shape in this process (one thread) and spreads the remaining steps over the executor's capacity;
-diagnostics are not included.
+diagnostics are not included. `testbed reproduce --dry-run` prints the cost of each experiment as a
+table (cost_table).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from testbed.experiment.sweep import Sweep
 from testbed.experiment.tuning import apply_tuning, collect_tuning, plan_pilots
 from testbed.text import format_lr
 
-TIMED_STEPS = 5
+TIMED_STEPS = 5  # at least, and for at least TIMED_SECONDS, after WARM_UP_STEPS
+TIMED_SECONDS = 0.25
+WARM_UP_STEPS = 3
 MAX_LISTED = 40  # runs listed one per line; a large sweep's plan ends with a count of the rest
 
 
@@ -82,7 +85,7 @@ def _state(plan: RunPlan, force: bool) -> RunState:
 
 
 def seconds_per_step(config: ExperimentConfig, spec: OptimizerSpec, plugins: Plugins) -> float:
-    """Time a few training steps of this shape (one thread, after one warm-up step)."""
+    """Time a few training steps of this shape (one thread, after WARM_UP_STEPS warm-up steps)."""
     task = run_task(config, plugins.registry)
     model = run_model(config, task, generator(0))
     optimizer = build_optimizer(spec, plugins.registry, model.parameters())
@@ -90,29 +93,72 @@ def seconds_per_step(config: ExperimentConfig, spec: OptimizerSpec, plugins: Plu
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        training_step(model, optimizer, task.sample(config.train.batch_size, stream), config.train.clip_grad_norm, closure)
-        started = time.perf_counter()
-        for _ in range(TIMED_STEPS):
-            training_step(model, optimizer, task.sample(config.train.batch_size, stream),
-                          config.train.clip_grad_norm, closure)
-        return (time.perf_counter() - started) / TIMED_STEPS
+        def step() -> None:
+            training_step(model, optimizer, task.sample(config.train.batch_size, stream), config.train.clip_grad_norm,
+                          closure)
+
+        for _ in range(WARM_UP_STEPS):  # the first steps load kernels and fill caches: not the step's cost
+            step()
+        started, steps = time.perf_counter(), 0
+        while steps < TIMED_STEPS or time.perf_counter() - started < TIMED_SECONDS:
+            step()
+            steps += 1
+        return (time.perf_counter() - started) / steps
     finally:
         torch.set_num_threads(threads)
 
 
-def estimate_seconds(states: list[RunState], plugins: Plugins, capacity: int) -> float:
-    """Remaining training steps times their measured cost, over ``capacity`` parallel runs."""
+@dataclass(frozen=True)
+class TrainingCost:
+    """What a plan's remaining training steps cost on one core: which runs of how many steps, the
+    measured seconds of a step (averaged over the steps left) and their core-seconds."""
+    runs: str  # "20 x 10,000 (pilots) + 12 x 10,000"
+    steps: int
+    core_seconds: float
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Core-seconds over steps (0 with no step left)."""
+        return self.core_seconds / self.steps if self.steps else 0.0
+
+
+def training_cost(states: list[RunState], plugins: Plugins) -> TrainingCost:
+    """The remaining training steps of ``states`` times their cost, timed here per distinct shape."""
     costs: dict[str, float] = {}
-    total = 0.0
+    total, steps, groups = 0.0, 0, {}
     for s in states:
         if s.steps_left == 0:
             continue
         config, spec = s.plan.config, s.plan.optimizer
-        shape = repr((config.task, config.model, config.train.batch_size, spec.name))
+        shape = repr((config.task, config.model, config.train.batch_size, config.train.dtype, spec.name))
         if shape not in costs:
             costs[shape] = seconds_per_step(config, spec, plugins)
         total += s.steps_left * costs[shape]
-    return total / max(capacity, 1)
+        steps += s.steps_left
+        group = (s.plan.pilot, s.steps_left)
+        groups[group] = groups.get(group, 0) + 1
+    runs = " + ".join(f"{count} x {length:,}" + (" (pilots)" if pilot else "")
+                      for (pilot, length), count in sorted(groups.items(), key=lambda item: not item[0][0]))
+    return TrainingCost(runs or "-", steps, total)
+
+
+def estimate_seconds(states: list[RunState], plugins: Plugins, capacity: int) -> float:
+    """Remaining training steps times their measured cost, over ``capacity`` parallel runs."""
+    return training_cost(states, plugins).core_seconds / max(capacity, 1)
+
+
+def cost_table(costs: list[tuple[str, TrainingCost]], capacity: int) -> list[str]:
+    """The training cost of each experiment (runs x steps, ms a step, core-seconds) and their total
+    over ``capacity`` parallel workers, as aligned lines."""
+    header = ("experiment", "runs x steps left", "ms/step", "core-s")
+    rows = [(name, c.runs, f"{c.seconds_per_step * 1e3:.2f}", f"{c.core_seconds:,.0f}") for name, c in costs]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in [header, *rows]]
+    total = sum(c.core_seconds for _, c in costs)
+    lines.append(f"total: {total:,.0f} core-s of training steps, about {duration(total / max(capacity, 1))} "
+                 f"on {capacity} workers")
+    return lines
 
 
 def describe(sweep: Sweep, states: list[RunState], seconds: float | None, capacity: int) -> list[str]:
