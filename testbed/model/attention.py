@@ -4,7 +4,7 @@ Every layer of the model is ``Z <- Z + (1/n) P Z M W``: the value side ``P Z M``
 every variant (M = diag(1, ..., 1, 0) drops the query as a key), the weights W computed from the
 scores ``Z^T Q Z`` are what a variant chooses. A variant holds three things: its fast layer update,
 the per-layer weights of the literal reference formula (``direct_forward``), and whether the
-hand-written and compiled kernels (``kernel/``) compute it.
+hand-written torch stack and the kernel's Hessians (``kernel/``) compute it.
 
 Adding a variant is adding one class to ``ATTENTION_VARIANTS``; the config's choices follow.
 """
@@ -26,8 +26,9 @@ class Attention:
     """
 
     name: ClassVar[str]
-    # True when the hand-written stack of ``kernel.linear_attention`` and the compiled kernel
-    # compute this variant; the model then runs through them instead of plain autograd.
+    # True when the hand-written torch stack of ``kernel.linear_attention`` (the path without a
+    # compiler) and the compiled kernel's Hessian-vector products compute this variant. Which
+    # variants a compiled kernel trains is ``transformer.COMPILED_STACKS`` (softmax too: first order).
     kernel_supported: ClassVar[bool] = False
     # (n+1) x (n+1) matrices per layer and prompt that autograd keeps (the memory bound counts them)
     score_matrices: ClassVar[int] = 0

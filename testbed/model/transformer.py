@@ -15,7 +15,9 @@ benchmark compare against.
 
 from __future__ import annotations
 
+import ctypes
 import math
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ from testbed.model import kernel as kernels
 from testbed.model.attention import attention_variant
 from testbed.model.config import PARAMETERIZATIONS, ModelConfig
 from testbed.model.kernel.linear_attention import CompiledLinearAttentionStack, LinearAttentionStack
+from testbed.model.kernel import softmax_attention
 from testbed.tasks import shape_problem
 
 
@@ -129,22 +132,29 @@ class LinearTransformer(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predictions yhat (B,) for the query of every prompt.
 
-        A variant the kernel supports (linear attention) runs through the hand-written gradient of
-        ``linear_attention`` (first order); ``autograd_forward`` is the same computation in plain
-        autograd, which supports higher derivatives (Hessians) and ``torch.func`` transforms.
+        A variant with a compiled kernel (linear and softmax attention, ``COMPILED_STACKS``) runs
+        through it and its hand-written gradient (first order); without the library, linear
+        attention runs through the same gradient in torch (``linear_attention``) and softmax
+        attention through ``autograd_forward``: the same computation in plain autograd, which
+        supports higher derivatives (Hessians) and ``torch.func`` transforms.
         """
-        if not self.attention.kernel_supported or not self.use_kernel:
+        if not self.use_kernel:
             return self.autograd_forward(x, y)
-        P, Qc, r = self.kernel_matrices()
         library = self._compiled_kernel()
         if library is not None:
-            return CompiledLinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
+            P, Qc, r = self.kernel_matrices()
+            stack = COMPILED_STACKS[self.attention.name].function
+            return stack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
+        if not self.attention.kernel_supported:
+            return self.autograd_forward(x, y)
+        P, Qc, r = self.kernel_matrices()
         return LinearAttentionStack.apply(self.prompt(x, y), P, Qc, r, self.n)
 
     def loss_backward(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The mean squared error of the predictions, with its gradient accumulated into every
-        parameter's ``.grad`` (as ``loss.backward()`` would). For linear attention (float32 or
-        float64) the compiled kernel computes both in one pass over the batch, tile by tile."""
+        parameter's ``.grad`` (as ``loss.backward()`` would). For linear and softmax attention
+        (float32 or float64) the compiled kernel computes both in one pass over the batch, tile by
+        tile."""
         library = self._compiled_kernel()
         if library is None:
             loss = mse_loss(self(x, y), target)
@@ -157,12 +167,13 @@ class LinearTransformer(nn.Module):
         kernels.check_arguments(P.dtype, target=(tensors[1], (B,)))
         loss, dP, dQc = torch.empty((), dtype=P.dtype), torch.empty_like(P), torch.empty_like(Qc)
         dZ = torch.empty(Z0.shape, dtype=P.dtype) if Z0.requires_grad else None  # contiguous, unlike Z0
-        loss_grad = kernels.entry(library, "la_loss_grad", P.dtype)
+        compiled = COMPILED_STACKS[self.attention.name]
+        loss_grad = kernels.entry(library, f"{compiled.prefix}_loss_grad", P.dtype)
         status = loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
                            loss.data_ptr(), dZ.data_ptr() if dZ is not None else None,
                            dP.data_ptr(), dQc.data_ptr())
         if status:
-            raise MemoryError("linear-attention kernel: out of memory")
+            raise MemoryError(f"{self.attention.name}-attention kernel: out of memory")
         # The rest of the graph (P from B, a feature map under Z0) is plain autograd.
         roots, grads = [P, Qc], [dP, dQc]
         if dZ is not None:
@@ -172,14 +183,15 @@ class LinearTransformer(nn.Module):
         return loss
 
     def _compiled_kernel(self):
-        """The compiled kernel when it covers this model (a variant it supports, in float32 or
-        float64), else None."""
-        if not self.attention.kernel_supported or not self.use_kernel:
+        """The compiled kernel of this model's attention variant when it covers the model (a variant
+        with one, in float32 or float64), else None."""
+        compiled = COMPILED_STACKS.get(self.attention.name)
+        if compiled is None or not self.use_kernel:
             return None
         dtypes = {p.dtype for p in self.parameters()}
         if len(dtypes) != 1 or not dtypes <= kernels.DTYPES.keys():
             return None
-        return kernels.load()
+        return compiled.load()
 
     def kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """P (L, D, D), the core Qc (L, r, r) of Q and r: Q acts only on the first r rows of Z."""
@@ -210,6 +222,22 @@ class LinearTransformer(nn.Module):
         for layer in range(last):
             Z = Z + self.attention.update(Z, P[layer], Q[layer], self.n)
         return -(Z[:, -1, -1] + self.attention.query_label_update(Z, P[last], Q[last], self.n))
+
+
+class CompiledStack(NamedTuple):
+    """An attention variant's compiled kernel: its library loader (None where it cannot be built),
+    the prefix of its entry points (``<prefix>_loss_grad_f32``...) and its autograd function."""
+    load: Callable[[], ctypes.CDLL | None]
+    prefix: str
+    function: type[torch.autograd.Function]
+
+
+# The variants a compiled kernel computes, forward and first-order backward; the others (and every
+# variant where the library cannot be built) run through torch.
+COMPILED_STACKS = {
+    "linear": CompiledStack(kernels.load, "la", CompiledLinearAttentionStack),
+    "softmax": CompiledStack(softmax_attention.load, "sa", softmax_attention.CompiledSoftmaxAttentionStack),
+}
 
 
 def _corner(d: int, like: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,8 @@ TRAINING_CASES = [
     TrainingCase("larger model (L=8, d=20, n=60, B=1000)", TaskSpec("gaussian", 20, 60, GAUSSIAN), ModelConfig(layers=8)),
     TrainingCase("larger model, float64 (L=8, d=20, n=60, B=1000)", TaskSpec("gaussian", 20, 60, GAUSSIAN),
                  ModelConfig(layers=8), dtype="float64"),
+    TrainingCase("softmax (L=3, d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN),
+                 ModelConfig(layers=3, attention="softmax")),
 ]
 # The direct formula's score matrices grow as n^2: the context-length sweep uses 100 prompts a step.
 CONTEXT_LENGTHS = (20, 80, 320, 1280)
