@@ -25,6 +25,7 @@ from torch import nn
 from testbed.model import kernel as kernels
 from testbed.model.attention import attention_variant
 from testbed.model.config import PARAMETERIZATIONS, ModelConfig
+from testbed.model.kernel import feature_map as feature_kernel
 from testbed.model.kernel.linear_attention import CompiledLinearAttentionStack, LinearAttentionStack
 from testbed.model.kernel import softmax_attention
 from testbed.tasks import shape_problem
@@ -161,12 +162,14 @@ class LinearTransformer(nn.Module):
             loss.backward()
             return loss.detach()
         P, Qc, r = self.kernel_matrices()
-        Z0 = self._kernel_prompt(x, y)
+        features = self._compiled_features(x, y)
+        Z0 = self._kernel_prompt(x, y) if features is None else features.prompt(x, y)
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
         B, D, N1, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, self.n)
         kernels.check_arguments(P.dtype, target=(tensors[1], (B,)))
         loss, dP, dQc = torch.empty((), dtype=P.dtype), torch.empty_like(P), torch.empty_like(Qc)
-        dZ = torch.empty(Z0.shape, dtype=P.dtype) if Z0.requires_grad else None  # contiguous, unlike Z0
+        wants_dZ = Z0.requires_grad or features is not None
+        dZ = torch.empty(Z0.shape, dtype=P.dtype) if wants_dZ else None  # contiguous, unlike Z0
         compiled = COMPILED_STACKS[self.attention.name]
         loss_grad = kernels.entry(library, f"{compiled.prefix}_loss_grad", P.dtype)
         status = loss_grad(B, D, N1, r, self.n, self.config.layers, *(t.data_ptr() for t in tensors),
@@ -174,13 +177,29 @@ class LinearTransformer(nn.Module):
                            dP.data_ptr(), dQc.data_ptr())
         if status:
             raise MemoryError(f"{self.attention.name}-attention kernel: out of memory")
-        # The rest of the graph (P from B, a feature map under Z0) is plain autograd.
+        if features is not None:
+            features.accumulate_grad(x, dZ)
+        # The rest of the graph (P from B, a feature map the compiled one does not cover) is autograd.
         roots, grads = [P, Qc], [dP, dQc]
-        if dZ is not None:
+        if Z0.requires_grad:
             roots.append(Z0)
             grads.append(dZ)
         torch.autograd.backward(roots, grads)
         return loss
+
+    def _compiled_features(self, x: torch.Tensor, y: torch.Tensor) -> feature_kernel.CompiledFeatureMap | None:
+        """The compiled feature map for the prompt of ``(x, y)`` (after checking its shape), or None:
+        without a feature map, without the library, in another dtype than the parameters', or when
+        a gradient to the prompts themselves is asked for (autograd then builds the prompt)."""
+        if self.feature_map is None:
+            return None
+        self._check_prompts(x, y)
+        dtype = self.feature_map.linears[0].weight.dtype
+        library = feature_kernel.load()
+        if (library is None or x.dtype != dtype or y.dtype != dtype
+                or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))):
+            return None
+        return feature_kernel.CompiledFeatureMap(library, self.feature_map.linears)
 
     def _compiled_kernel(self):
         """The compiled kernel of this model's attention variant when it covers the model (a variant

@@ -23,7 +23,7 @@ from testbed.engine.probe import Probe
 from testbed.engine.seeds import generator
 from testbed.engine.loop import training_step
 from testbed.model.transformer import LinearTransformer, direct_forward
-from testbed.model.config import ModelConfig
+from testbed.model.config import FeatureMapConfig, ModelConfig
 from testbed.options import validate_options
 from testbed.plugins import load_plugins
 from testbed.tasks import Batch, InDtype
@@ -32,6 +32,7 @@ from testbed.text import format_table
 ADAM = OptimizerSpec("adam", "adam", 0.02, {"betas": [0.9, 0.9], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False})
 GAUSSIAN = {"label_noise": 0.0}
 GAMMA = {"shape": 0.1, "scale": None, "label_noise": 0.0}
+NONLINEAR = {"hidden": 10, "teacher_seed": 0, "label_noise": 0.0}  # the teacher of suite/nonlinear.yaml
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ TRAINING_CASES = [
                  ModelConfig(layers=8), dtype="float64"),
     TrainingCase("softmax (L=3, d=5, n=20, B=1000)", TaskSpec("gaussian", 5, 20, GAUSSIAN),
                  ModelConfig(layers=3, attention="softmax")),
+    TrainingCase("nonlinear (MLP features, full P/Q, L=3, d=5, n=20, B=2000)", TaskSpec("nonlinear", 5, 20, NONLINEAR),
+                 ModelConfig(layers=3, parameterization="full", feature_map=FeatureMapConfig(hidden=(30,))), 2000),
 ]
 # The direct formula's score matrices grow as n^2: the context-length sweep uses 100 prompts a step.
 CONTEXT_LENGTHS = (20, 80, 320, 1280)

@@ -1,0 +1,221 @@
+/* The MLP feature map of the model (testbed/model/transformer.py, FeatureMap) fused with the prompt
+ * layout the linear-attention kernel reads, forward and backward.
+ *
+ * The feature map is a ReLU MLP applied to every token's covariates: x (B, N1, d) -> (B, N1, out).
+ * Its matrices are tiny (d = 5, hidden 30) and the tokens many (B * N1 = 42,000), so BLAS spends
+ * its time on the skinny shapes; here tokens are processed in chunks of T stored feature-major
+ * (a[k][t]), so every inner loop is a vectorized pass over the chunk's tokens.
+ *  - fm_prompt writes the prompt Z0 (B, D, N1), D = out + 1: the features of every token in rows
+ *    0..out-1, the labels in row out, the query's label hidden (0).
+ *  - fm_backward takes dLoss/dZ0 (B, D, N1) and returns the gradient of every weight and bias. It
+ *    recomputes the chunk's activations instead of storing them (cheaper than the memory traffic).
+ * Sums over tokens are taken in chunks of T, V lanes wide, each chunk's total added in double: a
+ * fixed order, like the attention kernel's sums over prompts.
+ * Layers: sizes[0..layers] (sizes[0] = d, sizes[layers] = out); W[l] (sizes[l+1], sizes[l]) and
+ * b[l] (sizes[l+1]), row-major as in nn.Linear. Entry points come in float (_f32) and double (_f64).
+ */
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+constexpr int T = 128;  // tokens per chunk
+constexpr int V = 16;   // lanes of a sum over tokens
+
+template <class R> R *allocate(size_t count) {
+    const size_t bytes = (sizeof(R) * count + 63) / 64 * 64;
+    void *memory = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (memory) std::memset(memory, 0, bytes);
+    return (R *)memory;
+}
+
+/* The network's shape and parameters. */
+template <class R> struct Net {
+    int layers;
+    const int *sizes;
+    const R *const *W;
+    const R *const *b;
+    int widest() const {
+        int m = 0;
+        for (int l = 0; l <= layers; l++) m = sizes[l] > m ? sizes[l] : m;
+        return m;
+    }
+    size_t activations() const {  // elements of every layer's chunk of activations, input included
+        size_t total = 0;
+        for (int l = 0; l <= layers; l++) total += (size_t)sizes[l] * T;
+        return total;
+    }
+};
+
+/* A chunk of count <= T tokens starting at token m0 = p * N1 + i (prompt p, column i). */
+struct Chunk {
+    size_t p;
+    int i, count;
+};
+
+/* a[k][t] = x[m0 + t][k] for the chunk's tokens, 0 for the padding. */
+template <class R> void gather_inputs(const R *x, int d, size_t m0, int count, R *a) {
+    std::memset(a, 0, sizeof(R) * d * T);
+    const R *xs = x + m0 * d;
+    for (int t = 0; t < count; t++)
+        for (int k = 0; k < d; k++) a[k * T + t] = xs[(size_t)t * d + k];
+}
+
+/* V values of R in a vector register (GCC/Clang vector extension): the sums below stay in
+ * registers (written as loops over V, the compiler vectorized across k instead). */
+template <class R> using Vec __attribute__((vector_size(V * sizeof(R)))) = R;
+template <class R> inline Vec<R> load(const R *p) {
+    Vec<R> v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+template <class R> inline void store(R *p, Vec<R> v) { std::memcpy(p, &v, sizeof v); }
+
+/* o[j][:] = b[j] + sum_k W[j][k] a[k][:], then the ReLU unless it is the last layer. NaN passes
+ * the ReLU as in torch (a diverged run must stay visible). One V-wide block of tokens at a time. */
+template <class R> void linear(int in, int out, const R *W, const R *b, const R *a, R *o, bool relu) {
+    for (int t0 = 0; t0 < T; t0 += V)
+        for (int j = 0; j < out; j++) {
+            Vec<R> sum = Vec<R>{} + b[j];
+            for (int k = 0; k < in; k++) sum += W[(size_t)j * in + k] * load(a + (size_t)k * T + t0);
+            if (relu) sum = sum < 0 ? Vec<R>{} : sum;
+            store<R>(o + (size_t)j * T + t0, sum);
+        }
+}
+
+/* Every layer's activations of the chunk: acts holds layer 0 (the inputs, already gathered), then
+ * each layer's output in turn. Returns the last layer's. */
+template <class R> R *run_layers(const Net<R> &net, R *acts) {
+    R *a = acts;
+    for (int l = 0; l < net.layers; l++) {
+        R *o = a + (size_t)net.sizes[l] * T;
+        linear(net.sizes[l], net.sizes[l + 1], net.W[l], net.b[l], a, o, l + 1 < net.layers);
+        a = o;
+    }
+    return a;
+}
+
+/* Visit the chunk's tokens in order: f(t, prompt, column). */
+template <class F> void each_token(size_t p, int i, int count, int N1, F f) {
+    for (int t = 0; t < count; t++) {
+        f(t, p, i);
+        if (++i == N1) i = 0, p++;
+    }
+}
+
+/* lanes[s] += sum over the chunk's tokens t = s (mod V) of u[t] v[t] (u = null: of v[t]): a sum over
+ * tokens kept V lanes wide, each chunk's share added in double. */
+template <class R> void accumulate(const R *u, const R *v, double *lanes) {
+    Vec<R> chunk{};
+    for (int t = 0; t < T; t += V) chunk += u ? load(u + t) * load(v + t) : load(v + t);
+    for (int s = 0; s < V; s++) lanes[s] += chunk[s];
+}
+
+/* gin[k][:] = (a[k][:] > 0) sum_j W[j][k] g[j][:]: the gradient at the ReLU output a of the layer
+ * below, given the gradient g at this layer's output. */
+template <class R> void backward_linear(int in, int out, const R *W, const R *g, const R *a, R *gin) {
+    for (int t0 = 0; t0 < T; t0 += V)
+        for (int k = 0; k < in; k++) {
+            Vec<R> sum{};
+            for (int j = 0; j < out; j++) sum += W[(size_t)j * in + k] * load(g + (size_t)j * T + t0);
+            store<R>(gin + (size_t)k * T + t0, load(a + (size_t)k * T + t0) > 0 ? sum : Vec<R>{});
+        }
+}
+
+double lane_sum(const double *lanes) {
+    double total = 0.0;
+    for (int s = 0; s < V; s++) total += lanes[s];
+    return total;
+}
+
+template <class R>
+int prompt(int B, int N1, const Net<R> &net, const R *x, const R *y, R *Z) {
+    const int d = net.sizes[0], out = net.sizes[net.layers], D = out + 1;
+    R *acts = allocate<R>(net.activations());
+    if (!acts) return 1;
+    const size_t tokens = (size_t)B * N1;
+    for (size_t m0 = 0; m0 < tokens; m0 += T) {
+        const int count = tokens - m0 < (size_t)T ? (int)(tokens - m0) : T;
+        gather_inputs(x, d, m0, count, acts);
+        const R *f = run_layers(net, acts);
+        each_token(m0 / N1, (int)(m0 % N1), count, N1, [&](int t, size_t p, int i) {
+            R *column = Z + p * D * N1 + i;
+            for (int k = 0; k < out; k++) column[(size_t)k * N1] = f[(size_t)k * T + t];
+        });
+    }
+    std::free(acts);
+    for (size_t p = 0; p < (size_t)B; p++) {  // labels; the query's is hidden
+        R *labels = Z + (p * D + out) * N1;
+        std::memcpy(labels, y + p * N1, sizeof(R) * (N1 - 1));
+        labels[N1 - 1] = 0;
+    }
+    return 0;
+}
+
+template <class R>
+int backward(int B, int N1, const Net<R> &net, const R *x, const R *dZ, R *const *dW, R *const *db) {
+    const int d = net.sizes[0], out = net.sizes[net.layers], D = out + 1, L = net.layers;
+    size_t parameters = 0;
+    for (int l = 0; l < L; l++) parameters += (size_t)net.sizes[l + 1] * (net.sizes[l] + 1);
+    R *acts = allocate<R>(net.activations());
+    R *g = allocate<R>((size_t)net.widest() * T), *gin = allocate<R>((size_t)net.widest() * T);
+    double *total = allocate<double>(parameters * V);  // per layer: dW (out, in), then db (out), V lanes each
+    if (!acts || !g || !gin || !total) {
+        std::free(acts), std::free(g), std::free(gin), std::free(total);
+        return 1;
+    }
+    const size_t tokens = (size_t)B * N1;
+    for (size_t m0 = 0; m0 < tokens; m0 += T) {
+        const int count = tokens - m0 < (size_t)T ? (int)(tokens - m0) : T;
+        gather_inputs(x, d, m0, count, acts);
+        run_layers(net, acts);
+        std::memset(g, 0, sizeof(R) * out * T);  // the padding's gradient stays 0
+        each_token(m0 / N1, (int)(m0 % N1), count, N1, [&](int t, size_t p, int i) {
+            const R *column = dZ + p * D * N1 + i;
+            for (int k = 0; k < out; k++) g[(size_t)k * T + t] = column[(size_t)k * N1];
+        });
+        double *layer_total = total + parameters * V;
+        for (int l = L - 1; l >= 0; l--) {
+            const int in = net.sizes[l], o = net.sizes[l + 1];
+            const R *a = acts;
+            for (int k = 0; k < l; k++) a += (size_t)net.sizes[k] * T;
+            layer_total -= (size_t)o * (in + 1) * V;
+            for (int j = 0; j < o; j++) {
+                const R *gj = g + (size_t)j * T;
+                for (int k = 0; k < in; k++) accumulate(gj, a + (size_t)k * T, layer_total + ((size_t)j * in + k) * V);
+                accumulate<R>(nullptr, gj, layer_total + ((size_t)o * in + j) * V);
+            }
+            if (l == 0) break;
+            backward_linear(in, o, net.W[l], g, a, gin);
+            R *swap = g;
+            g = gin, gin = swap;
+        }
+    }
+    const double *layer_total = total;
+    for (int l = 0; l < L; l++) {
+        const size_t weights = (size_t)net.sizes[l + 1] * net.sizes[l];
+        for (size_t e = 0; e < weights; e++) dW[l][e] = (R)lane_sum(layer_total + e * V);
+        for (int j = 0; j < net.sizes[l + 1]; j++) db[l][j] = (R)lane_sum(layer_total + (weights + j) * V);
+        layer_total += (weights + net.sizes[l + 1]) * V;
+    }
+    std::free(acts), std::free(g), std::free(gin), std::free(total);
+    return 0;
+}
+
+}  // namespace
+
+#define ENTRY_POINTS(R, suffix)                                                                       \
+    int fm_prompt_##suffix(int B, int N1, int layers, const int *sizes, const R *const *W,            \
+                           const R *const *b, const R *x, const R *y, R *Z) {                         \
+        return prompt(B, N1, Net<R>{layers, sizes, W, b}, x, y, Z);                                   \
+    }                                                                                                 \
+    int fm_backward_##suffix(int B, int N1, int layers, const int *sizes, const R *const *W,          \
+                             const R *const *b, const R *x, const R *dZ, R *const *dW,                \
+                             R *const *db) {                                                          \
+        return backward(B, N1, Net<R>{layers, sizes, W, b}, x, dZ, dW, db);                           \
+    }
+
+extern "C" {
+ENTRY_POINTS(float, f32)
+ENTRY_POINTS(double, f64)
+}  // extern "C"
