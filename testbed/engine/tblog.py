@@ -3,19 +3,20 @@
 Tags are grouped by their first segment (train/, eval/, optim/, perf/, diag/<name>/) and never
 depend on the optimizer, so runs overlay; each run has its own directory so TensorBoard's run filter
 selects by optimizer and seed. HParams are written into the same directory (not a sub-run, which
-``SummaryWriter.add_hparams`` would make).
+``SummaryWriter.add_hparams`` would make). Records are built by torch's summary functions, as
+SummaryWriter builds them, and written by ``events.EventFile`` (in bulk, in this thread).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import yaml
-from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard._utils import figure_to_image
+from torch.utils.tensorboard.summary import custom_scalars, histogram, image, text
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams.metadata import (EXPERIMENT_TAG, PLUGIN_DATA_VERSION, PLUGIN_NAME,
@@ -23,6 +24,7 @@ from tensorboard.plugins.hparams.metadata import (EXPERIMENT_TAG, PLUGIN_DATA_VE
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 
 from testbed.diagnostics import Plot
+from testbed.engine.events import EventFile
 from testbed.errors import StorageError
 from testbed.files.layout import EVENT_FILE_PREFIX
 
@@ -105,33 +107,18 @@ def write_hparams_config(directory: Path, columns: Mapping[str, Any]) -> None:
         for old in directory.glob(EVENT_FILE_PREFIX + "*"):
             old.unlink()
         experiment, _ = hparam_summaries(columns)
-        writer = SummaryWriter(log_dir=str(directory))
-        writer._get_file_writer().add_summary(experiment)
-        writer.close()
+        events = EventFile(directory)
+        events.add_summary(experiment)
+        events.flush()
     except OSError as exc:
         raise StorageError.writing(directory, exc) from None
 
-
-def _quiet_writer_thread(previous: Callable[[Any], object]) -> Callable[[Any], object]:
-    """A threading.excepthook that leaves out write errors of tensorboard's writer thread: the
-    writer raises each again at its next call, where the run reports it as one StorageError (a
-    second, raw traceback on stderr would only bury that message)."""
-    def excepthook(args: Any) -> object:
-        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
-            return None
-        return previous(args)
-
-    return excepthook
-
-
-threading.excepthook = _quiet_writer_thread(threading.excepthook)
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 def _writing(method: _Method) -> _Method:
-    """A RunLogger method whose failed write (raised here, or in tensorboard's writer thread and
-    raised again at the next call) becomes a StorageError naming the run's event file."""
+    """A RunLogger method whose failed write becomes a StorageError naming the run's event file."""
     @functools.wraps(method)
     def wrapper(self: "RunLogger", *args: Any, **kwargs: Any) -> Any:
         try:
@@ -143,25 +130,25 @@ def _writing(method: _Method) -> _Method:
 
 
 class RunLogger:
-    """Writes one run's scalars, text and hparams; a thin, convention-keeping SummaryWriter. It
-    knows how many bytes each event file of the run should hold (``earlier_files``: those of the
-    attempts before a resumed run's checkpoint), so that one deleted or cut short is noticed."""
+    """Writes one run's scalars, text and hparams into its event file, following the project's
+    conventions. It knows how many bytes each event file of the run should hold (``earlier_files``:
+    those of the attempts before a resumed run's checkpoint), so that one deleted or cut short is
+    noticed."""
 
     @_writing
-    def __init__(self, run_dir: str, flush_secs: int = 10, earlier_files: Mapping[str, int] | None = None):
+    def __init__(self, run_dir: str, earlier_files: Mapping[str, int] | None = None):
         self.run_dir = Path(run_dir)
-        self._event_file = self.run_dir  # until the writer has made its file
-        self.writer = SummaryWriter(log_dir=run_dir, flush_secs=flush_secs)
-        self._event_file = Path(self.writer._get_file_writer().event_writer._file_name)
+        self._event_file = self.run_dir  # until the event file is made
+        self.events = EventFile(self.run_dir)
+        self._event_file = self.events.path
         self.earlier_files = dict(earlier_files or {})
-        self._written = _WrittenBytes(self.writer)
 
     def written(self) -> dict[str, int]:
         """Event file name -> the bytes written into it by this run (this logger's after a flush)."""
-        return {**self.earlier_files, self._written.path.name: self._written.count}
+        return {**self.earlier_files, self.events.path.name: self.events.written}
 
     def event_file(self) -> Path:
-        """The run's event file (its directory while the writer is not made yet)."""
+        """The run's event file (its directory while the file is not made yet)."""
         return self._event_file
 
     def lost_event_files(self) -> list[str]:
@@ -171,22 +158,25 @@ class RunLogger:
     @_writing
     def scalar(self, tag: str, value: float, step: int) -> None:
         """Log one scalar at ``step``."""
-        self.writer.add_scalar(tag, value, step)
+        self.events.add_scalar(tag, value, step)
 
     @_writing
     def histogram(self, tag: str, values: Any, step: int, bins: Any = "tensorflow") -> None:
-        """Log a histogram of ``values`` at ``step`` (``bins`` as SummaryWriter.add_histogram takes it)."""
-        self.writer.add_histogram(tag, values, step, bins=bins)
+        """Log a histogram of ``values`` at ``step`` (``bins`` as SummaryWriter.add_histogram takes it:
+        "tensorflow" means its default, exponentially spaced buckets)."""
+        if isinstance(bins, str) and bins == "tensorflow":
+            bins = DEFAULT_BINS
+        self.events.add_summary(histogram(tag, values, bins), step)
 
     @_writing
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """Log a matplotlib figure as an image at ``step``; the figure is closed."""
-        self.writer.add_figure(tag, figure, step, close=True)
+        self.events.add_summary(image(tag, figure_to_image(figure, close=True), dataformats="CHW"), step)
 
     @_writing
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
         """Log Markdown text (TensorBoard's text dashboard) at ``step``."""
-        self.writer.add_text(tag, markdown, step)
+        self.events.add_summary(text(tag, markdown), step)
 
     def config(self, resolved: Mapping[str, Any]) -> None:
         """Log the run's resolved config as YAML under the ``config`` text tag."""
@@ -199,7 +189,7 @@ class RunLogger:
         """The run's hparams (its session start); the session ends with the real status in
         ``end_session``. The columns are declared once for all runs: ``write_hparams_config``."""
         _, session_start = hparam_summaries(values)
-        self.writer._get_file_writer().add_summary(session_start)
+        self.events.add_summary(session_start)
 
     @_writing
     def end_session(self, status: str) -> None:
@@ -207,44 +197,34 @@ class RunLogger:
         # torch's hparams() always reports success; build the session end with the real status.
         content = HParamsPluginData(session_end_info=SessionEndInfo(status=_SESSION_STATUS[status]),
                                     version=PLUGIN_DATA_VERSION)
-        self.writer._get_file_writer().add_summary(_hparams_summary(SESSION_END_INFO_TAG, content))
+        self.events.add_summary(_hparams_summary(SESSION_END_INFO_TAG, content))
 
     @_writing
     def layout(self, plots: Mapping[str, Sequence[Plot]]) -> None:
         """The run's custom-scalar layout, from the plots its diagnostics declare (``custom_scalar_layout``)."""
-        self.writer.add_custom_scalars(custom_scalar_layout(plots))
+        self.events.add_summary(custom_scalars(custom_scalar_layout(plots)))
 
     @_writing
     def flush(self) -> None:
         """Write everything logged so far into the event file (before its size is taken for a checkpoint)."""
-        self.writer.flush()
+        self.events.flush()
 
     @_writing
     def close(self) -> None:
-        """Flush and close the writer; the logger takes no more records."""
-        try:
-            self.writer.flush()
-        finally:
-            self.writer.close()
+        """Write what is pending; the logger takes no more records."""
+        self.events.flush()
 
 
-class _WrittenBytes:
-    """Counts the bytes a SummaryWriter writes into its event file. Tensorboard's file object opens
-    the path anew for every record it appends, so a file deleted meanwhile is silently recreated
-    holding only the later records: only the count of what was written tells."""
+def _default_bins() -> list[float]:
+    """SummaryWriter's default histogram buckets: +-1e-12 growing by 10% to 1e20, and 0."""
+    buckets, value = [], 1e-12
+    while value < 1e20:
+        buckets.append(value)
+        value *= 1.1
+    return [-b for b in reversed(buckets)] + [0] + buckets
 
-    def __init__(self, writer: SummaryWriter) -> None:
-        event_writer = writer._get_file_writer().event_writer
-        self.path = Path(event_writer._file_name)
-        self.count = self.path.stat().st_size  # its first record, written (and flushed) as it was made
-        file = event_writer._general_file_writer
-        write = file.write
 
-        def counted(content: bytes) -> None:
-            write(content)
-            self.count += len(content)
-
-        file.write = counted
+DEFAULT_BINS = _default_bins()
 
 
 def lost_event_files(run_dir: Path, written: Mapping[str, int]) -> list[str]:
