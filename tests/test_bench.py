@@ -17,6 +17,7 @@ def test_bench_quick_reports_every_measurement(tmp_path):
         "setting 1 (L=3, d=5, n=20, B=1000)", "setting 3, gamma (L=3, d=5, n=20, B=1000)", "L=8 (d=5, n=20, B=1000)",
         "setting 1, float64 (L=3, d=5, n=20, B=1000)", "full P and Q (L=3, d=5, n=20, B=1000)",
         "larger model (L=8, d=20, n=60, B=1000)", "larger model, float64 (L=8, d=20, n=60, B=1000)",
+        "softmax (L=3, d=5, n=20, B=1000)",
         "nonlinear (MLP features, full P/Q, L=3, d=5, n=20, B=2000)"}
     for case in [*data["training"].values(), *data["context_length"]["cases"].values()]:
         assert case["engine_steps_per_sec"] > 0 and case["direct_steps_per_sec"] > 0
