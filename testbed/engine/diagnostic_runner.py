@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +79,7 @@ class DiagnosticRunner:
             self._call(name, lambda: diagnostic.measure(self.probe, step), step, result)
 
     def _call(self, name: str, measure: Callable[[], list[Record]], step: int, result) -> None:
+        started = time.perf_counter()
         try:
             for record in measure():
                 self._log(name, record, step, result)
@@ -89,6 +91,9 @@ class DiagnosticRunner:
             self.logger.text(f"diag/{name}/error", message, step)
             self.disabled.add(name)
             self._keep_traceback(f"diagnostic {message}")
+        finally:  # what the run's time went to: `testbed bench --flagship` splits it
+            seconds = result.diagnostic_seconds
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
     def _keep_traceback(self, heading: str) -> None:
         """Append the traceback being handled to ``error_file``, under ``heading``: where the author looks."""

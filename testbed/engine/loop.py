@@ -201,7 +201,7 @@ def _add_warnings(result: RunResult, warnings: list[str]) -> None:
 # What a run has accumulated by a step; the rest of its result is rebuilt by the resumed run.
 CHECKPOINTED_RESULT_FIELDS = ("steps_done", "eval_steps", "eval_losses", "diagnostics",
                               "diagnostic_errors", "resumed_from", "zeroed_steps", "warnings",
-                              "gradient_evaluations")
+                              "gradient_evaluations", "diagnostic_seconds")
 
 
 def _loop(run: RunState, plugins: Plugins, result: RunResult, should_stop: Callable[[], bool],

@@ -115,3 +115,5 @@ class RunResult:
     # how many times the loss and its gradient were computed: one per step, or the closure calls of
     # a closure optimizer (what a step costs); 0 in summaries written before it was counted
     gradient_evaluations: int = 0
+    # diagnostic name -> the seconds spent measuring it (its share of ``seconds``); {} before it was kept
+    diagnostic_seconds: dict[str, float] = field(default_factory=dict)
