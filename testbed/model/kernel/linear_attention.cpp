@@ -70,6 +70,121 @@ template <class E> struct Layout {
     size_t mat() const { return (size_t)D * r * W; }
 };
 
+/* The real-valued path: every step of the stack is a product of small matrices in each lane, run by one
+ * register-blocked routine (duals keep the loops below: their tangents are the vectorized dimension).
+ *
+ * One factor of a product over the lanes: element (i, j) of a matrix that either varies over the tile's
+ * prompts (lanes: W values at p + (i si + j sj) W) or is shared by them (one value, scale p[i si + j sj]). */
+template <class E> struct Operand {
+    const E *p;
+    int si, sj;
+    bool shared;
+    Real<E> scale;
+};
+template <class E> Operand<E> lanes(const E *p, int si, int sj) { return {p, si, sj, false, Real<E>(1)}; }
+template <class E> Operand<E> shared(const E *p, int si, int sj, Real<E> scale = Real<E>(1)) {
+    return {p, si, sj, true, scale};
+}
+
+/* Where a product goes: element (i, k) at p + (i si + k sk) W, starting from zero (init null) or from
+ * the element at the same place in init (p itself: added to). */
+template <class E> struct Target {
+    E *p;
+    int si, sk;
+    const E *init;
+};
+template <class E> Target<E> set(E *p, int si, int sk) { return {p, si, sk, nullptr}; }
+template <class E> Target<E> added(E *p, int si, int sk) { return {p, si, sk, p}; }
+template <class E> Target<E> added_to(const E *init, E *p, int si, int sk) { return {p, si, sk, init}; }
+
+/* The real-valued product, register-blocked: an IB x KB block of outputs for one vector of lanes stays
+ * in registers while j runs, so each step loads IB + KB vectors for IB KB multiply-adds. */
+template <class R> struct Lanes {
+    static constexpr int width = 64 / sizeof(R);  // one AVX-512 register
+    typedef R Vector __attribute__((vector_size(64)));
+};
+template <class R> inline typename Lanes<R>::Vector load(const R *p) {
+    typename Lanes<R>::Vector v;
+    std::memcpy(&v, __builtin_assume_aligned(p, 64), sizeof v);
+    return v;
+}
+template <class R> inline void store(R *p, const typename Lanes<R>::Vector &v) {
+    std::memcpy(__builtin_assume_aligned(p, 64), &v, sizeof v);
+}
+
+template <class R, int IB, int KB, bool AS, bool BS>
+void product_block(int W, int i0, int k0, int J, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
+    using V = typename Lanes<R>::Vector;
+    constexpr int VL = Lanes<R>::width;
+    for (int l = 0; l < W; l += VL) {
+        V c[IB][KB];
+#pragma GCC unroll 8
+        for (int ii = 0; ii < IB; ii++)
+#pragma GCC unroll 8
+            for (int kk = 0; kk < KB; kk++)
+                c[ii][kk] = out.init ? load(out.init + ((size_t)(i0 + ii) * out.si + (size_t)(k0 + kk) * out.sk) * W + l)
+                                     : V{};
+        for (int j = 0; j < J; j++) {
+            V a[IB], b[KB];
+#pragma GCC unroll 8
+            for (int ii = 0; ii < IB; ii++) {
+                const size_t at = (size_t)(i0 + ii) * A.si + (size_t)j * A.sj;
+                if constexpr (AS) a[ii] = V{} + A.scale * A.p[at];
+                else a[ii] = load(A.p + at * W + l);
+            }
+#pragma GCC unroll 8
+            for (int kk = 0; kk < KB; kk++) {
+                const size_t at = (size_t)j * B.si + (size_t)(k0 + kk) * B.sj;
+                if constexpr (BS) b[kk] = V{} + B.scale * B.p[at];
+                else b[kk] = load(B.p + at * W + l);
+            }
+#pragma GCC unroll 8
+            for (int ii = 0; ii < IB; ii++)
+#pragma GCC unroll 8
+                for (int kk = 0; kk < KB; kk++) c[ii][kk] += a[ii] * b[kk];
+        }
+#pragma GCC unroll 8
+        for (int ii = 0; ii < IB; ii++)
+#pragma GCC unroll 8
+            for (int kk = 0; kk < KB; kk++)
+                store(out.p + ((size_t)(i0 + ii) * out.si + (size_t)(k0 + kk) * out.sk) * W + l, c[ii][kk]);
+    }
+}
+
+constexpr int BLOCK = 4;  // outputs per block side: 16 accumulators + 8 factors of 32 registers
+
+template <class R, int IB, bool AS, bool BS>
+void product_row(int W, int i0, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
+    int k0 = 0;
+    for (; k0 + BLOCK <= K; k0 += BLOCK) product_block<R, IB, BLOCK, AS, BS>(W, i0, k0, J, A, B, out);
+    switch (K - k0) {
+        case 3: product_block<R, IB, 3, AS, BS>(W, i0, k0, J, A, B, out); break;
+        case 2: product_block<R, IB, 2, AS, BS>(W, i0, k0, J, A, B, out); break;
+        case 1: product_block<R, IB, 1, AS, BS>(W, i0, k0, J, A, B, out); break;
+    }
+}
+
+template <class R, bool AS, bool BS>
+void product_blocks(int W, int I, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
+    int i0 = 0;
+    for (; i0 + BLOCK <= I; i0 += BLOCK) product_row<R, BLOCK, AS, BS>(W, i0, J, K, A, B, out);
+    switch (I - i0) {
+        case 3: product_row<R, 3, AS, BS>(W, i0, J, K, A, B, out); break;
+        case 2: product_row<R, 2, AS, BS>(W, i0, J, K, A, B, out); break;
+        case 1: product_row<R, 1, AS, BS>(W, i0, J, K, A, B, out); break;
+    }
+}
+
+/* out(i, k) (= or +=) sum_{j < J} A(i, j) B(j, k) for i < I, k < K in every lane (W a multiple of the
+ * vector width), each element's terms added in order of j: the same values as the loops it replaces,
+ * however the work is blocked. */
+template <class R>
+void product(int W, int I, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
+    if (A.shared) product_blocks<R, true, false>(W, I, J, K, A, B, out);
+    else if (B.shared) product_blocks<R, false, true>(W, I, J, K, A, B, out);
+    else product_blocks<R, false, false>(W, I, J, K, A, B, out);
+}
+
 /* out[i][k][:] = sum_{t < T} X[i][t][:] * Y[k][t][:]  for i < I, k < K */
 template <class E>
 void gram(const Layout<E> &s, int T, int I, int Kc, const E *X, const E *Y, E *__restrict__ out) {
@@ -165,9 +280,111 @@ void last_layer(const Layout<E> &s, const E *Z, const E *p, const E *Qc, E *v, E
  * layer (3 (L-1) matrices of D x r). */
 template <class E> size_t saved_size(const Layout<E> &s) { return s.L * s.size() + 3 * (s.L - 1) * s.mat(); }
 
+/* The real-valued path of tile_forward: the same steps, each a register-blocked product. */
+template <class R>
+void lanes_last_layer(const Layout<R> &s, const R *Z, const R *p, const R *Qc, R *v, R *sv, R *kv) {
+    const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n;
+    product(W, 1, D, n, shared(p, 0, 1), lanes(Z, N1, 1), set(v, 0, 1));                   /* v = p C */
+    product(W, 1, n, r, lanes(v, 0, 1), lanes(Z, 1, N1), set(sv, 0, 1));                   /* sv = v Xc^T */
+    product(W, 1, r, r, lanes(sv, 0, 1), shared(Qc, r, 1, R(1) / n), set(kv, 0, 1));       /* kv = sv Qc / n */
+}
+
+template <class R>
+bool lanes_forward(const Layout<R> &s, const R *P, const R *Qc, R *saved, R *yhat) {
+    const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
+    R *work = allocate<R>((size_t)(n + 2 * r) * W);
+    if (!work) return false;
+    R *v = work, *sv = v + (size_t)n * W, *kv = sv + (size_t)r * W;
+    R *Zs = saved, *mats = saved + L * s.size();
+    for (int l = 0; l < L - 1; l++) {
+        const R *Z = Zs + l * s.size(), *Pl = P + l * D * D, *Ql = Qc + l * r * r;
+        R *S = mats + 3 * l * s.mat(), *PS = S + s.mat(), *Km = PS + s.mat();
+        product(W, D, n, r, lanes(Z, N1, 1), lanes(Z, 1, N1), set(S, r, 1));               /* S = C X^T */
+        product(W, D, D, r, shared(Pl, D, 1), lanes(S, r, 1), set(PS, r, 1));              /* PS = P S */
+        product(W, D, r, r, lanes(PS, r, 1), shared(Ql, r, 1, R(1) / n), set(Km, r, 1));   /* K = PS Qc / n */
+        product(W, D, r, N1, lanes(Km, r, 1), lanes(Z, N1, 1), added_to(Z, Zs + (l + 1) * s.size(), N1, 1));
+    }
+    const R *Z = Zs + (size_t)(L - 1) * s.size();
+    lanes_last_layer(s, Z, P + (L - 1) * D * D + (D - 1) * D, Qc + (L - 1) * r * r, v, sv, kv);
+    const R *zq = s.at(Z, D - 1, N1 - 1);
+    for (int b = 0; b < W; b++) yhat[b] = -zq[b];
+    for (int m = 0; m < r; m++) {
+        const R *km = kv + (size_t)m * W, *q = s.at(Z, m, N1 - 1);
+        for (int b = 0; b < W; b++) yhat[b] += -km[b] * q[b];
+    }
+    std::free(work);
+    return true;
+}
+
+/* dst[e] += scale * (sum over the tile of sums[e][:]) for e < count. */
+template <class R> void add_tile_sums(int W, int count, const R *sums, R scale, R *dst) {
+    for (int e = 0; e < count; e++) dst[e] += scale * tile_sum(W, sums + (size_t)e * W);
+}
+
+/* The real-valued path of tile_backward: the same steps, each a register-blocked product. */
+template <class R>
+bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc, const R *gy, R *dZ, R *dP, R *dQc,
+                    bool input_grad) {
+    const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
+    const size_t size = s.size(), mat = s.mat();
+    R *work = allocate<R>(4 * mat + (size_t)(2 * n + 4 * r + 1 + D * D) * W + size);
+    if (!work) return false;
+    const R *Zs = saved, *mats = saved + L * size;
+    R *dK = work, *SQ = dK + mat, *T = SQ + mat, *dS = T + mat, *v = dS + mat, *dv = v + (size_t)n * W;
+    R *sv = dv + (size_t)n * W, *kv = sv + (size_t)r * W, *dk = kv + (size_t)r * W, *u = dk + (size_t)r * W;
+    R *g = u + (size_t)r * W, *sums = g + W, *G = sums + (size_t)D * D * W;
+    zero(dZ, size);
+
+    /* Last layer, entry (D-1, N1-1) only. */
+    const R *Z = Zs + (size_t)(L - 1) * size;
+    const R *p = P + (L - 1) * D * D + (D - 1) * D, *Q = Qc + (L - 1) * r * r;
+    lanes_last_layer(s, Z, p, Q, v, sv, kv);
+    for (int b = 0; b < W; b++) g[b] = -gy[b];
+    for (int b = 0; b < W; b++) s.at(dZ, D - 1, N1 - 1)[b] = g[b];
+    for (int m = 0; m < r; m++) {
+        R *o = s.at(dZ, m, N1 - 1), *dkm = dk + (size_t)m * W;
+        const R *km = kv + (size_t)m * W, *q = s.at(Z, m, N1 - 1);
+        for (int b = 0; b < W; b++) {
+            o[b] += g[b] * km[b];
+            dkm[b] = g[b] * q[b];
+        }
+    }
+    product(W, r, 1, r, lanes(sv, 1, 0), lanes(dk, 0, 1), set(sums, r, 1));                /* sv dk^T */
+    add_tile_sums(W, r * r, sums, R(1) / n, dQc + (L - 1) * r * r);
+    product(W, 1, r, r, lanes(dk, 0, 1), shared(Q, 1, r, R(1) / n), set(u, 0, 1));          /* u = dk Qc^T / n */
+    product(W, 1, r, n, lanes(u, 0, 1), lanes(Z, N1, 1), set(dv, 0, 1));                    /* dv = u Xc */
+    product(W, r, 1, n, lanes(u, 1, 0), lanes(v, 0, 1), added(dZ, N1, 1));                  /* dZ[:r, :n] += u v */
+    product(W, 1, n, D, lanes(dv, 0, 1), lanes(Z, 1, N1), set(sums, 0, 1));                  /* dv C^T */
+    add_tile_sums(W, D, sums, R(1), dP + (L - 1) * D * D + (D - 1) * D);
+    product(W, D, 1, n, shared(p, 1, 0), lanes(dv, 0, 1), added(dZ, N1, 1));                /* dZ[:, :n] += p^T dv */
+
+    /* Hidden layers, last to first. G holds d Z_{l+1}; dZ becomes d Z_l. */
+    for (int l = L - 2; l >= 0; l--) {
+        Z = Zs + (size_t)l * size;
+        const R *Pl = P + l * D * D, *Ql = Qc + l * r * r;
+        const R *S = mats + 3 * l * mat, *PS = S + mat, *Km = PS + mat;
+        std::memcpy(G, dZ, sizeof(R) * size);
+        product(W, D, N1, r, lanes(G, N1, 1), lanes(Z, 1, N1), set(dK, r, 1));              /* dK = G X^T */
+        product(W, D, r, r, lanes(S, r, 1), shared(Ql, r, 1), set(SQ, r, 1));              /* SQ = S Qc */
+        product(W, D, r, D, lanes(dK, r, 1), lanes(SQ, 1, r), set(sums, D, 1));             /* dK SQ^T */
+        add_tile_sums(W, D * D, sums, R(1) / n, dP + l * D * D);
+        product(W, r, D, r, lanes(PS, 1, r), lanes(dK, r, 1), set(sums, r, 1));             /* PS^T dK */
+        add_tile_sums(W, r * r, sums, R(1) / n, dQc + l * r * r);
+        if (l == 0 && !input_grad) break;
+        product(W, D, D, r, shared(Pl, 1, D), lanes(dK, r, 1), set(T, r, 1));               /* T = P^T dK */
+        product(W, D, r, r, lanes(T, r, 1), shared(Ql, 1, r, R(1) / n), set(dS, r, 1));    /* dS = T Qc^T / n */
+        product(W, r, D, N1, lanes(Km, 1, r), lanes(G, N1, 1), added(dZ, N1, 1));           /* dZ[:r] += K^T G */
+        product(W, D, r, n, lanes(dS, r, 1), lanes(Z, N1, 1), added(dZ, N1, 1));            /* dZ[:, :n] += dS Xc */
+        product(W, r, D, n, lanes(dS, 1, r), lanes(Z, N1, 1), added(dZ, N1, 1));            /* dZ[:r, :n] += dS^T C */
+    }
+    std::free(work);
+    return true;
+}
+
 /* Forward through every layer, filling ``saved`` (saved_size elements); yhat has W entries. */
 template <class E>
 bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat) {
+    if constexpr (std::is_floating_point_v<E>) return lanes_forward(s, P, Qc, saved, yhat);
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, L = s.L;
     E *work = allocate<E>((size_t)(s.n + 2 * r) * W);
     if (!work) return false;
@@ -208,6 +425,7 @@ bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat
 template <class E>
 bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc,
                    bool input_grad) {
+    if constexpr (std::is_floating_point_v<E>) return lanes_backward(s, saved, P, Qc, gy, dZ, dP, dQc, input_grad);
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
     const size_t size = s.size(), mat = s.mat();
     E *work = allocate<E>(4 * mat + (size_t)(2 * n + 6 * r) * W + size);
