@@ -21,6 +21,7 @@ namespace {
 
 constexpr int T = 128;  // tokens per chunk
 constexpr int V = 16;   // lanes of a sum over tokens
+static_assert(T % (4 * V) == 0, "a chunk is a whole number of four-block runs");
 
 template <class R> R *allocate(size_t count) {
     const size_t bytes = (sizeof(R) * count + 63) / 64 * 64;
@@ -72,14 +73,23 @@ template <class R> inline Vec<R> load(const R *p) {
 template <class R> inline void store(R *p, Vec<R> v) { std::memcpy(p, &v, sizeof v); }
 
 /* o[j][:] = b[j] + sum_k W[j][k] a[k][:], then the ReLU unless it is the last layer. NaN passes
- * the ReLU as in torch (a diverged run must stay visible). One V-wide block of tokens at a time. */
+ * the ReLU as in torch (a diverged run must stay visible). Four V-wide blocks of tokens at a time:
+ * four independent sums, so the adds do not wait on each other's latency. */
 template <class R> void linear(int in, int out, const R *W, const R *b, const R *a, R *o, bool relu) {
-    for (int t0 = 0; t0 < T; t0 += V)
+    for (int t0 = 0; t0 < T; t0 += 4 * V)
         for (int j = 0; j < out; j++) {
-            Vec<R> sum = Vec<R>{} + b[j];
-            for (int k = 0; k < in; k++) sum += W[(size_t)j * in + k] * load(a + (size_t)k * T + t0);
-            if (relu) sum = sum < 0 ? Vec<R>{} : sum;
-            store<R>(o + (size_t)j * T + t0, sum);
+            Vec<R> s0 = Vec<R>{} + b[j], s1 = s0, s2 = s0, s3 = s0;
+            for (int k = 0; k < in; k++) {
+                const R w = W[(size_t)j * in + k];
+                const R *ak = a + (size_t)k * T + t0;
+                s0 += w * load(ak), s1 += w * load(ak + V), s2 += w * load(ak + 2 * V), s3 += w * load(ak + 3 * V);
+            }
+            if (relu) {
+                s0 = s0 < 0 ? Vec<R>{} : s0, s1 = s1 < 0 ? Vec<R>{} : s1;
+                s2 = s2 < 0 ? Vec<R>{} : s2, s3 = s3 < 0 ? Vec<R>{} : s3;
+            }
+            R *oj = o + (size_t)j * T + t0;
+            store<R>(oj, s0), store<R>(oj + V, s1), store<R>(oj + 2 * V, s2), store<R>(oj + 3 * V, s3);
         }
 }
 
@@ -106,19 +116,35 @@ template <class F> void each_token(size_t p, int i, int count, int N1, F f) {
 /* lanes[s] += sum over the chunk's tokens t = s (mod V) of u[t] v[t] (u = null: of v[t]): a sum over
  * tokens kept V lanes wide, each chunk's share added in double. */
 template <class R> void accumulate(const R *u, const R *v, double *lanes) {
-    Vec<R> chunk{};
-    for (int t = 0; t < T; t += V) chunk += u ? load(u + t) * load(v + t) : load(v + t);
+    Vec<R> c0{}, c1{}, c2{}, c3{};  // four independent sums (see linear)
+    for (int t = 0; t < T; t += 4 * V) {
+        if (u) {
+            c0 += load(u + t) * load(v + t), c1 += load(u + t + V) * load(v + t + V);
+            c2 += load(u + t + 2 * V) * load(v + t + 2 * V), c3 += load(u + t + 3 * V) * load(v + t + 3 * V);
+        } else {
+            c0 += load(v + t), c1 += load(v + t + V), c2 += load(v + t + 2 * V), c3 += load(v + t + 3 * V);
+        }
+    }
+    const Vec<R> chunk = (c0 + c1) + (c2 + c3);
     for (int s = 0; s < V; s++) lanes[s] += chunk[s];
 }
 
 /* gin[k][:] = (a[k][:] > 0) sum_j W[j][k] g[j][:]: the gradient at the ReLU output a of the layer
  * below, given the gradient g at this layer's output. */
 template <class R> void backward_linear(int in, int out, const R *W, const R *g, const R *a, R *gin) {
-    for (int t0 = 0; t0 < T; t0 += V)
+    for (int t0 = 0; t0 < T; t0 += 4 * V)
         for (int k = 0; k < in; k++) {
-            Vec<R> sum{};
-            for (int j = 0; j < out; j++) sum += W[(size_t)j * in + k] * load(g + (size_t)j * T + t0);
-            store<R>(gin + (size_t)k * T + t0, load(a + (size_t)k * T + t0) > 0 ? sum : Vec<R>{});
+            Vec<R> s0{}, s1{}, s2{}, s3{};  // four independent sums (see linear)
+            for (int j = 0; j < out; j++) {
+                const R w = W[(size_t)j * in + k];
+                const R *gj = g + (size_t)j * T + t0;
+                s0 += w * load(gj), s1 += w * load(gj + V), s2 += w * load(gj + 2 * V), s3 += w * load(gj + 3 * V);
+            }
+            const R *ak = a + (size_t)k * T + t0;
+            R *gk = gin + (size_t)k * T + t0;
+            store<R>(gk, load(ak) > 0 ? s0 : Vec<R>{}), store<R>(gk + V, load(ak + V) > 0 ? s1 : Vec<R>{});
+            store<R>(gk + 2 * V, load(ak + 2 * V) > 0 ? s2 : Vec<R>{});
+            store<R>(gk + 3 * V, load(ak + 3 * V) > 0 ? s3 : Vec<R>{});
         }
 }
 
