@@ -45,8 +45,8 @@ class CompiledFeatureMap:
         self.sizes = [self.linears[0].in_features] + [linear.out_features for linear in self.linears]
 
     def _net(self, B: int, N1: int) -> list:
-        weights = [linear.weight.detach() for linear in self.linears]
-        biases = [linear.bias.detach() for linear in self.linears]
+        weights = [linear.weight.detach().contiguous() for linear in self.linears]
+        biases = [linear.bias.detach().contiguous() for linear in self.linears]
         check_arguments(self.dtype, **{f"W{l}": (w, (o, i)) for l, (w, i, o) in
                                        enumerate(zip(weights, self.sizes, self.sizes[1:]))},
                         **{f"b{l}": (b, (o,)) for l, (b, o) in enumerate(zip(biases, self.sizes[1:]))})
