@@ -107,11 +107,27 @@ class LinearRegressionTask(Task):
         key = sampling.draw_key(generator)
         return sampling.standard_gamma(key, math.prod(size), shape, generator.device).view(size)
 
+    def directions(self, z: torch.Tensor, squared_radius: torch.Tensor | None = None) -> torch.Tensor:
+        """Each token of ``z`` (B, n+1, d) scaled to length sqrt(``squared_radius``) (B, n+1, 1), or
+        to length 1 when it is None (a standard normal ``z`` then gives points uniform on the sphere).
+        The philox stream does it in one compiled pass; the torch stream as it always did."""
+        if self.stream == "torch":
+            u = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+            return u if squared_radius is None else squared_radius.sqrt() * u
+        return sampling.scaled_directions(z, squared_radius)
+
+    def labels(self, features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Noiseless labels <w, features> of every token, (B, n+1), for ``w`` (B, d, 1): one compiled
+        pass on the philox stream, one batched matmul on the torch stream (as it always was)."""
+        if self.stream == "torch" or features.dtype != torch.float32 or w.dtype != torch.float32:
+            return torch.bmm(features, w).squeeze(-1)
+        return sampling.linear_labels(features, w)
+
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """``batch_size`` prompts: covariates, then ``w`` per prompt, then the label noise (if any)."""
         x = self.covariates(batch_size, generator)
         w = self.randn(batch_size, self.d, 1, generator=generator)
-        y = torch.bmm(self.features(x), w).squeeze(-1)  # (B, n+1): one batched matmul, the hot path
+        y = self.labels(self.features(x), w)
         if self.label_noise > 0:  # no draw at all when noiseless: keeps the default stream minimal
             y = y + self.label_noise * self.randn(batch_size, self.n + 1, generator=generator)
         return Batch(x, y)

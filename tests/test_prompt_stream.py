@@ -113,13 +113,42 @@ def test_the_torch_stream_is_the_stream_before_train_stream():
     assert torch.equal(batch.x, x) and torch.equal(batch.y, torch.bmm(x, w).squeeze(-1))
 
 
+def test_the_torch_streams_gamma_prompts_are_computed_as_before_train_stream():
+    # today's Setting 3 arithmetic: the direction z / |z| times sqrt(G), labels by one batched matmul
+    task = _task("gamma", "torch", shape=0.1)
+    batch = task.sample(8, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    z = task.randn(8, 21, 5, generator=g)
+    G = task.scale * task.standard_gamma(0.1, 8, 21, 1, generator=g)
+    x = G.sqrt() * (z / torch.linalg.vector_norm(z, dim=-1, keepdim=True))
+    w = task.randn(8, 5, 1, generator=g)
+    assert torch.equal(batch.x, x) and torch.equal(batch.y, torch.bmm(x, w).squeeze(-1))
+
+
+@pytest.mark.parametrize("d", [1, 3, 5, 7, 20])
+def test_directions_and_labels_compiled_and_torch_paths_agree_with_the_formula(d):
+    z = sampling.normal(KEY, 64 * 21 * d).view(64, 21, d)
+    radius = 10 * sampling.standard_gamma(KEY + 1, 64 * 21, 0.1).view(64, 21, 1)
+    w = sampling.normal(KEY + 2, 64 * d).view(64, d, 1)
+    unit = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    for squared_radius, expected in ((None, unit), (radius, radius.sqrt() * unit)):
+        out = sampling.scaled_directions(z, squared_radius, library=False)
+        torch.testing.assert_close(out, expected, rtol=2e-6, atol=0)
+        if sampling.load() is not None:
+            assert torch.equal(sampling.scaled_directions(z, squared_radius), out)
+    y = sampling.linear_labels(z, w, library=False)
+    torch.testing.assert_close(y, torch.bmm(z.double(), w.double()).squeeze(-1).float(), rtol=1e-5, atol=1e-5)
+    if sampling.load() is not None:
+        assert torch.equal(sampling.linear_labels(z, w), y)
+
+
 def test_philox_prompts_draw_one_key_per_array_from_the_generator():
     g = torch.Generator().manual_seed(3)
     batch = _task("gaussian", "philox").sample(8, g)
     keys = torch.Generator().manual_seed(3)
     x = sampling.normal(sampling.draw_key(keys), 8 * 21 * 5).view(8, 21, 5)
     w = sampling.normal(sampling.draw_key(keys), 8 * 5).view(8, 5, 1)
-    assert torch.equal(batch.x, x) and torch.equal(batch.y, torch.bmm(x, w).squeeze(-1))
+    assert torch.equal(batch.x, x) and torch.equal(batch.y, sampling.linear_labels(x, w))
     assert torch.equal(g.get_state(), keys.get_state())  # nothing else was drawn
 
 

@@ -21,11 +21,6 @@ LABEL_NOISE = {
 }
 
 
-def _sphere(z: torch.Tensor) -> torch.Tensor:
-    # A normalized isotropic Gaussian is uniform on the sphere.
-    return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-
-
 class GaussianTask(LinearRegressionTask):
     """x ~ N(0, I_d): the paper's settings 1 and 2."""
 
@@ -37,7 +32,7 @@ class SphericalTask(LinearRegressionTask):
     """x uniform on the unit sphere."""
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        return _sphere(self.randn(batch_size, self.n + 1, self.d, generator=generator))
+        return self.directions(self.randn(batch_size, self.n + 1, self.d, generator=generator))
 
 
 class GammaTask(LinearRegressionTask):
@@ -54,9 +49,9 @@ class GammaTask(LinearRegressionTask):
         self.scale = math.sqrt(10.0 / shape) if scale is None else float(scale)
 
     def covariates(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        u = _sphere(self.randn(batch_size, self.n + 1, self.d, generator=generator))
+        z = self.randn(batch_size, self.n + 1, self.d, generator=generator)
         g = self.scale * self.standard_gamma(self.shape, batch_size, self.n + 1, 1, generator=generator)
-        return g.sqrt() * u
+        return self.directions(z, g)  # sqrt(G) times z's direction
 
 
 class StudentTTask(LinearRegressionTask):

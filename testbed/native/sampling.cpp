@@ -131,6 +131,36 @@ inline float boost_factor(uint32_t k0, uint32_t k1, uint64_t i, float inv_k) {
     return exp_f(log_f(uniform(c0)) * inv_k);
 }
 
+// D > 0: rows of D numbers (the common sizes, unrolled); D = 0: rows of d numbers.
+template <int D>
+void directions(int64_t rows, const float* __restrict z, const float* __restrict s, float* __restrict out,
+                int64_t d = D) {
+    const int64_t n = D > 0 ? D : d;
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* row = z + r * n;
+        float squares = row[0] * row[0];
+        for (int64_t j = 1; j < n; ++j) squares = squares + row[j] * row[j];
+        const float ratio = (s != nullptr ? s[r] : 1.0f) / squares;
+        const float factor = float(__builtin_sqrt(double(ratio)));
+        for (int64_t j = 0; j < n; ++j) out[r * n + j] = row[j] * factor;
+    }
+}
+
+template <int D>
+void labels(int64_t batch, int64_t tokens, const float* __restrict x, const float* __restrict w,
+            float* __restrict y, int64_t d = D) {
+    const int64_t n = D > 0 ? D : d;
+    for (int64_t b = 0; b < batch; ++b) {
+        const float* wb = w + b * n;
+        for (int64_t i = 0; i < tokens; ++i) {
+            const float* xi = x + (b * tokens + i) * n;
+            float sum = xi[0] * wb[0];
+            for (int64_t j = 1; j < n; ++j) sum = sum + xi[j] * wb[j];
+            y[b * tokens + i] = sum;
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -175,6 +205,39 @@ int philox_gamma(uint64_t key, int64_t count, float d, float c, float inv_k, int
     delete[] ok;
     if (boost != 0)
         for (int64_t i = 0; i < count; ++i) out[i] = out[i] * boost_factor(k0, k1, uint64_t(i), inv_k);
+    return 0;
+}
+
+// Directions of rows scaled: out[r] = z[r] * sqrt(s[r] / |z[r]|^2) for each of ``rows`` rows of d
+// numbers (s[r] = 1 when s is null: a point on the unit sphere). The squared norm sums the row in
+// order and the root is taken in double, as the torch path does, so both round alike.
+int scaled_directions(int64_t rows, int64_t d, const float* z, const float* s, float* out) {
+    switch (d) {  // a row length known at compile time lets the loop over rows vectorize
+        case 2: directions<2>(rows, z, s, out); break;
+        case 3: directions<3>(rows, z, s, out); break;
+        case 4: directions<4>(rows, z, s, out); break;
+        case 5: directions<5>(rows, z, s, out); break;
+        case 8: directions<8>(rows, z, s, out); break;
+        case 10: directions<10>(rows, z, s, out); break;
+        case 20: directions<20>(rows, z, s, out); break;
+        default: directions<0>(rows, z, s, out, d);
+    }
+    return 0;
+}
+
+// Labels of ``batch`` prompts: y[b, i] = sum_j x[b, i, j] w[b, j] over d features, for the
+// ``tokens`` tokens of each prompt, summed in order of j (as the torch path does).
+int linear_labels(int64_t batch, int64_t tokens, int64_t d, const float* x, const float* w, float* y) {
+    switch (d) {
+        case 2: labels<2>(batch, tokens, x, w, y); break;
+        case 3: labels<3>(batch, tokens, x, w, y); break;
+        case 4: labels<4>(batch, tokens, x, w, y); break;
+        case 5: labels<5>(batch, tokens, x, w, y); break;
+        case 8: labels<8>(batch, tokens, x, w, y); break;
+        case 10: labels<10>(batch, tokens, x, w, y); break;
+        case 20: labels<20>(batch, tokens, x, w, y); break;
+        default: labels<0>(batch, tokens, x, w, y, d);
+    }
     return 0;
 }
 

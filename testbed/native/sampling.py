@@ -27,6 +27,8 @@ SIGNATURES = {
     "philox_normal": [ctypes.c_uint64, ctypes.c_int64, _POINTER],
     "philox_gamma": [ctypes.c_uint64, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_float,
                      ctypes.c_int, _POINTER],
+    "scaled_directions": [ctypes.c_int64, ctypes.c_int64] + [_POINTER] * 3,
+    "linear_labels": [ctypes.c_int64] * 3 + [_POINTER] * 3,
 }
 _MASK = 0xFFFFFFFF
 _M0, _M1, _W0, _W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
@@ -74,6 +76,42 @@ def standard_gamma(key: int, count: int, shape: float, device: torch.device | st
     out = torch.empty(count, dtype=torch.float32)
     _check(compiled.philox_gamma(key, count, d, c, inv_k, int(boost), out.data_ptr()))
     return out
+
+
+def scaled_directions(z: torch.Tensor, squared_radius: torch.Tensor | None = None,
+                      library: bool = True) -> torch.Tensor:
+    """Each row of the last dimension of ``z`` (float32) scaled to length sqrt(``squared_radius``),
+    one value per row (shape ``z.shape[:-1]``; None: length 1, a point on the unit sphere). One pass
+    in C++; the torch path rounds alike (the squared norm summed in order, the root in double)."""
+    z = z.contiguous()
+    radius = None if squared_radius is None else squared_radius.to(torch.float32).contiguous().reshape(z.shape[:-1])
+    compiled = load() if library and z.device.type == "cpu" else None
+    if compiled is None:
+        squares = z[..., 0] * z[..., 0]
+        for j in range(1, z.shape[-1]):
+            squares = squares + z[..., j] * z[..., j]
+        ratio = (1.0 if radius is None else radius) / squares
+        return z * ratio.double().sqrt().float().unsqueeze(-1)
+    out = torch.empty_like(z)
+    rows, d = z.numel() // max(z.shape[-1], 1), z.shape[-1]
+    _check(compiled.scaled_directions(rows, d, z.data_ptr(), None if radius is None else radius.data_ptr(),
+                                      out.data_ptr()))
+    return out
+
+
+def linear_labels(x: torch.Tensor, w: torch.Tensor, library: bool = True) -> torch.Tensor:
+    """y[b, i] = <x[b, i], w[b]> for features ``x`` (B, tokens, d) and weights ``w`` (B, d), float32,
+    summed in order of the features: one pass in C++, the same rounding on the torch path."""
+    x, w = x.contiguous(), w.contiguous().reshape(x.shape[0], x.shape[-1])
+    compiled = load() if library and x.device.type == "cpu" else None
+    if compiled is None:
+        y = x[..., 0] * w[:, None, 0]
+        for j in range(1, x.shape[-1]):
+            y = y + x[..., j] * w[:, None, j]
+        return y
+    y = torch.empty(x.shape[:-1], dtype=torch.float32)
+    _check(compiled.linear_labels(x.shape[0], x.shape[1], x.shape[2], x.data_ptr(), w.data_ptr(), y.data_ptr()))
+    return y
 
 
 def philox_block(counter: tuple[int, int, int, int], key: tuple[int, int], library: bool = True) -> tuple[int, ...]:
