@@ -1,22 +1,21 @@
 /* Forward, backward and Hessian-vector products of a stack of linear self-attention layers (see
  * testbed/linear_attention.py for the math and notation).
  *
- * One algorithm, templated on the element type E over a real type R (float or double: the
- * extern "C" entry points come in both, suffixed _f32 and _f64):
- *  - E = R, for the training step: prompts are processed in tiles of TILE prompts stored
- *    batch-innermost (Z[i][t][b] at ((i * N1) + t) * W + b), so every inner loop is a vectorized
- *    pass over the tile's prompts.
- *  - E = Dual<R, K>, for second derivatives: a value with K tangents, one prompt at a time (W = 1),
- *    the inner loops vectorized over the tangents. Running the gradient computation on duals whose
- *    tangents are K directions in (P, Q) gives exactly the K Hessian-vector products
- *    (forward-over-reverse differentiation).
+ * One algorithm over a real type R (float or double: the extern "C" entry points come in both,
+ * suffixed _f32 and _f64), with prompts stored batch-innermost (Z[i][t][b] at ((i * N1) + t) * W + b):
+ *  - for the training step (lanes_forward, lanes_backward) in real numbers, W prompts at a time:
+ *    every step is a product of small matrices in each prompt, run by ``product``, which keeps a
+ *    block of outputs for one vector of prompts in registers.
+ *  - for second derivatives (tile_forward, tile_backward) in Dual<R, K>: a value with K tangents,
+ *    one prompt at a time (W = 1), the inner loops vectorized over the tangents. Running the
+ *    gradient computation on duals whose tangents are K directions in (P, Q) gives exactly the K
+ *    Hessian-vector products (forward-over-reverse differentiation).
  * No size is fixed: every buffer is allocated from the sizes passed in.
  * Sizes: D = d+1 rows, N1 = n+1 columns, r key rows (Q acts on Z[:r]), L layers.
  * P: (L, D, D), Qc: (L, r, r), row-major.
  */
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 
 namespace {
 
@@ -29,13 +28,8 @@ template <class R, int K> struct Dual {
 template <class E> struct RealOf { using type = E; };
 template <class R, int K> struct RealOf<Dual<R, K>> { using type = R; };
 template <class E> using Real = typename RealOf<E>::type;
-template <class R> using IfReal = std::enable_if_t<std::is_floating_point_v<R>, int>;
 
-/* Element operations: o += a * b, o += a, c * a. */
-template <class R, IfReal<R> = 0> inline void acc(R &o, R a, R b) { o += a * b; }
-template <class R, IfReal<R> = 0> inline void add(R &o, R a) { o += a; }
-template <class R, IfReal<R> = 0> inline R scaled(R c, R a) { return c * a; }
-
+/* Dual operations: o += a * b, o += a, c * a. */
 template <class R, int K> inline void acc(Dual<R, K> &o, const Dual<R, K> &a, const Dual<R, K> &b) {
     o.v += a.v * b.v;
     for (int k = 0; k < K; k++) o.t[k] += a.t[k] * b.v + a.v * b.t[k];
@@ -232,11 +226,6 @@ void right_mul(int W, int I, int Kc, int Mn, const E *S, const E *M, int sk, int
 }
 
 /* Sum over the tile of a per-prompt vector. */
-template <class R, IfReal<R> = 0> inline R tile_sum(int W, const R *v) {
-    double total = 0.0;  // a fixed order, in double: the gradient is a sum over up to 1e5 prompts
-    for (int b = 0; b < W; b++) total += v[b];
-    return (R)total;
-}
 template <class R, int K> inline Dual<R, K> tile_sum(int W, const Dual<R, K> *v) {
     Dual<R, K> total;
     zero(&total, 1);
@@ -316,15 +305,28 @@ bool lanes_forward(const Layout<R> &s, const R *P, const R *Qc, R *saved, R *yha
     return true;
 }
 
-/* dst[e] += scale * (sum over the tile of sums[e][:]) for e < count. */
-template <class R> void add_tile_sums(int W, int count, const R *sums, R scale, R *dst) {
-    for (int e = 0; e < count; e++) dst[e] += scale * tile_sum(W, sums + (size_t)e * W);
+/* totals[e] += sum over the lanes of sums[e][:] for e < count: a running sum in double, in lane order,
+ * carried across the sub-tiles of a tile (see add_totals): the gradient sums up to 1e5 prompts. */
+template <class R> void add_lane_sums(int W, int count, const R *sums, double *totals) {
+    for (int e = 0; e < count; e++)
+        for (int b = 0; b < W; b++) totals[e] += sums[(size_t)e * W + b];
 }
 
-/* The real-valued path of tile_backward: the same steps, each a register-blocked product. */
+/* dP and dQc += a tile's totals (lanes_backward's order: dP (L, D, D), then dQc (L, r, r)), each
+ * rounded to R and scaled by 1/n but for the last layer's P, as tile_backward adds its tile sums;
+ * then the totals start again from zero. */
+template <class R> void add_totals(int D, int r, int n, int L, double *totals, R *dP, R *dQc) {
+    const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r, last = (size_t)(L - 1) * D * D;
+    for (size_t e = 0; e < nP; e++) dP[e] += (e < last ? R(1) / n : R(1)) * (R)totals[e];
+    for (size_t e = 0; e < nQ; e++) dQc[e] += R(1) / n * (R)totals[nP + e];
+    std::memset(totals, 0, sizeof(double) * (nP + nQ));
+}
+
+/* The real-valued path of tile_backward: the same steps, each a register-blocked product; the sums of
+ * dP and dQc over the lanes go to totals (see add_totals). */
 template <class R>
-bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc, const R *gy, R *dZ, R *dP, R *dQc,
-                    bool input_grad) {
+bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc, const R *gy, R *dZ,
+                    double *totals, bool input_grad) {
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
     const size_t size = s.size(), mat = s.mat();
     R *work = allocate<R>(4 * mat + (size_t)(2 * n + 4 * r + 1 + D * D) * W + size);
@@ -333,6 +335,7 @@ bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc,
     R *dK = work, *SQ = dK + mat, *T = SQ + mat, *dS = T + mat, *v = dS + mat, *dv = v + (size_t)n * W;
     R *sv = dv + (size_t)n * W, *kv = sv + (size_t)r * W, *dk = kv + (size_t)r * W, *u = dk + (size_t)r * W;
     R *g = u + (size_t)r * W, *sums = g + W, *G = sums + (size_t)D * D * W;
+    double *dP = totals, *dQc = totals + (size_t)L * D * D;
     zero(dZ, size);
 
     /* Last layer, entry (D-1, N1-1) only. */
@@ -350,12 +353,12 @@ bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc,
         }
     }
     product(W, r, 1, r, lanes(sv, 1, 0), lanes(dk, 0, 1), set(sums, r, 1));                /* sv dk^T */
-    add_tile_sums(W, r * r, sums, R(1) / n, dQc + (L - 1) * r * r);
+    add_lane_sums(W, r * r, sums, dQc + (L - 1) * r * r);
     product(W, 1, r, r, lanes(dk, 0, 1), shared(Q, 1, r, R(1) / n), set(u, 0, 1));          /* u = dk Qc^T / n */
     product(W, 1, r, n, lanes(u, 0, 1), lanes(Z, N1, 1), set(dv, 0, 1));                    /* dv = u Xc */
     product(W, r, 1, n, lanes(u, 1, 0), lanes(v, 0, 1), added(dZ, N1, 1));                  /* dZ[:r, :n] += u v */
     product(W, 1, n, D, lanes(dv, 0, 1), lanes(Z, 1, N1), set(sums, 0, 1));                  /* dv C^T */
-    add_tile_sums(W, D, sums, R(1), dP + (L - 1) * D * D + (D - 1) * D);
+    add_lane_sums(W, D, sums, dP + (L - 1) * D * D + (D - 1) * D);
     product(W, D, 1, n, shared(p, 1, 0), lanes(dv, 0, 1), added(dZ, N1, 1));                /* dZ[:, :n] += p^T dv */
 
     /* Hidden layers, last to first. G holds d Z_{l+1}; dZ becomes d Z_l. */
@@ -367,9 +370,9 @@ bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc,
         product(W, D, N1, r, lanes(G, N1, 1), lanes(Z, 1, N1), set(dK, r, 1));              /* dK = G X^T */
         product(W, D, r, r, lanes(S, r, 1), shared(Ql, r, 1), set(SQ, r, 1));              /* SQ = S Qc */
         product(W, D, r, D, lanes(dK, r, 1), lanes(SQ, 1, r), set(sums, D, 1));             /* dK SQ^T */
-        add_tile_sums(W, D * D, sums, R(1) / n, dP + l * D * D);
+        add_lane_sums(W, D * D, sums, dP + l * D * D);
         product(W, r, D, r, lanes(PS, 1, r), lanes(dK, r, 1), set(sums, r, 1));             /* PS^T dK */
-        add_tile_sums(W, r * r, sums, R(1) / n, dQc + l * r * r);
+        add_lane_sums(W, r * r, sums, dQc + l * r * r);
         if (l == 0 && !input_grad) break;
         product(W, D, D, r, shared(Pl, 1, D), lanes(dK, r, 1), set(T, r, 1));               /* T = P^T dK */
         product(W, D, r, r, lanes(T, r, 1), shared(Ql, 1, r, R(1) / n), set(dS, r, 1));    /* dS = T Qc^T / n */
@@ -384,7 +387,6 @@ bool lanes_backward(const Layout<R> &s, const R *saved, const R *P, const R *Qc,
 /* Forward through every layer, filling ``saved`` (saved_size elements); yhat has W entries. */
 template <class E>
 bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat) {
-    if constexpr (std::is_floating_point_v<E>) return lanes_forward(s, P, Qc, saved, yhat);
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, L = s.L;
     E *work = allocate<E>((size_t)(s.n + 2 * r) * W);
     if (!work) return false;
@@ -425,7 +427,6 @@ bool tile_forward(const Layout<E> &s, const E *P, const E *Qc, E *saved, E *yhat
 template <class E>
 bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, const E *gy, E *dZ, E *dP, E *dQc,
                    bool input_grad) {
-    if constexpr (std::is_floating_point_v<E>) return lanes_backward(s, saved, P, Qc, gy, dZ, dP, dQc, input_grad);
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
     const size_t size = s.size(), mat = s.mat();
     E *work = allocate<E>(4 * mat + (size_t)(2 * n + 6 * r) * W + size);
@@ -550,26 +551,39 @@ bool tile_backward(const Layout<E> &s, const E *saved, const E *P, const E *Qc, 
     return true;
 }
 
+/* Training prompts are taken TILE at a time: the gradient's sums over prompts are rounded to R once
+ * per tile (its summation order). Each tile is computed in sub-tiles of LANE_WIDTH prompts, so that a
+ * sub-tile's saved layers stay in cache; the running sums in double carry over between them. */
 constexpr int TILE = 64;
 constexpr int HVP_TILE = 16;
 
 int tiles(int B) { return (B + TILE - 1) / TILE; }
 
-/* Copy prompts b0..b0+count-1 of Z (B, D, N1) into a tile (D, N1, TILE); pad with zeros. */
-template <class R> void gather(const R *Z, int b0, int count, int D, int N1, R *tile) {
-    std::memset(tile, 0, sizeof(R) * D * N1 * TILE);
+constexpr int LANE_WIDTH = 16;  // one float32 vector, two of float64: measured best for both at W = 16, 32, 64
+static_assert(TILE % LANE_WIDTH == 0 && LANE_WIDTH % Lanes<double>::width == 0 && LANE_WIDTH % Lanes<float>::width == 0,
+              "sub-tiles split a tile into whole vectors");
+
+/* Copy prompts b0..b0+count-1 of Z (B, D, N1) into a tile (D, N1, W); pad with zeros. */
+template <class R> void gather(const R *Z, int b0, int count, int D, int N1, int W, R *tile) {
+    std::memset(tile, 0, sizeof(R) * D * N1 * W);
     for (int c = 0; c < count; c++) {
         const R *src = Z + (size_t)(b0 + c) * D * N1;
-        for (int e = 0; e < D * N1; e++) tile[(size_t)e * TILE + c] = src[e];
+        for (int e = 0; e < D * N1; e++) tile[(size_t)e * W + c] = src[e];
     }
 }
 
-/* Copy a tile (D, N1, TILE) back to prompts b0..b0+count-1 of Z (B, D, N1): gather's inverse. */
-template <class R> void scatter(const R *tile, int b0, int count, int D, int N1, R *Z) {
+/* Copy a tile (D, N1, W) back to prompts b0..b0+count-1 of Z (B, D, N1): gather's inverse. */
+template <class R> void scatter(const R *tile, int b0, int count, int D, int N1, int W, R *Z) {
     for (int c = 0; c < count; c++) {
         R *dst = Z + (size_t)(b0 + c) * D * N1;
-        for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * TILE + c];
+        for (int e = 0; e < D * N1; e++) dst[e] = tile[(size_t)e * W + c];
     }
+}
+
+/* The prompts of B in sub-tile c of tile t (W wide), from prompt b0: count, at most W (0 past B). */
+inline int sub_tile(int B, int t, int c, int W, int &b0) {
+    b0 = t * TILE + c * W;
+    return B - b0 < 0 ? 0 : B - b0 < W ? B - b0 : W;
 }
 
 /* Hessian-vector products of the mean squared error of B prompts for up to K directions at once,
@@ -618,17 +632,18 @@ int hvp_chunk(int W, int B, int D, int N1, int r, int n, int L, const R *Z0, con
 template <class R>
 int forward(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *P, const R *Qc, R *saved,
             R *yhat) {
-    const Layout<R> s{TILE, D, N1, r, n, L};
-    R *y = allocate<R>(TILE);
+    const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
+    R *y = allocate<R>(s.W);
     if (!y) return 1;
     bool ok = true;
-    for (int t = 0; t < tiles(B) && ok; t++) {
-        const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
-        R *tile_saved = saved + (size_t)t * saved_size(s);
-        gather(Z0, b0, count, D, N1, tile_saved);
-        ok = tile_forward(s, P, Qc, tile_saved, y);
-        std::memcpy(yhat + b0, y, sizeof(R) * count);
-    }
+    for (int t = 0; t < tiles(B) && ok; t++)
+        for (int c = 0, b0; c < TILE / s.W && ok; c++) {
+            const int count = sub_tile(B, t, c, s.W, b0);
+            R *tile_saved = saved + (size_t)(t * TILE / s.W + c) * saved_size(s);
+            gather(Z0, b0, count, D, N1, s.W, tile_saved);
+            ok = lanes_forward(s, P, Qc, tile_saved, y);
+            std::memcpy(yhat + b0, y, sizeof(R) * count);
+        }
     std::free(y);
     return ok ? 0 : 1;
 }
@@ -636,52 +651,62 @@ int forward(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *P, 
 template <class R>
 int backward(int B, int D, int N1, int r, int n, int L, const R *saved, const R *P, const R *Qc,
              const R *gy, R *dZ, R *dP, R *dQc) {
-    const Layout<R> s{TILE, D, N1, r, n, L};
-    R *tile = allocate<R>(s.size() + TILE);
-    if (!tile) return 1;
+    const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
+    R *tile = allocate<R>(s.size() + s.W);
+    double *totals = allocate<double>((size_t)L * (D * D + r * r));
+    if (!tile || !totals) return std::free(tile), std::free(totals), 1;
     R *g = tile + s.size();
     std::memset(dP, 0, sizeof(R) * L * D * D);
     std::memset(dQc, 0, sizeof(R) * L * r * r);
     bool ok = true;
     for (int t = 0; t < tiles(B) && ok; t++) {
-        const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
-        std::memset(g, 0, sizeof(R) * TILE);  /* padded prompts carry no gradient */
-        std::memcpy(g, gy + b0, sizeof(R) * count);
-        ok = tile_backward(s, saved + (size_t)t * saved_size(s), P, Qc, g, tile, dP, dQc, true);
-        scatter(tile, b0, count, D, N1, dZ);
+        for (int c = 0, b0; c < TILE / s.W && ok; c++) {
+            const int count = sub_tile(B, t, c, s.W, b0);
+            std::memset(g, 0, sizeof(R) * s.W);  /* padded prompts carry no gradient */
+            std::memcpy(g, gy + b0, sizeof(R) * count);
+            ok = lanes_backward(s, saved + (size_t)(t * TILE / s.W + c) * saved_size(s), P, Qc, g, tile, totals, true);
+            scatter(tile, b0, count, D, N1, s.W, dZ);
+        }
+        add_totals(D, r, n, L, totals, dP, dQc);
     }
     std::free(tile);
+    std::free(totals);
     return ok ? 0 : 1;
 }
 
-/* The mean squared error of B prompts and its gradient in one pass: each tile's backward pass runs
- * right after its forward pass (the loss of a prompt depends on that prompt alone), while the tile's
- * intermediate values are still in cache. dZ may be null (no gradient for the prompts). */
+/* The mean squared error of B prompts and its gradient in one pass: each sub-tile's backward pass runs
+ * right after its forward pass (the loss of a prompt depends on that prompt alone), while the
+ * sub-tile's intermediate values are still in cache. dZ may be null (no gradient for the prompts). */
 template <class R>
 int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P,
               const R *Qc, R *loss, R *dZ, R *dP, R *dQc) {
-    const Layout<R> s{TILE, D, N1, r, n, L};
-    R *work = allocate<R>(saved_size(s) + s.size() + 2 * TILE);
-    if (!work) return 1;
-    R *saved = work, *tile = saved + saved_size(s), *y = tile + s.size(), *g = y + TILE;
+    const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
+    R *work = allocate<R>(saved_size(s) + s.size() + 2 * s.W);
+    double *totals = allocate<double>((size_t)L * (D * D + r * r));
+    if (!work || !totals) return std::free(work), std::free(totals), 1;
+    R *saved = work, *tile = saved + saved_size(s), *y = tile + s.size(), *g = y + s.W;
     std::memset(dP, 0, sizeof(R) * L * D * D);
     std::memset(dQc, 0, sizeof(R) * L * r * r);
     double total = 0.0;
     bool ok = true;
     for (int t = 0; t < tiles(B) && ok; t++) {
-        const int b0 = t * TILE, count = B - b0 < TILE ? B - b0 : TILE;
-        gather(Z0, b0, count, D, N1, saved);
-        ok = tile_forward(s, P, Qc, saved, y);
-        for (int c = 0; c < TILE; c++) {  /* padded prompts carry no gradient */
-            const R error = c < count ? y[c] - target[b0 + c] : R(0);
-            total += (double)error * error;
-            g[c] = R(2) * error / B;
+        for (int c = 0, b0; c < TILE / s.W && ok; c++) {
+            const int count = sub_tile(B, t, c, s.W, b0);
+            gather(Z0, b0, count, D, N1, s.W, saved);
+            ok = lanes_forward(s, P, Qc, saved, y);
+            for (int k = 0; k < s.W; k++) {  /* padded prompts carry no gradient */
+                const R error = k < count ? y[k] - target[b0 + k] : R(0);
+                total += (double)error * error;
+                g[k] = R(2) * error / B;
+            }
+            ok = ok && lanes_backward(s, saved, P, Qc, g, tile, totals, dZ != nullptr);
+            if (dZ) scatter(tile, b0, count, D, N1, s.W, dZ);
         }
-        ok = ok && tile_backward(s, saved, P, Qc, g, tile, dP, dQc, dZ != nullptr);
-        if (dZ) scatter(tile, b0, count, D, N1, dZ);
+        add_totals(D, r, n, L, totals, dP, dQc);
     }
     *loss = (R)(total / B);
     std::free(work);
+    std::free(totals);
     return ok ? 0 : 1;
 }
 
