@@ -26,6 +26,7 @@ from testbed.options import Option, coerce_option, validate_options
 from testbed.plugins.registry import Registry
 from testbed.tasks import Task, checked_task
 from testbed.engine.build import build_diagnostic, build_optimizer, build_task
+from testbed.engine.dynamo import optimizers_without_dynamo
 from testbed.engine.specs import (EVAL_SCHEMA, TRAIN_SCHEMA, DiagnosticSpec, EvalConfig, ExperimentConfig, OptimizerSpec, TaskSpec,
                                   TrainConfig, TuneSpec)
 from testbed.model.config import FEATURE_MAP_SCHEMA, MODEL_SCHEMA
@@ -429,8 +430,9 @@ def _check_buildable(config: ExperimentConfig, registry: Registry) -> None:
     except (RuntimeError, MemoryError) as exc:  # e.g. absurd sizes: out of memory
         raise ConfigError(f"model: cannot be built for d={task.d}: {exc}") from None
     _check_prompts(config, task)
-    for i, spec in enumerate(config.optimizers):
-        build_optimizer(spec, registry, model.parameters(), where=f"optimizers[{i}]")
+    with optimizers_without_dynamo():  # its import: seconds of every command's start
+        for i, spec in enumerate(config.optimizers):
+            build_optimizer(spec, registry, model.parameters(), where=f"optimizers[{i}]")
     for i, spec in enumerate(config.diagnostics):
         build_diagnostic(spec, registry, where=f"diagnostics[{i}]")
 
