@@ -1,0 +1,39 @@
+"""The worker server (multiprocessing's forkserver) leaves at once at its exit, without tearing down
+torch's modules (executors/preloaded.py); any other process importing that module exits as usual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# A forkserver preloading the module; its worker runs the exit handlers the server registered, then
+# tries to exit with code 5: the server's own handler ends the worker first, with code 0.
+SERVER_PROBE = """
+import atexit, multiprocessing as mp, sys
+
+def work():
+    atexit._run_exitfuncs()
+    sys.exit(5)
+
+if __name__ == "__main__":
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["testbed.experiment.executors.preloaded"])
+    process = context.Process(target=work)
+    process.start()
+    process.join()
+    print("worker exit code:", process.exitcode)
+"""
+
+
+def test_the_worker_server_leaves_at_once_at_exit(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(SERVER_PROBE)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "worker exit code: 0"
+
+
+def test_another_process_importing_the_preloads_keeps_its_exit_code():
+    code = "import testbed.experiment.executors.preloaded\nprint('imported', flush=True)\nraise SystemExit(3)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout) == (3, "imported\n")
