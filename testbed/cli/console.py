@@ -26,10 +26,13 @@ def main() -> None:
     finally:
         if previous is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, previous)
+    # What the imports made (torch's objects, most of the heap) lives as long as the process: out of
+    # the collector's sight, no collection walks it again (the command's own, nor the last ones).
+    gc.freeze()
     try:
         cli()
     finally:
-        # The interpreter's last collections at exit walk every object torch made (about a second);
+        # The interpreter's last collections at exit would walk every object the command made;
         # collect the garbage made so far (its finalizers run), then leave the rest out of them.
         gc.collect()
         gc.freeze()
