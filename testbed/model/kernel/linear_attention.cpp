@@ -145,28 +145,29 @@ void product_block(int W, int i0, int k0, int J, const Operand<R> &A, const Oper
     }
 }
 
-constexpr int BLOCK = 4;  // outputs per block side: 16 accumulators + 8 factors of 32 registers
+/* Output blocks of up to BLOCK_I x BLOCK_K: BLOCK_I BLOCK_K accumulators and BLOCK_I + BLOCK_K
+ * factors of the 32 vector registers. */
+constexpr int BLOCK_I = 5, BLOCK_K = 5;  // measured against 4x4, 3x4, 4x3, 2x8, 6x4, 3x6, 5x4, 6x5, 8x3, 6x3, 7x4
 
+/* Columns k0.. of rows i0..i0+IB-1, in blocks of KB columns, then of fewer for the rest. */
+template <class R, int IB, int KB, bool AS, bool BS>
+void product_row(int W, int i0, int k0, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
+    for (; k0 + KB <= K; k0 += KB) product_block<R, IB, KB, AS, BS>(W, i0, k0, J, A, B, out);
+    if constexpr (KB > 1)
+        if (k0 < K) product_row<R, IB, KB - 1, AS, BS>(W, i0, k0, J, K, A, B, out);
+}
+
+/* Rows i0.. in blocks of IB rows, then of fewer for the rest. */
 template <class R, int IB, bool AS, bool BS>
-void product_row(int W, int i0, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
-    int k0 = 0;
-    for (; k0 + BLOCK <= K; k0 += BLOCK) product_block<R, IB, BLOCK, AS, BS>(W, i0, k0, J, A, B, out);
-    switch (K - k0) {
-        case 3: product_block<R, IB, 3, AS, BS>(W, i0, k0, J, A, B, out); break;
-        case 2: product_block<R, IB, 2, AS, BS>(W, i0, k0, J, A, B, out); break;
-        case 1: product_block<R, IB, 1, AS, BS>(W, i0, k0, J, A, B, out); break;
-    }
+void product_rows(int W, int i0, int I, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
+    for (; i0 + IB <= I; i0 += IB) product_row<R, IB, BLOCK_K, AS, BS>(W, i0, 0, J, K, A, B, out);
+    if constexpr (IB > 1)
+        if (i0 < I) product_rows<R, IB - 1, AS, BS>(W, i0, I, J, K, A, B, out);
 }
 
 template <class R, bool AS, bool BS>
 void product_blocks(int W, int I, int J, int K, const Operand<R> &A, const Operand<R> &B, const Target<R> &out) {
-    int i0 = 0;
-    for (; i0 + BLOCK <= I; i0 += BLOCK) product_row<R, BLOCK, AS, BS>(W, i0, J, K, A, B, out);
-    switch (I - i0) {
-        case 3: product_row<R, 3, AS, BS>(W, i0, J, K, A, B, out); break;
-        case 2: product_row<R, 2, AS, BS>(W, i0, J, K, A, B, out); break;
-        case 1: product_row<R, 1, AS, BS>(W, i0, J, K, A, B, out); break;
-    }
+    product_rows<R, BLOCK_I, AS, BS>(W, 0, I, J, K, A, B, out);
 }
 
 /* out(i, k) (= or +=) sum_{j < J} A(i, j) B(j, k) for i < I, k < K in every lane (W a multiple of the
