@@ -23,7 +23,7 @@ from testbed.experiment.sweep import Sweep, expand
 from testbed.experiment.tuning import plan_pilots
 from testbed.paper.flagship import FLAGSHIP, format_flagship, time_flagship
 from testbed.plugins import load_plugins
-from testbed.cli.params import ADDRESS_OPTION, EXECUTOR_HELP, SET_OPTION, RegisteredName, check_address
+from testbed.cli.params import ADDRESS_OPTION, EXECUTOR_HELP, SET_OPTION, RegisteredName, check_address, plugins_of
 from testbed.cli.plugin_commands import PluginCommandsGroup
 from testbed.cli.progress import PhaseProgress
 from testbed.cli.check import check
@@ -52,7 +52,7 @@ class TestbedGroup(PluginCommandsGroup):
 def _load_sweep(path: str, overrides: tuple[str, ...], start_workers: bool = False):
     """The plugins and the checked sweep of the config at ``path``; ``start_workers``: the local
     executor's worker server starts before the check, so that their imports (seconds each) overlap."""
-    plugins = load_plugins()
+    plugins = plugins_of(click.get_current_context(silent=True))  # those its --executor was checked with
     plugins.require_healthy()
     raw = apply_overrides(load_yaml(path), list(overrides))
     if start_workers:

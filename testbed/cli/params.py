@@ -8,20 +8,26 @@ from typing import Any
 import click
 
 from testbed.errors import TestbedError
-from testbed.plugins import load_plugins
+from testbed.plugins import Plugins, load_plugins
 from testbed.plugins.registry import Registry
 
-_REGISTRY = "testbed.registry"  # where a command line keeps the registry it loaded (click's ctx.meta)
+_PLUGINS = "testbed.plugins"  # where a command line keeps the plugins it loaded (click's ctx.meta)
+
+
+def plugins_of(ctx: click.Context | None) -> Plugins:
+    """The plugins, loaded once per command line (its options and its command share them); loaded
+    afresh without a context."""
+    if ctx is None:
+        return load_plugins()
+    meta = ctx.find_root().meta
+    if _PLUGINS not in meta:
+        meta[_PLUGINS] = load_plugins()
+    return meta[_PLUGINS]
 
 
 def registry_of(ctx: click.Context | None) -> Registry:
     """The plugins' registry, loaded once per command line (a fresh one without a context)."""
-    if ctx is None:
-        return load_plugins().registry
-    meta = ctx.find_root().meta
-    if _REGISTRY not in meta:
-        meta[_REGISTRY] = load_plugins().registry
-    return meta[_REGISTRY]
+    return plugins_of(ctx).registry
 
 
 class RegisteredName(click.ParamType):
