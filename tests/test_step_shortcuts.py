@@ -46,3 +46,24 @@ def test_shortcut_prompt_rejects_prompts_of_the_wrong_shape():
     x, y = _prompts(8, 6, 3, torch.float32, seed=0)  # one context token too many
     with pytest.raises(ValueError, match="prompts of the wrong shape"):
         model.loss_backward(x, y, y[:, -1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("parameterization", ["block_sparse", "full"])
+@pytest.mark.parametrize("start", ["zeros", "none", "accumulated"])
+def test_gradients_added_by_hand_are_autograds_bit_for_bit(dtype, parameterization, start):
+    # Without hooks the kernel's dP and dQc go into .grad by hand; a hook on every parameter forces
+    # the pass through autograd (which must call it), and both must leave the same .grad.
+    config = ModelConfig(layers=3, parameterization=parameterization, init_std=0.3)
+    x, y = _prompts(203, 20, 5, dtype, seed=4)
+    grads, called = [], []
+    for hooked in (False, True):
+        model = LinearTransformer(config, 5, 20, torch.Generator().manual_seed(0)).to(dtype)
+        for p in model.parameters():
+            p.grad = None if start == "none" else torch.zeros_like(p) if start == "zeros" else torch.full_like(p, 0.1)
+            if hooked:
+                p.register_hook(lambda g: called.append(1) or g)
+        model.loss_backward(x, y, y[:, -1])
+        grads.append([p.grad for p in model.parameters()])
+    assert len(called) == 2  # the hooked model went through autograd
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -16,6 +16,7 @@ benchmark compare against.
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import math
 from typing import Callable, NamedTuple
 
@@ -161,9 +162,13 @@ class LinearTransformer(nn.Module):
             loss = mse_loss(self(x, y), target)
             loss.backward()
             return loss.detach()
-        P, Qc, r = self.kernel_matrices()
         features = self._compiled_features(x, y)
         Z0 = self._kernel_prompt(x, y) if features is None else features.prompt(x, y)
+        # Without an autograd graph below the prompt or a hook to call, the parameters' gradients are
+        # added by hand (``_accumulate_matrix_gradients``), so P and Qc need no graph either.
+        direct = not Z0.requires_grad and self._direct_gradients()
+        with torch.no_grad() if direct else contextlib.nullcontext():
+            P, Qc, r = self.kernel_matrices()
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
         B, D, N1, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, self.n)
         kernels.check_arguments(P.dtype, target=(tensors[1], (B,)))
@@ -179,6 +184,9 @@ class LinearTransformer(nn.Module):
             raise MemoryError(f"{self.attention.name}-attention kernel: out of memory")
         if features is not None:
             features.accumulate_grad(x, dZ)
+        if direct:
+            self._accumulate_matrix_gradients(dP, dQc)
+            return loss
         # The rest of the graph (P from B, a feature map the compiled one does not cover) is autograd.
         roots, grads = [P, Qc], [dP, dQc]
         if Z0.requires_grad:
@@ -186,6 +194,27 @@ class LinearTransformer(nn.Module):
             grads.append(dZ)
         torch.autograd.backward(roots, grads)
         return loss
+
+    def _direct_gradients(self) -> bool:
+        """Whether the kernel's dP and dQc may be added to the parameters' ``.grad`` by hand (their
+        derivative through ``kernel_matrices`` is a slice): no hook on any of them, which only a
+        pass through autograd would call."""
+        return all(not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
+                   for p in self.parameters())
+
+    def _accumulate_matrix_gradients(self, dP: torch.Tensor, dQc: torch.Tensor) -> None:
+        """Add dLoss/dP and dLoss/dQc to the attention parameters' ``.grad`` as autograd would: A's is
+        dQc, B's the top-left d x d block of dP (the rest of P is constant); a full model's are dP
+        and dQc themselves."""
+        if self.config.parameterization == "block_sparse":
+            pairs = ((self.A, dQc), (self.B, dP[:, :self.d, :self.d]))
+        else:
+            pairs = ((self.P, dP), (self.Q, dQc))
+        for parameter, grad in pairs:
+            if parameter.grad is None:
+                parameter.grad = grad.contiguous()
+            else:
+                parameter.grad += grad
 
     def _compiled_features(self, x: torch.Tensor, y: torch.Tensor) -> feature_kernel.CompiledFeatureMap | None:
         """The compiled feature map for the prompt of ``(x, y)`` (after checking its shape), or None:
