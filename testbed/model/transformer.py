@@ -162,6 +162,9 @@ class LinearTransformer(nn.Module):
             loss = mse_loss(self(x, y), target)
             loss.backward()
             return loss.detach()
+        loss = self._loss_grad_from_covariates(library, x, y, target)
+        if loss is not None:
+            return loss
         features = self._compiled_features(x, y)
         Z0 = self._kernel_prompt(x, y) if features is None else features.prompt(x, y)
         # Without an autograd graph below the prompt or a hook to call, the parameters' gradients are
@@ -193,6 +196,32 @@ class LinearTransformer(nn.Module):
             roots.append(Z0)
             grads.append(dZ)
         torch.autograd.backward(roots, grads)
+        return loss
+
+    def _loss_grad_from_covariates(self, library, x: torch.Tensor, y: torch.Tensor,
+                                   target: torch.Tensor) -> torch.Tensor | None:
+        """``loss_backward`` for linear attention in one kernel call that reads the covariates and
+        labels themselves (la_loss_grad_xy lays each tile of prompts out as ``prompt`` would: no
+        prompt is built), when nothing asks for more: no feature map, no gradient for the prompts, no
+        hook on a parameter, prompts in the parameters' dtype. None otherwise."""
+        if (self.attention.name != "linear" or self.feature_map is not None or not self._direct_gradients()
+                or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))):
+            return None
+        self._check_prompts(x, y)
+        with torch.no_grad():
+            P, Qc, r = self.kernel_matrices()
+        tensors = [t.detach().contiguous() for t in (x, y, target, P, Qc)]
+        if any(t.dtype != P.dtype for t in tensors[:3]):
+            return None
+        (B, N1), (L, D, _) = y.shape, P.shape
+        kernels.check_arguments(P.dtype, x=(tensors[0], (B, N1, D - 1)), y=(tensors[1], (B, N1)),
+                                target=(tensors[2], (B,)), P=(tensors[3], (L, D, D)), Qc=(tensors[4], (L, r, r)))
+        loss, dP, dQc = torch.empty((), dtype=P.dtype), torch.empty_like(P), torch.empty_like(Qc)
+        loss_grad = kernels.entry(library, "la_loss_grad_xy", P.dtype)
+        if loss_grad(B, D, N1, r, self.n, L, *(t.data_ptr() for t in tensors), loss.data_ptr(),
+                     dP.data_ptr(), dQc.data_ptr()):
+            raise MemoryError("linear-attention kernel: out of memory")
+        self._accumulate_matrix_gradients(dP, dQc)
         return loss
 
     def _direct_gradients(self) -> bool:

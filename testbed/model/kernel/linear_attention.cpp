@@ -573,6 +573,20 @@ template <class R> void gather(const R *Z, int b0, int count, int D, int N1, int
     }
 }
 
+/* The prompts b0..b0+count-1 as a tile (D, N1, W), read from their covariates x (B, N1, D-1) and
+ * labels y (B, N1) as the model's prompt(x, y) lays them out: rows x^T, then the labels with the
+ * query's hidden (0). The same entries as gather from that prompt, without building it. */
+template <class R> void gather_xy(const R *x, const R *y, int b0, int count, int D, int N1, int W, R *tile) {
+    std::memset(tile, 0, sizeof(R) * D * N1 * W);
+    const int d = D - 1;
+    for (int c = 0; c < count; c++) {
+        const R *xb = x + (size_t)(b0 + c) * N1 * d, *yb = y + (size_t)(b0 + c) * N1;
+        for (int j = 0; j < N1; j++)
+            for (int i = 0; i < d; i++) tile[((size_t)i * N1 + j) * W + c] = xb[(size_t)j * d + i];
+        for (int j = 0; j < N1 - 1; j++) tile[((size_t)d * N1 + j) * W + c] = yb[j];
+    }
+}
+
 /* Copy a tile (D, N1, W) back to prompts b0..b0+count-1 of Z (B, D, N1): gather's inverse. */
 template <class R> void scatter(const R *tile, int b0, int count, int D, int N1, int W, R *Z) {
     for (int c = 0; c < count; c++) {
@@ -680,12 +694,12 @@ int backward(int B, int D, int N1, int r, int n, int L, const R *saved, const R 
  * sub-tile's intermediate values are still in cache. dZ may be null (no gradient for the prompts). */
 template <class R>
 int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P,
-              const R *Qc, R *loss, R *dZ, R *dP, R *dQc) {
+              const R *Qc, R *loss, R *dZ, R *dP, R *dQc, const R *x = nullptr, const R *y = nullptr) {
     const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
     R *work = allocate<R>(saved_size(s) + s.size() + 2 * s.W);
     double *totals = allocate<double>((size_t)L * (D * D + r * r));
     if (!work || !totals) return std::free(work), std::free(totals), 1;
-    R *saved = work, *tile = saved + saved_size(s), *y = tile + s.size(), *g = y + s.W;
+    R *saved = work, *tile = saved + saved_size(s), *yhat = tile + s.size(), *g = yhat + s.W;
     std::memset(dP, 0, sizeof(R) * L * D * D);
     std::memset(dQc, 0, sizeof(R) * L * r * r);
     double total = 0.0;
@@ -693,10 +707,11 @@ int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *t
     for (int t = 0; t < tiles(B) && ok; t++) {
         for (int c = 0, b0; c < TILE / s.W && ok; c++) {
             const int count = sub_tile(B, t, c, s.W, b0);
-            gather(Z0, b0, count, D, N1, s.W, saved);
-            ok = lanes_forward(s, P, Qc, saved, y);
+            if (Z0) gather(Z0, b0, count, D, N1, s.W, saved);
+            else gather_xy(x, y, b0, count, D, N1, s.W, saved);
+            ok = lanes_forward(s, P, Qc, saved, yhat);
             for (int k = 0; k < s.W; k++) {  /* padded prompts carry no gradient */
-                const R error = k < count ? y[k] - target[b0 + k] : R(0);
+                const R error = k < count ? yhat[k] - target[b0 + k] : R(0);
                 total += (double)error * error;
                 g[k] = R(2) * error / B;
             }
@@ -747,6 +762,11 @@ int hvp(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target,
     int la_loss_grad_##suffix(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, \
                               const R *P, const R *Qc, R *loss, R *dZ, R *dP, R *dQc) {               \
         return loss_grad(B, D, N1, r, n, L, Z0, target, P, Qc, loss, dZ, dP, dQc);                    \
+    }                                                                                                 \
+    int la_loss_grad_xy_##suffix(int B, int D, int N1, int r, int n, int L, const R *x, const R *y,    \
+                                 const R *target, const R *P, const R *Qc, R *loss, R *dP, R *dQc) {   \
+        return loss_grad(B, D, N1, r, n, L, (const R *)nullptr, target, P, Qc, loss, (R *)nullptr, dP,  \
+                         dQc, x, y);                                                                  \
     }                                                                                                 \
     int la_hvp_##suffix(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target,      \
                         const R *P, const R *Qc, int directions, const R *tP, const R *tQc, R *HP,    \
