@@ -135,8 +135,9 @@ def _worker_context(plugins: Plugins) -> BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
-    last = "testbed.experiment.executors.preloaded"  # gc.freeze(), once the rest is imported
-    context.set_forkserver_preload([*PRELOAD, *plugins.entry_point_modules(), last])
+    first = "testbed.experiment.executors.preloading"  # gc.disable() while the rest is imported
+    last = "testbed.experiment.executors.preloaded"  # gc.freeze() and gc.enable(), once it is
+    context.set_forkserver_preload([first, *PRELOAD, *plugins.entry_point_modules(), last])
     return context
 
 

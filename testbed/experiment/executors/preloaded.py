@@ -1,8 +1,10 @@
 """Imported last by the worker server (multiprocessing's forkserver), once the engine and the plugins
 are: it takes what their imports made out of the garbage collector's sight (``gc.freeze``), as
-Python's docs advise before fork(). The workers' collections then skip those objects (and their
-memory pages stay shared), and so do the server's last collections at exit, which otherwise walk
-them for about a second while whoever reads the command's output waits for the server to end.
+Python's docs advise before fork(), and turns the collector back on (``preloading`` turned it off
+for the imports), so the workers forked from here collect as usual. Their collections then skip
+those objects (and their memory pages stay shared), and so do the server's last collections at
+exit, which otherwise walk them for about a second while whoever reads the command's output waits
+for the server to end. No collection first: the imports leave no garbage worth 0.16 s of walking.
 
 The server then ends without tearing down its modules either (0.15-0.25 s of torch's, after the
 driver has printed its last line): it holds nothing to clean up (the driver owns the server's socket,
@@ -32,7 +34,7 @@ def _leave_at_once() -> None:
     os._exit(0)
 
 
-gc.collect()
 gc.freeze()
+gc.enable()
 if _imported_by_the_worker_server():
     atexit.register(_leave_at_once)
