@@ -143,14 +143,21 @@ class CompiledLinearAttentionStack(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_yhat):
         """Gradients for Z0, P and Qc from the kernel (none for the sizes and the library)."""
-        P, Qc = ctx.saved_tensors
-        B, D, N1, r, n, L = ctx.sizes
-        grad_yhat = grad_yhat.contiguous()
-        kernels.check_arguments(P.dtype, grad_yhat=(grad_yhat, (B,)))
-        dZ = torch.empty((B, D, N1), dtype=P.dtype)
-        dP, dQc = torch.empty_like(P), torch.empty_like(Qc)
-        addresses = map(_address, (ctx.saved, P, Qc, grad_yhat, dZ, dP, dQc))
-        if kernels.entry(ctx.library, "la_backward", P.dtype)(B, D, N1, r, n, L, *addresses):
-            raise MemoryError("linear-attention kernel: out of memory")
-        ctx.saved = None
-        return dZ, dP, dQc, None, None, None
+        return compiled_stack_backward(ctx, grad_yhat, "la", "linear")
+
+
+def compiled_stack_backward(ctx, grad_yhat: torch.Tensor, prefix: str, variant: str):
+    """The backward pass of a compiled attention stack whose forward kept P and Qc (saved tensors),
+    ``ctx.saved``, ``ctx.sizes`` and ``ctx.library``: dZ0, dP and dQc from the library's
+    ``<prefix>_backward`` entry point (and None for the sizes and the library)."""
+    P, Qc = ctx.saved_tensors
+    B, D, N1, r, n, L = ctx.sizes
+    grad_yhat = grad_yhat.contiguous()
+    kernels.check_arguments(P.dtype, grad_yhat=(grad_yhat, (B,)))
+    dZ = torch.empty((B, D, N1), dtype=P.dtype)
+    dP, dQc = torch.empty_like(P), torch.empty_like(Qc)
+    addresses = map(_address, (ctx.saved, P, Qc, grad_yhat, dZ, dP, dQc))
+    if kernels.entry(ctx.library, f"{prefix}_backward", P.dtype)(B, D, N1, r, n, L, *addresses):
+        raise MemoryError(f"{variant}-attention kernel: out of memory")
+    ctx.saved = None
+    return dZ, dP, dQc, None, None, None

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from testbed.model import kernel as kernels
+from testbed.model.kernel.linear_attention import compiled_stack_backward
 from testbed.native import compiled_library
 
 SOURCE = Path(__file__).with_name("softmax_attention.cpp")
@@ -78,14 +79,4 @@ class CompiledSoftmaxAttentionStack(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_yhat):
         """Gradients for Z0, P and Qc from the kernel (none for the sizes and the library)."""
-        P, Qc = ctx.saved_tensors
-        B, D, N1, r, n, L = ctx.sizes
-        grad_yhat = grad_yhat.contiguous()
-        kernels.check_arguments(P.dtype, grad_yhat=(grad_yhat, (B,)))
-        dZ = torch.empty((B, D, N1), dtype=P.dtype)
-        dP, dQc = torch.empty_like(P), torch.empty_like(Qc)
-        addresses = map(_address, (ctx.saved, P, Qc, grad_yhat, dZ, dP, dQc))
-        if kernels.entry(ctx.library, "sa_backward", P.dtype)(B, D, N1, r, n, L, *addresses):
-            raise MemoryError("softmax-attention kernel: out of memory")
-        ctx.saved = None
-        return dZ, dP, dQc, None, None, None
+        return compiled_stack_backward(ctx, grad_yhat, "sa", "softmax")
