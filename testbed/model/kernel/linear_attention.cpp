@@ -577,13 +577,19 @@ template <class R> void gather(const R *Z, int b0, int count, int D, int N1, int
  * labels y (B, N1) as the model's prompt(x, y) lays them out: rows x^T, then the labels with the
  * query's hidden (0). The same entries as gather from that prompt, without building it. */
 template <class R> void gather_xy(const R *x, const R *y, int b0, int count, int D, int N1, int W, R *tile) {
-    std::memset(tile, 0, sizeof(R) * D * N1 * W);
+    if (count < W) std::memset(tile, 0, sizeof(R) * D * N1 * W);  /* padded prompts stay 0 */
     const int d = D - 1;
-    for (int c = 0; c < count; c++) {
-        const R *xb = x + (size_t)(b0 + c) * N1 * d, *yb = y + (size_t)(b0 + c) * N1;
-        for (int j = 0; j < N1; j++)
-            for (int i = 0; i < d; i++) tile[((size_t)i * N1 + j) * W + c] = xb[(size_t)j * d + i];
-        for (int j = 0; j < N1 - 1; j++) tile[((size_t)d * N1 + j) * W + c] = yb[j];
+    const size_t prompt = (size_t)N1 * d;
+    const R *xb = x + (size_t)b0 * prompt, *yb = y + (size_t)b0 * N1;
+    /* One tile row (entry e, all prompts) at a time: a contiguous store of strided loads. */
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < N1; j++) {
+            R *row = tile + ((size_t)i * N1 + j) * W;
+            for (int c = 0; c < count; c++) row[c] = xb[c * prompt + (size_t)j * d + i];
+        }
+    for (int j = 0; j < N1; j++) {
+        R *row = tile + ((size_t)d * N1 + j) * W;
+        for (int c = 0; c < count; c++) row[c] = j < N1 - 1 ? yb[(size_t)c * N1 + j] : R(0);
     }
 }
 
