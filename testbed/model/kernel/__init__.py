@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from testbed.native import DTYPES, cache_dir, compiled_library
+from testbed.native import DTYPES, compiled_library
 
 SOURCE = Path(__file__).with_name("linear_attention.cpp")
-__all__ = ["DTYPES", "SOURCE", "cache_dir", "compiled_library", "load", "entry", "stack_sizes", "check_arguments"]
 
 
 _INTS = [ctypes.c_int] * 6
