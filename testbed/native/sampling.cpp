@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <vector>
 
 namespace {
 
@@ -131,6 +132,28 @@ inline float boost_factor(uint32_t k0, uint32_t k1, uint64_t i, float inv_k) {
     return exp_f(log_f(uniform(c0)) * inv_k);
 }
 
+// The elements rejected on their first attempt (ok[i] == 0: a few percent) try their next attempts
+// together: each pass runs one attempt of every element still rejected in a vectorized loop (the
+// element index gathered from a list), then keeps the accepted candidates and the rest for the next.
+void retry_rejected(uint32_t k0, uint32_t k1, int64_t count, float d, float c, const uint8_t* ok, float* out) {
+    std::vector<int64_t> pending;
+    for (int64_t i = 0; i < count; ++i)
+        if (ok[i] == 0) pending.push_back(i);
+    std::vector<float> candidate(pending.size());
+    std::vector<uint8_t> accepted(pending.size());
+    for (uint32_t attempt = 1; !pending.empty(); ++attempt) {
+        const int64_t n = int64_t(pending.size());
+        for (int64_t j = 0; j < n; ++j)
+            accepted[j] = gamma_attempt(k0, k1, uint64_t(pending[j]), attempt, d, c, candidate[j]);
+        int64_t still = 0;
+        for (int64_t j = 0; j < n; ++j) {
+            if (accepted[j]) out[pending[j]] = candidate[j];
+            else pending[still++] = pending[j];
+        }
+        pending.resize(size_t(still));
+    }
+}
+
 // D > 0: rows of D numbers (the common sizes, unrolled); D = 0: rows of d numbers.
 template <int D>
 void directions(int64_t rows, const float* __restrict z, const float* __restrict s, float* __restrict out,
@@ -194,15 +217,15 @@ int philox_normal(uint64_t key, int64_t blocks, float* out) {
 // for the shape alpha (k + 1 when boost: G(k) = G(k + 1) U^(1/k), inv_k = 1/k).
 int philox_gamma(uint64_t key, int64_t count, float d, float c, float inv_k, int boost, float* out) {
     const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
-    // One vectorized pass over the first attempts, then the few rejected elements one by one.
-    uint8_t* ok = new (std::nothrow) uint8_t[count > 0 ? count : 1];
-    if (ok == nullptr) return 1;
-    for (int64_t i = 0; i < count; ++i)
-        ok[i] = gamma_attempt(k0, k1, uint64_t(i), 0, d, c, out[i]);
-    for (int64_t i = 0; i < count; ++i)
-        for (uint32_t attempt = 1; !ok[i]; ++attempt)
-            ok[i] = gamma_attempt(k0, k1, uint64_t(i), attempt, d, c, out[i]);
-    delete[] ok;
+    try {
+        // One vectorized pass over the first attempts, then passes over the rejected ones.
+        std::vector<uint8_t> ok(size_t(count > 0 ? count : 0));
+        for (int64_t i = 0; i < count; ++i)
+            ok[i] = gamma_attempt(k0, k1, uint64_t(i), 0, d, c, out[i]);
+        retry_rejected(k0, k1, count, d, c, ok.data(), out);
+    } catch (const std::bad_alloc&) {
+        return 1;
+    }
     if (boost != 0)
         for (int64_t i = 0; i < count; ++i) out[i] = out[i] * boost_factor(k0, k1, uint64_t(i), inv_k);
     return 0;

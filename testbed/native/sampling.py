@@ -67,9 +67,7 @@ def standard_gamma(key: int, count: int, shape: float, device: torch.device | st
     if not shape > 0:
         raise ValueError(f"Gamma shape must be > 0, got {shape!r}")
     boost = shape < 1.0
-    alpha = shape + 1.0 if boost else shape
-    # float32 constants, the same in both paths
-    d, c, inv_k = (_float32(v) for v in (alpha - 1.0 / 3.0, 1.0 / math.sqrt(9.0 * (alpha - 1.0 / 3.0)), 1.0 / shape))
+    d, c, inv_k = _gamma_constants(shape)
     compiled = load() if library and torch.device(device).type == "cpu" else None
     if compiled is None:
         return _torch_gamma(key, count, d, c, inv_k, boost, torch.device(device))
@@ -129,6 +127,14 @@ def philox_block(counter: tuple[int, int, int, int], key: tuple[int, int], libra
 def _check(status: int) -> None:
     if status != 0:
         raise MemoryError("prompt stream: out of memory")
+
+
+@lru_cache(maxsize=64)
+def _gamma_constants(shape: float) -> tuple[float, float, float]:
+    """Marsaglia-Tsang's d and c for ``shape`` (for shape + 1 under the boost) and the boost's 1/shape,
+    rounded to float32 as both paths use them; cached, as a task draws with one or two shapes."""
+    alpha = shape + 1.0 if shape < 1.0 else shape
+    return tuple(_float32(v) for v in (alpha - 1.0 / 3.0, 1.0 / math.sqrt(9.0 * (alpha - 1.0 / 3.0)), 1.0 / shape))
 
 
 def _float32(value: float) -> float:
