@@ -159,18 +159,31 @@ void retry_rejected(uint32_t k0, uint32_t k1, int64_t count, float d, float c, c
     }
 }
 
-// D > 0: rows of D numbers (the common sizes, unrolled); D = 0: rows of d numbers.
+// D > 0: rows of D numbers (the common sizes, unrolled); D = 0: rows of d numbers. In chunks of
+// rows: the squared norms row by row, then every row's factor (a division and a root) in one
+// vectorized loop (within a row loop they ran one row at a time: 1.5x slower), then the rows scaled.
 template <int D>
 void directions(int64_t rows, const float* __restrict z, const float* __restrict s, float* __restrict out,
                 int64_t d = D) {
     const int64_t n = D > 0 ? D : d;
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* row = z + r * n;
-        float squares = row[0] * row[0];
-        for (int64_t j = 1; j < n; ++j) squares = squares + row[j] * row[j];
-        const float ratio = (s != nullptr ? s[r] : 1.0f) / squares;
-        const float factor = float(__builtin_sqrt(double(ratio)));
-        for (int64_t j = 0; j < n; ++j) out[r * n + j] = row[j] * factor;
+    constexpr int64_t CHUNK = 256;
+    float factor[CHUNK];
+    for (int64_t first = 0; first < rows; first += CHUNK) {
+        const int64_t m = rows - first < CHUNK ? rows - first : CHUNK;
+        const float* zc = z + first * n;
+        float* oc = out + first * n;
+        for (int64_t r = 0; r < m; ++r) {
+            const float* row = zc + r * n;
+            float squares = row[0] * row[0];
+            for (int64_t j = 1; j < n; ++j) squares = squares + row[j] * row[j];
+            factor[r] = squares;
+        }
+        if (s != nullptr)
+            for (int64_t r = 0; r < m; ++r) factor[r] = float(__builtin_sqrt(double(s[first + r] / factor[r])));
+        else
+            for (int64_t r = 0; r < m; ++r) factor[r] = float(__builtin_sqrt(double(1.0f / factor[r])));
+        for (int64_t r = 0; r < m; ++r)
+            for (int64_t j = 0; j < n; ++j) oc[r * n + j] = zc[r * n + j] * factor[r];
     }
 }
 
