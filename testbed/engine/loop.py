@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from testbed.diagnostics import Plot
-from testbed.engine import checkpoint
+from testbed.engine import checkpoint, fast_step
 from testbed.engine.provenance import versions
 from testbed.errors import StorageError
 from testbed.model.transformer import mse_loss
@@ -273,18 +273,23 @@ def _loop(run: RunState, plugins: Plugins, result: RunResult, should_stop: Calla
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
                   clip_grad_norm: float | None, closure_needed: bool = False,
-                  forward: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
+                  forward: Callable[..., torch.Tensor] | None = None, fast: bool = True) -> dict[str, float]:
     """One optimizer step on ``batch``; returns the minibatch loss and the gradient norm before
     clipping (of the first closure call), and how many times the loss and its gradient were computed
     (``gradient_evaluations``: 1, or as many as a closure optimizer asked for). A non-finite loss or
     gradient skips the update (the caller records divergence); a gradient norm that overflows (inf)
-    with finite entries does not (see ``_non_finite``)."""
+    with finite entries does not (see ``_non_finite``). Zeroing, clipping and the update go through
+    ``fast_step`` (torch's arithmetic bit for bit without its per-call overhead); ``fast=False`` calls
+    torch's own ``zero_grad``, ``clip_grad_norm_`` and ``step``, the reference it is tested against."""
     parameters = _parameters(optimizer)
     measured: dict[str, float] = {"gradient_evaluations": 0}
 
     def closure() -> torch.Tensor:
         measured["gradient_evaluations"] += 1
-        optimizer.zero_grad(set_to_none=False)
+        if fast:
+            fast_step.zero_grad(optimizer, parameters)
+        else:
+            optimizer.zero_grad(set_to_none=False)
         if forward is None and hasattr(model, "loss_backward"):
             loss = model.loss_backward(batch.x, batch.y, batch.target)
         else:
@@ -294,7 +299,7 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         measured.setdefault("loss", loss.item())
-        measured.setdefault("grad_norm", _clip(parameters, clip_grad_norm))
+        measured.setdefault("grad_norm", _clip(parameters, clip_grad_norm, fast))  # every call clips
         return loss
 
     if closure_needed:
@@ -302,15 +307,22 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     else:
         closure()
         if not _non_finite(measured, optimizer):
-            optimizer.step()
+            if fast:
+                fast_step.step(optimizer)
+            else:
+                optimizer.step()
     return measured
 
 
-def _clip(parameters: list[torch.Tensor], max_norm: float | None) -> float:
+def _clip(parameters: list[torch.Tensor], max_norm: float | None, fast: bool = True) -> float:
     """Global L2 norm of the whole gradient before clipping; clip it to max_norm if set."""
-    if max_norm is not None:
-        return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters])))
+    if max_norm is None:
+        if fast:
+            return fast_step.grad_norm(parameters)
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters])))
+    if fast:
+        return fast_step.clip_grad_norm(parameters, max_norm)
+    return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
 
 
 def _non_finite(measured: dict[str, float], optimizer: torch.optim.Optimizer) -> str | None:
