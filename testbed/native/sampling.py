@@ -82,16 +82,21 @@ def scaled_directions(z: torch.Tensor, squared_radius: torch.Tensor | None = Non
     one value per row (shape ``z.shape[:-1]``; None: length 1, a point on the unit sphere). One pass
     in C++; the torch path rounds alike (the squared norm summed in order, the root in double)."""
     z = z.contiguous()
-    radius = None if squared_radius is None else squared_radius.to(torch.float32).contiguous().reshape(z.shape[:-1])
     compiled = load() if library and z.device.type == "cpu" else None
     if compiled is None:
+        radius = None if squared_radius is None else squared_radius.to(torch.float32).reshape(z.shape[:-1])
         squares = z[..., 0] * z[..., 0]
         for j in range(1, z.shape[-1]):
             squares = squares + z[..., j] * z[..., j]
         ratio = (1.0 if radius is None else radius) / squares
         return z * ratio.double().sqrt().float().unsqueeze(-1)
-    out = torch.empty_like(z)
     rows, d = z.numel() // max(z.shape[-1], 1), z.shape[-1]
+    # the C++ reads one radius a row: a flat contiguous float32 view, its size checked (no reshape:
+    # 5 us, a hundredth of a Setting-3 batch)
+    radius = None if squared_radius is None else squared_radius.to(torch.float32).contiguous()
+    if radius is not None and radius.numel() != rows:
+        raise ValueError(f"squared_radius has {radius.numel()} values for {rows} rows of z")
+    out = torch.empty_like(z)
     _check(compiled.scaled_directions(rows, d, z.data_ptr(), None if radius is None else radius.data_ptr(),
                                       out.data_ptr()))
     return out
@@ -100,15 +105,16 @@ def scaled_directions(z: torch.Tensor, squared_radius: torch.Tensor | None = Non
 def linear_labels(x: torch.Tensor, w: torch.Tensor, library: bool = True) -> torch.Tensor:
     """y[b, i] = <x[b, i], w[b]> for features ``x`` (B, tokens, d) and weights ``w`` (B, d), float32,
     summed in order of the features: one pass in C++, the same rounding on the torch path."""
-    x, w = x.contiguous(), w.contiguous().reshape(x.shape[0], x.shape[-1])
+    batch, tokens, d = x.shape
+    x, w = x.contiguous(), w.contiguous().reshape(batch, d)
     compiled = load() if library and x.device.type == "cpu" else None
     if compiled is None:
         y = x[..., 0] * w[:, None, 0]
-        for j in range(1, x.shape[-1]):
+        for j in range(1, d):
             y = y + x[..., j] * w[:, None, j]
         return y
-    y = torch.empty(x.shape[:-1], dtype=torch.float32)
-    _check(compiled.linear_labels(x.shape[0], x.shape[1], x.shape[2], x.data_ptr(), w.data_ptr(), y.data_ptr()))
+    y = torch.empty(batch, tokens, dtype=torch.float32)  # sizes as ints: half the cost of a torch.Size
+    _check(compiled.linear_labels(batch, tokens, d, x.data_ptr(), w.data_ptr(), y.data_ptr()))
     return y
 
 
