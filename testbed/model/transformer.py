@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import contextlib
+import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -70,6 +71,7 @@ class LinearTransformer(nn.Module):
         self.config = config
         self.n = n
         self.use_kernel = True  # False: always the plain-autograd path (twice differentiable)
+        self._padded_P: torch.Tensor | None = None  # the training step's P (``_constant_kernel_matrices``)
         self.feature_map = None
         if config.feature_map is not None:
             out_dim = config.feature_map.out_dim or d
@@ -92,7 +94,7 @@ class LinearTransformer(nn.Module):
         d = self.d
         # Pad to (d+1)x(d+1); the fixed 1 of P is a constant, so B of the last layer keeps an
         # exactly-zero (not missing) gradient.
-        P = nn.functional.pad(self.B, (0, 1, 0, 1)) + _corner(d, self.B)
+        P = nn.functional.pad(self.B, (0, 1, 0, 1)) + _corner(d, self.B.dtype, self.B.device)
         Q = nn.functional.pad(self.A, (0, 1, 0, 1))
         return P, Q
 
@@ -157,19 +159,20 @@ class LinearTransformer(nn.Module):
         parameter's ``.grad`` (as ``loss.backward()`` would). For linear and softmax attention
         (float32 or float64) the compiled kernel computes both in one pass over the batch, tile by
         tile."""
-        library = self._compiled_kernel()
+        parameters = list(self.parameters())  # walked once a step: the checks below all read it
+        library = self._compiled_kernel(parameters)
         if library is None:
             loss = mse_loss(self(x, y), target)
             loss.backward()
             return loss.detach()
-        loss = self._loss_grad_from_covariates(library, x, y, target)
+        loss = self._loss_grad_from_covariates(library, parameters, x, y, target)
         if loss is not None:
             return loss
         features = self._compiled_features(x, y)
         Z0 = self._kernel_prompt(x, y) if features is None else features.prompt(x, y)
         # Without an autograd graph below the prompt or a hook to call, the parameters' gradients are
         # added by hand (``_accumulate_matrix_gradients``), so P and Qc need no graph either.
-        direct = not Z0.requires_grad and self._direct_gradients()
+        direct = not Z0.requires_grad and _without_hooks(parameters)
         with torch.no_grad() if direct else contextlib.nullcontext():
             P, Qc, r = self.kernel_matrices()
         tensors = [t.detach().contiguous() for t in (Z0, target, P, Qc)]
@@ -198,38 +201,50 @@ class LinearTransformer(nn.Module):
         torch.autograd.backward(roots, grads)
         return loss
 
-    def _loss_grad_from_covariates(self, library, x: torch.Tensor, y: torch.Tensor,
-                                   target: torch.Tensor) -> torch.Tensor | None:
+    def _loss_grad_from_covariates(self, library, parameters: list[nn.Parameter], x: torch.Tensor,
+                                   y: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """``loss_backward`` for linear attention in one kernel call that reads the covariates and
         labels themselves (la_loss_grad_xy lays each tile of prompts out as ``prompt`` would: no
         prompt is built), when nothing asks for more: no feature map, no gradient for the prompts, no
-        hook on a parameter, prompts in the parameters' dtype. None otherwise."""
-        if (self.attention.name != "linear" or self.feature_map is not None or not self._direct_gradients()
+        hook on a parameter (``parameters``), prompts in the parameters' dtype. None otherwise.
+        Every training step runs it: it builds nothing that a call before it could have kept."""
+        if (self.attention.name != "linear" or self.feature_map is not None or not _without_hooks(parameters)
                 or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))):
             return None
         self._check_prompts(x, y)
-        with torch.no_grad():
-            P, Qc, r = self.kernel_matrices()
-        tensors = [t.detach().contiguous() for t in (x, y, target, P, Qc)]
-        if any(t.dtype != P.dtype for t in tensors[:3]):
+        P, Qc, r = self._constant_kernel_matrices()
+        dtype = P.dtype
+        if x.dtype != dtype or y.dtype != dtype or target.dtype != dtype:
             return None
+        x, y, target = _contiguous(x), _contiguous(y), _contiguous(target)  # target: y[:, -1] is strided
         (B, N1), (L, D, _) = y.shape, P.shape
-        kernels.check_arguments(P.dtype, x=(tensors[0], (B, N1, D - 1)), y=(tensors[1], (B, N1)),
-                                target=(tensors[2], (B,)), P=(tensors[3], (L, D, D)), Qc=(tensors[4], (L, r, r)))
-        loss, dP, dQc = torch.empty((), dtype=P.dtype), torch.empty_like(P), torch.empty_like(Qc)
-        loss_grad = kernels.entry(library, "la_loss_grad_xy", P.dtype)
-        if loss_grad(B, D, N1, r, self.n, L, *(t.data_ptr() for t in tensors), loss.data_ptr(),
-                     dP.data_ptr(), dQc.data_ptr()):
+        kernels.check_arguments(dtype, x=(x, (B, N1, D - 1)), y=(y, (B, N1)), target=(target, (B,)),
+                                P=(P, (L, D, D)), Qc=(Qc, (L, r, r)))
+        loss, dP, dQc = torch.empty((), dtype=dtype), torch.empty_like(P), torch.empty_like(Qc)
+        if kernels.entry(library, "la_loss_grad_xy", dtype)(
+                B, D, N1, r, self.n, L, x.data_ptr(), y.data_ptr(), target.data_ptr(), P.data_ptr(),
+                Qc.data_ptr(), loss.data_ptr(), dP.data_ptr(), dQc.data_ptr()):
             raise MemoryError("linear-attention kernel: out of memory")
         self._accumulate_matrix_gradients(dP, dQc)
         return loss
 
-    def _direct_gradients(self) -> bool:
-        """Whether the kernel's dP and dQc may be added to the parameters' ``.grad`` by hand (their
-        derivative through ``kernel_matrices`` is a slice): no hook on any of them, which only a
-        pass through autograd would call."""
-        return all(not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
-                   for p in self.parameters())
+    def _constant_kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``kernel_matrices()`` without a graph, contiguous, for a kernel call that reads them and
+        keeps nothing. A block-sparse P is written into a buffer the model keeps (its padding and
+        constant 1 stay; only B is copied in each call), entry for entry the P that
+        ``attention_matrices`` builds: B + 0 (-0.0 becomes +0.0 there too), 0 and 1."""
+        if self.config.parameterization == "full":
+            return _contiguous(self.P.detach()), _contiguous(self.Q.detach()), self.d + 1
+        B, d = self.B.detach(), self.d
+        if B.dim() != 3 or B.shape[1:] != (d, d):  # the copy into P would broadcast it silently
+            raise ValueError(f"B of shape {tuple(B.shape)}, expected (layers, {d}, {d})")
+        P = self._padded_P
+        if P is None or P.dtype != B.dtype or P.device != B.device or P.shape != (B.shape[0], d + 1, d + 1):
+            with torch.inference_mode(False):  # written into at every call, in inference mode or not
+                P = torch.zeros(B.shape[0], 1, 1, dtype=B.dtype, device=B.device) + _corner(d, B.dtype, B.device)
+            self._padded_P = P
+        torch.add(B, 0.0, out=P[:, :d, :d])
+        return P, _contiguous(self.A.detach()), d
 
     def _accumulate_matrix_gradients(self, dP: torch.Tensor, dQc: torch.Tensor) -> None:
         """Add dLoss/dP and dLoss/dQc to the attention parameters' ``.grad`` as autograd would: A's is
@@ -243,7 +258,7 @@ class LinearTransformer(nn.Module):
             if parameter.grad is None:
                 parameter.grad = grad.contiguous()
             else:
-                parameter.grad += grad
+                parameter.grad.add_(grad)  # ``+=`` would also set .grad again, through its checks
 
     def _compiled_features(self, x: torch.Tensor, y: torch.Tensor) -> feature_kernel.CompiledFeatureMap | None:
         """The compiled feature map for the prompt of ``(x, y)`` (after checking its shape), or None:
@@ -259,13 +274,13 @@ class LinearTransformer(nn.Module):
             return None
         return feature_kernel.CompiledFeatureMap(library, self.feature_map.linears)
 
-    def _compiled_kernel(self):
+    def _compiled_kernel(self, parameters: list[nn.Parameter] | None = None):
         """The compiled kernel of this model's attention variant when it covers the model (a variant
-        with one, in float32 or float64), else None."""
+        with one, its ``parameters`` all in float32 or all in float64), else None."""
         compiled = COMPILED_STACKS.get(self.attention.name)
         if compiled is None or not self.use_kernel:
             return None
-        dtypes = {p.dtype for p in self.parameters()}
+        dtypes = {p.dtype for p in (self.parameters() if parameters is None else parameters)}
         if len(dtypes) != 1 or not dtypes <= kernels.DTYPES.keys():
             return None
         return compiled.load()
@@ -317,11 +332,27 @@ COMPILED_STACKS = {
 }
 
 
-def _corner(d: int, like: torch.Tensor) -> torch.Tensor:
-    """The constant part of a block-sparse P: a 1 at (d, d)."""
-    corner = torch.zeros(d + 1, d + 1, dtype=like.dtype, device=like.device)
-    corner[d, d] = 1.0
+@functools.lru_cache(maxsize=None)
+def _corner(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The constant part of a block-sparse P: a 1 at (d, d). Built once per size, dtype and device
+    (every forward pass adds it); never written to."""
+    with torch.inference_mode(False):  # usable outside inference mode when first made inside it
+        corner = torch.zeros(d + 1, d + 1, dtype=dtype, device=device)
+        corner[d, d] = 1.0
     return corner
+
+
+def _without_hooks(parameters: Iterable[nn.Parameter]) -> bool:
+    """Whether the kernel's dP and dQc may be added to these parameters' ``.grad`` by hand (their
+    derivative through ``kernel_matrices`` is a slice): no hook on any of them, which only a pass
+    through autograd would call."""
+    return all(not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
+               for p in parameters)
+
+
+def _contiguous(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.contiguous()`` without its call when the tensor already is (most are, every step)."""
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
 def direct_forward(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""The training step's Python around the kernel (issue 15) keeps what does not change between calls
+(the block-sparse P's padding and constant 1, the corner constant) and walks the parameters once; a
+model changed after its first step (a hook, new parameters, another dtype) must still get exactly the
+gradients a fresh model gets."""
+
+import pytest
+import torch
+from torch import nn
+
+from testbed.model import kernel as kernels
+from testbed.model.config import ModelConfig
+from testbed.model.transformer import LinearTransformer
+
+pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C++ compiler: the kernel is not built")
+
+D, N = 5, 20
+
+
+def _prompts(dtype: torch.dtype, seed: int, batch_size: int = 203) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, N + 1, D, generator=generator)
+    y = (x @ torch.randn(batch_size, D, 1, generator=generator)).squeeze(-1)
+    return x.to(dtype), y.to(dtype)
+
+
+def _model(dtype: torch.dtype = torch.float32, parameterization: str = "block_sparse", seed: int = 0) -> LinearTransformer:
+    config = ModelConfig(layers=3, parameterization=parameterization, init_std=0.3)
+    return LinearTransformer(config, D, N, torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _gradients(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model.loss_backward(x, y, y[:, -1])
+    return loss, [p.grad.clone() for p in model.parameters()]
+
+
+def _autograd_gradients(model: LinearTransformer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The same loss and gradients through autograd: dLoss/dx asked for forces the full pass."""
+    model.zero_grad(set_to_none=True)
+    loss = model.loss_backward(x.clone().requires_grad_(True), y, y[:, -1])
+    return loss, [p.grad.clone() for p in model.parameters()]
+
+
+def _same(a: tuple[torch.Tensor, list[torch.Tensor]], b: tuple[torch.Tensor, list[torch.Tensor]]) -> bool:
+    return torch.equal(a[0], b[0]) and len(a[1]) == len(b[1]) and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kept_P_is_the_padded_P_entry_for_entry_signs_of_zero_included(dtype):
+    model = _model(dtype)
+    with torch.no_grad():
+        model.B[0, 0, :2] = torch.tensor([-0.0, 0.0])  # pad + corner turns -0.0 into +0.0
+    for _ in range(2):  # built at the first call, written into at the second
+        kept, Qc, r = model._constant_kernel_matrices()
+        expected, expected_Qc, expected_r = model.kernel_matrices()
+        assert kept.dtype == dtype and kept.is_contiguous()
+        assert torch.equal(kept, expected) and torch.equal(torch.signbit(kept), torch.signbit(expected))
+        assert torch.equal(Qc, expected_Qc) and r == expected_r
+    assert not torch.signbit(kept[0, 0, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("parameterization", ["block_sparse", "full"])
+def test_repeated_steps_follow_the_weights_as_they_change(dtype, parameterization):
+    # The kept P must be B's of this call, not of the first: every step is autograd's bit for bit.
+    model = _model(dtype, parameterization)
+    x, y = _prompts(dtype, seed=1)
+    for _ in range(3):
+        assert torch.isfinite(_gradients(model, x, y)[0])
+        assert _same(_gradients(model, x, y), _autograd_gradients(model, x, y))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(0.05 * p.grad / p.grad.norm())
+
+
+def test_a_hook_registered_after_the_first_step_is_called():
+    model, reference = _model(), _model()
+    x, y = _prompts(torch.float32, seed=2)
+    _gradients(model, x, y)  # the first step: no hook, the gradients added by hand
+    called = []
+    model.A.register_hook(lambda grad: called.append(grad) or grad)
+    assert _same(_gradients(model, x, y), _gradients(reference, x, y))
+    assert len(called) == 1  # the hooked step went through autograd
+
+
+def test_parameters_reassigned_after_the_first_step_are_used():
+    model = _model(seed=0)
+    x, y = _prompts(torch.float32, seed=3)
+    _gradients(model, x, y)
+    other = _model(seed=1)
+    model.A, model.B = nn.Parameter(other.A.detach().clone()), nn.Parameter(other.B.detach().clone())
+    assert _same(_gradients(model, x, y), _gradients(other, x, y))
+
+
+def test_a_model_moved_to_float64_after_the_first_step_computes_in_float64():
+    model = _model(torch.float32)
+    _gradients(model, *_prompts(torch.float32, seed=4))
+    model.to(torch.float64)
+    x, y = _prompts(torch.float64, seed=4)
+    loss, grads = _gradients(model, x, y)
+    assert loss.dtype == torch.float64 and all(g.dtype == torch.float64 for g in grads)
+    assert _same((loss, grads), _gradients(_model(torch.float64), x, y))
+    model.to(torch.float32)  # and back: the float32 results again
+    x, y = _prompts(torch.float32, seed=4)
+    assert _same(_gradients(model, x, y), _gradients(_model(torch.float32), x, y))
+
+
+def test_B_of_another_shape_is_an_error_not_a_broadcast():
+    model = _model()
+    x, y = _prompts(torch.float32, seed=5)
+    model.B = nn.Parameter(torch.zeros(3, 1, D))
+    with pytest.raises(ValueError, match=r"B of shape \(3, 1, 5\)"):
+        model.loss_backward(x, y, y[:, -1])
