@@ -208,6 +208,7 @@ def test_missing_gradients_and_mixed_dtypes_go_to_torch():
     norm = fast_step.clip_grad_norm(ours, 1.0)  # two dtypes: torch's two groups, its promotion
     assert norm == float(torch.nn.utils.clip_grad_norm_(theirs, 1.0))
     assert all(equal(p.grad, q.grad) for p, q in zip(ours, theirs))
+    assert torch_step_ran(lambda: fast_step.step(optimizer))  # one group, two dtypes
 
 
 def test_zero_grad_detaches_and_zeroes_in_place_as_torch_does():

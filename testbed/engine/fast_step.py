@@ -14,6 +14,7 @@ goes to torch itself.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -24,6 +25,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 _FLOAT_TYPES = (torch.float32, torch.float64)
 Group = dict[str, Any]
 State = dict[torch.Tensor, dict[str, Any]]
+_OPERANDS: dict[tuple[float, bool, torch.dtype], torch.Tensor] = {}
 
 
 def step(optimizer: Optimizer) -> None:
@@ -62,7 +64,9 @@ def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
     with torch.no_grad():
         total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-        clip_coef = float(max_norm) / (total_norm + 1e-6)  # reciprocal times max_norm, as torch's
+        dtype = total_norm.dtype
+        # max_norm / (total_norm + 1e-6) as torch's Tensor.__rtruediv__ computes it: a reciprocal, then a product
+        clip_coef = (total_norm + _operand(1e-6, dtype)).reciprocal() * _operand(float(max_norm), dtype)
         torch._foreach_mul_(grads, torch.clamp(clip_coef, max=1.0))
     return float(total_norm)
 
@@ -74,14 +78,27 @@ def grad_norm(parameters: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
+def _operand(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as the 0-dim CPU tensor of ``dtype`` that torch makes of a Python scalar operand at
+    every call (a wrapped number, then cast to the other operand's dtype), made once: the kernel sees
+    the same value without the wrapping and the cast (4 dispatches, about 2 us, per tensor and call)."""
+    if not math.isfinite(value):  # never cached (NaN keys would never match)
+        return torch.tensor(value, dtype=dtype)
+    key = (value, math.copysign(1.0, value) > 0, dtype)  # 0.0 and -0.0 are equal keys, not equal operands
+    operand = _OPERANDS.get(key)
+    if operand is None:
+        operand = _OPERANDS[key] = torch.tensor(value, dtype=dtype)
+    return operand
+
+
 def _uniform_grads(parameters: list[torch.Tensor]) -> list[torch.Tensor] | None:
-    """The gradients when every parameter has one and they form one foreach group (plain tensors of
-    one dtype and device: clip_grad_norm_'s single group, in parameter order); else None."""
+    """The gradients when every parameter has one and they form one foreach group (plain CPU tensors
+    of one dtype: clip_grad_norm_'s single group, in parameter order); else None."""
     grads = [p.grad for p in parameters]
     if not grads or grads[0] is None:
         return None
-    dtype, device = grads[0].dtype, grads[0].device
-    if all(type(g) is torch.Tensor and g.dtype == dtype and g.device == device for g in grads):
+    dtype = grads[0].dtype
+    if all(type(g) is torch.Tensor and g.dtype == dtype and g.is_cpu for g in grads):
         return grads
     return None
 
@@ -97,11 +114,15 @@ def _unhooked(optimizer: Optimizer) -> bool:
 
 
 def _plain_parameters(params: list[torch.Tensor]) -> bool:
-    """Dense float32/float64 CPU parameters, each with a gradient: those torch updates one tensor at a
-    time by default (on other devices it defaults to the multi-tensor arithmetic)."""
+    """Dense CPU parameters of one dtype, float32 or float64, each with a gradient: those torch
+    updates one tensor at a time by default (on other devices it defaults to the multi-tensor
+    arithmetic); one dtype, so that one 0-dim operand serves them all."""
+    if not params or params[0].dtype not in _FLOAT_TYPES:
+        return False
+    dtype = params[0].dtype
     for p in params:
         grad = p.grad
-        if grad is None or grad.is_sparse or not p.is_cpu or p.dtype not in _FLOAT_TYPES:
+        if grad is None or grad.is_sparse or not p.is_cpu or p.dtype != dtype:
             return False
     return True
 
@@ -125,6 +146,7 @@ def _adam_update(state: State, group: Group) -> None:
     params = group["params"]
     beta1, beta2 = group["betas"]
     lr, weight_decay, eps, amsgrad = group["lr"], group["weight_decay"], group["eps"], group["amsgrad"]
+    dtype = params[0].dtype
     states = [_adam_state(state, p, amsgrad) for p in params]
     steps = [s["step"] for s in states]
     exp_avgs = [s["exp_avg"] for s in states]
@@ -137,7 +159,7 @@ def _adam_update(state: State, group: Group) -> None:
         else:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_mul_(exp_avg_sqs, _operand(beta2, dtype))
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     step_sizes, bias_corrections2_sqrt = [], []
     for step_t in steps:
@@ -152,7 +174,7 @@ def _adam_update(state: State, group: Group) -> None:
         second_moments = exp_avg_sqs
     denoms = torch._foreach_sqrt(second_moments)
     torch._foreach_div_(denoms, bias_corrections2_sqrt)
-    torch._foreach_add_(denoms, eps)
+    torch._foreach_add_(denoms, _operand(eps, dtype))
     torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
 
 
@@ -189,7 +211,7 @@ def _momentum(state: State, params: list[torch.Tensor], grads: list[torch.Tensor
     buffers = [s.get("momentum_buffer") for s in states]
     running = [i for i, buffer in enumerate(buffers) if buffer is not None]
     if running:
-        torch._foreach_mul_([buffers[i] for i in running], momentum)
+        torch._foreach_mul_([buffers[i] for i in running], _operand(momentum, params[0].dtype))
         torch._foreach_add_([buffers[i] for i in running], [grads[i] for i in running], alpha=1 - dampening)
     for i, buffer in enumerate(buffers):
         if buffer is None:
