@@ -137,6 +137,27 @@ def test_a_checkpoint_resumes_on_the_other_path(tmp_path, name, first_fast):
     assert_same(resumed, straight)
 
 
+@pytest.mark.parametrize("default_dtype", [torch.float32, torch.float64])  # the step counters' dtype
+def test_adam_step_counters_count_as_torchs_at_any_size(default_dtype):
+    # the counter is incremented by a fill of the sum taken in Python; past 2**24 float32 addition rounds
+    counts = [2.0**24 - 1, 2.0**24, 2.0**24 + 2, 3.3e7 + 1, 2.0**53, 2.0**53 + 2, 1e30, 0.3]
+    torch.set_default_dtype(default_dtype)
+    try:
+        fast, reference = (Training(OPTIMIZERS["adam"], torch.float64, 1.0, schedule=False) for _ in range(2))
+        fast.steps(1, fast=True)
+        reference.steps(1, fast=False)
+        for count in counts:
+            for training in (fast, reference):
+                for p_state in training.optimizer.state.values():
+                    p_state["step"].fill_(count)
+            fast.steps(1, fast=True)
+            reference.steps(1, fast=False)
+            assert_same(fast, reference)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert fast.optimizer.state_dict()["state"][0]["step"].dtype == default_dtype
+
+
 class CountingAdam(torch.optim.Adam):
     """A subclass: its step may do anything, so it must be the one called."""
 

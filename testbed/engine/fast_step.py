@@ -152,7 +152,11 @@ def _adam_update(state: State, group: Group) -> None:
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     grads = [p.grad for p in params]
-    torch._foreach_add_(steps, 1)
+    for step_t in steps:  # torch's step_t += 1
+        # fill_ with the sum taken in Python: a double holds a float32 counter plus one exactly (or, past
+        # 2**53, rounds it to the counter itself, as float32 addition does), and fill_ rounds it once to
+        # the counter's dtype, as the addition would; a fill costs half an add with its wrapped scalar
+        step_t.fill_(step_t.item() + 1)
     if weight_decay != 0:
         if group["decoupled_weight_decay"]:
             torch._foreach_mul_(params, 1 - lr * weight_decay)
