@@ -27,7 +27,7 @@ def test_bench_quick_reports_every_measurement(tmp_path):
     noise = data["gradient_noise"]
     assert noise["samples"] == 20 and noise["seconds"] > 0 and noise["sampling_seconds"] > 0
     assert math.isclose(noise["speedup"], noise["per_batch_seconds"] / noise["seconds"])
-    assert "one Probe.gradient per minibatch" in result.output
+    assert "one Probe.autograd_gradient per minibatch" in result.output
     assert data["peak_memory_mib"] > 0
     for line in ("engine / direct", "full Hessian", "gradient_noise", "peak memory"):
         assert line in result.output

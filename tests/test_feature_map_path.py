@@ -203,7 +203,7 @@ class Direct(torch.nn.Module):
 @pytest.mark.parametrize("parameterization", ["block_sparse", "full"])
 def test_hessian_and_hvp_of_a_feature_map_model_match_the_formula(parameterization):
     """Second derivatives of a feature-map model take torch.func on the autograd path (the kernel's
-    dual numbers carry tangents of P and Q only, not of the prompt the feature map makes): the
+    tangents are of P and Q only, not of the prompt the feature map makes): the
     Hessian in every parameter, feature map included, is the formula's."""
     model, batch = make(parameterization, FeatureMapConfig(hidden=(4,)), torch.float64)
     probe = Probe.of(model, None, batch, PROMPTS, 0)

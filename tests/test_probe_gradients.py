@@ -1,5 +1,5 @@
 """Probe.gradients: many minibatch gradients at one point through the model's training path (the
-compiled kernel where it covers the model), equal to Probe.gradient up to float rounding, drawn lazily
+compiled kernel where it covers the model), equal to Probe.autograd_gradient up to float rounding, drawn lazily
 and without touching the probe."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_gradients_through_the_kernel_agree_with_gradient(registry, parameteriza
     fast = list(probe.gradients(batches))
     assert len(fast) == 3
     for batch, g in zip(batches, fast):
-        expected = probe.gradient(batch=batch)
+        expected = probe.autograd_gradient(batch=batch)
         assert g.shape == expected.shape == probe.params.shape and g.dtype == torch.float32
         assert float(expected.abs().max()) > 1e-3  # not a degenerate (all-zero) point
         torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-7)
@@ -43,7 +43,7 @@ def test_gradients_in_float64_and_at_another_point(registry):
     batch = probe.sample(32, generator(3))
     batch = type(batch)(batch.x.double(), batch.y.double())
     (g,) = probe.gradients([batch], theta)
-    torch.testing.assert_close(g, probe.gradient(theta, batch), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g, probe.autograd_gradient(theta, batch), rtol=1e-12, atol=1e-14)
     (at_params,) = probe.gradients([batch])
     assert not torch.equal(g, at_params)
 

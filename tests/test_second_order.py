@@ -1,4 +1,4 @@
-"""The compiled kernel's Hessian-vector products (dual numbers) against torch.func on the
+"""The compiled kernel's Hessian-vector products (forward-over-reverse) against torch.func on the
 plain-autograd path."""
 
 import pytest

@@ -120,19 +120,19 @@ def noise_diagnostic(registry, samples: int, full_batch: int):
 
 
 class PerBatchGradientProbe(Probe):
-    """A probe whose ``gradients`` take one ``Probe.gradient`` per batch (functional_call and
+    """A probe whose ``gradients`` take one ``Probe.autograd_gradient`` per batch (functional_call and
     autograd): how gradient_noise computed its minibatch gradients before issue 15."""
 
     def gradients(self, batches: Iterable[Batch], theta: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-        """``gradient`` on each batch in turn, drawn lazily like ``Probe.gradients``."""
+        """``autograd_gradient`` on each batch in turn, drawn lazily like ``Probe.gradients``."""
         for batch in batches:
-            yield self.gradient(theta, batch)
+            yield self.autograd_gradient(theta, batch)
 
 
 def time_gradient_noise(registry, samples: int, full_batch: int = 100_000) -> dict[str, float]:
     """One gradient_noise evaluation on setting 3 (``full_batch`` prompts for g, then ``samples``
     minibatch gradients of 1000 prompts), side by side with the same evaluation taking one
-    ``Probe.gradient`` per minibatch (before issue 15), and drawing the same prompts alone (the floor
+    ``Probe.autograd_gradient`` per minibatch (before issue 15), and drawing the same prompts alone (the floor
     of any way that keeps the diagnostic's stream): seconds of each and the speedup."""
     task = build_task(TaskSpec("gamma", 5, 20, GAMMA), registry)
     model = LinearTransformer(ModelConfig(layers=3), task.d, task.n, generator(0))
@@ -202,7 +202,7 @@ def format_bench(results: dict[str, Any]) -> str:
     lines += [
         f"full Hessian, L=3, d=5, n=20, 1000 prompts: {results['hessian_seconds']:.3f} s",
         f"gradient_noise, setting 3, {noise['full_batch']} + {noise['samples']} x 1000 prompts: {noise['seconds']:.1f} s; "
-        f"one Probe.gradient per minibatch: {noise['per_batch_seconds']:.1f} s ({noise['speedup']:.2f}x); "
+        f"one Probe.autograd_gradient per minibatch: {noise['per_batch_seconds']:.1f} s ({noise['speedup']:.2f}x); "
         f"drawing the prompts alone: {noise['sampling_seconds']:.1f} s",
         f"peak memory: {results['peak_memory_mib']:.0f} MiB",
         f"(one torch thread, torch {results['torch']}; context-length times in parentheses are relative to n={next(iter(context['cases']))})",

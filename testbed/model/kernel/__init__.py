@@ -3,9 +3,10 @@ this file (``linear_attention.cpp``: the linear-attention stack; others add thei
 
 The torch implementation (``linear_attention.py`` beside it) spends its time in batched products of
 tiny matrices; the C++ version stores prompts batch-innermost so every inner loop is a vectorized
-pass over the batch, and runs the same code on dual numbers for exact Hessian-vector products. It is
-optional: without a C++ compiler, or with TESTBED_KERNEL=torch, the torch implementation (and
-torch.func for second derivatives) runs instead, with the same results up to float rounding.
+pass over the batch, and runs the same steps on (value, tangent) pairs for exact Hessian-vector
+products. It is optional: without a C++ compiler, or with TESTBED_KERNEL=torch, the torch
+implementation (and torch.func for second derivatives) runs instead, with the same results up to
+float rounding.
 Every entry point comes in float32 and float64 (``entry`` picks the one for a dtype).
 """
 
