@@ -26,7 +26,7 @@ SOURCE = Path(__file__).with_name("linear_attention.cpp")
 _INTS = [ctypes.c_int] * 6
 _POINTER = ctypes.c_void_p
 LINEAR_ATTENTION = {"la_forward": _INTS + [_POINTER] * 5, "la_backward": _INTS + [_POINTER] * 7,
-                    "la_hvp": _INTS + [_POINTER] * 4 + [ctypes.c_int] + [_POINTER] * 4,
+                    "la_hvp": _INTS + [_POINTER] * 5 + [ctypes.c_int] + [_POINTER] * 4,
                     "la_loss_grad": _INTS + [_POINTER] * 8, "la_loss_grad_xy": _INTS + [_POINTER] * 8}
 
 

@@ -546,8 +546,8 @@ constexpr int LANES_DIRECTIONS = 8;
 /* Hessian-vector products for ``directions`` (a few) at once on the real-valued path: LANE_WIDTH prompts
  * at a time, the tangents' sums over all prompts carried in double and rounded once. */
 template <class R>
-int hvp_lanes(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P, const R *Qc,
-              int directions, const R *tP, const R *tQc, R *HP, R *HQc) {
+int hvp_lanes(int B, int D, int N1, int r, int n, int L, const R *x, const R *y, const R *target, const R *P,
+              const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc) {
     const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
     const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
     R *memory = allocate<R>(dual_work_size(s) * (1 + directions) + (size_t)D * D * s.W);
@@ -556,7 +556,7 @@ int hvp_lanes(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *t
     R *sums = memory + dual_work_size(s) * (1 + directions);
     for (int b0 = 0; b0 < B; b0 += s.W) {
         const int count = B - b0 < s.W ? B - b0 : s.W;
-        gather(Z0, b0, count, D, N1, s.W, memory);  /* saved's first layout: the carve starts with it */
+        gather_xy(x, y, b0, count, D, N1, s.W, memory);  /* saved's first layout: the carve starts with it */
         dual_tile(s, directions, count, B, target + b0, P, Qc, tP, tQc, memory, sums, totals);
     }
     const size_t last = (size_t)(L - 1) * D * D;
@@ -654,14 +654,15 @@ int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *t
 
 /* Hessian-vector products H v_k (k < directions) of the mean squared error, in (P, Qc)
  * coordinates: tP (directions, L, D, D) and tQc (directions, L, r, r) in, HP and HQc out.
- * Z0: (B, D, N1) prompts; target: (B,) true query labels. */
+ * The prompts as gather_xy reads them: covariates x (B, N1, D-1), labels y (B, N1); target: (B,) true
+ * query labels. */
 template <class R>
-int hvp(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P,
+int hvp(int B, int D, int N1, int r, int n, int L, const R *x, const R *y, const R *target, const R *P,
         const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc) {
     const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
     for (int k0 = 0; k0 < directions; k0 += LANES_DIRECTIONS) {
         const int count = directions - k0 < LANES_DIRECTIONS ? directions - k0 : LANES_DIRECTIONS;
-        const int status = hvp_lanes(B, D, N1, r, n, L, Z0, target, P, Qc, count, tP + k0 * nP, tQc + k0 * nQ,
+        const int status = hvp_lanes(B, D, N1, r, n, L, x, y, target, P, Qc, count, tP + k0 * nP, tQc + k0 * nQ,
                                      HP + k0 * nP, HQc + k0 * nQ);
         if (status) return status;
     }
@@ -689,10 +690,10 @@ int hvp(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target,
         return loss_grad(B, D, N1, r, n, L, (const R *)nullptr, target, P, Qc, loss, (R *)nullptr, dP,  \
                          dQc, x, y);                                                                  \
     }                                                                                                 \
-    int la_hvp_##suffix(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target,      \
-                        const R *P, const R *Qc, int directions, const R *tP, const R *tQc, R *HP,    \
-                        R *HQc) {                                                                     \
-        return hvp(B, D, N1, r, n, L, Z0, target, P, Qc, directions, tP, tQc, HP, HQc);               \
+    int la_hvp_##suffix(int B, int D, int N1, int r, int n, int L, const R *x, const R *y,            \
+                        const R *target, const R *P, const R *Qc, int directions, const R *tP,        \
+                        const R *tQc, R *HP, R *HQc) {                                                \
+        return hvp(B, D, N1, r, n, L, x, y, target, P, Qc, directions, tP, tQc, HP, HQc);             \
     }
 
 extern "C" {

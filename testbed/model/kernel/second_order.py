@@ -53,15 +53,15 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
         r = D
         P, Qc = blocks["first"].view(L, D, D), blocks["second"].view(L, D, D)
         tP, tQc = v_first.reshape(K, L, D, D), v_second.reshape(K, L, D, D)
-    Z0 = model.prompt(batch.x, batch.y).detach()
-    tensors = [t.contiguous() for t in (Z0, batch.target.detach(), P, Qc, tP, tQc)]
-    B, _, _, _ = kernels.stack_sizes(tensors[0], tensors[2], tensors[3], r, n)
-    kernels.check_arguments(dtype, target=(tensors[1], (B,)), tP=(tensors[4], (K, L, D, D)),
-                            tQc=(tensors[5], (K, L, r, r)))
+    # The kernel reads the covariates and labels as prompt() lays them out (no feature map here).
+    x, y, target, P, Qc, tP, tQc = (t.detach().contiguous() for t in (batch.x, batch.y, batch.target, P, Qc, tP, tQc))
+    prompts = x.shape[0]
+    kernels.check_arguments(dtype, x=(x, (prompts, n + 1, d)), y=(y, (prompts, n + 1)), target=(target, (prompts,)),
+                            P=(P, (L, D, D)), Qc=(Qc, (L, r, r)), tP=(tP, (K, L, D, D)), tQc=(tQc, (K, L, r, r)))
     HP, HQc = torch.empty(K, L, D, D, dtype=dtype), torch.empty(K, L, r, r, dtype=dtype)
     hvp = kernels.entry(library, "la_hvp", dtype)
-    status = hvp(B, D, n + 1, r, n, L, *(t.data_ptr() for t in tensors[:4]), K,
-                 tensors[4].data_ptr(), tensors[5].data_ptr(), HP.data_ptr(), HQc.data_ptr())
+    status = hvp(prompts, D, n + 1, r, n, L, *(t.data_ptr() for t in (x, y, target, P, Qc)), K,
+                 tP.data_ptr(), tQc.data_ptr(), HP.data_ptr(), HQc.data_ptr())
     if status:
         raise MemoryError("linear-attention kernel: out of memory")
     if model.config.parameterization == "block_sparse":
