@@ -7,9 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from testbed import hookimpl
+from testbed.engine.loop import train
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import plan_runs
 from testbed.model import kernel as kernels
 from testbed.model.config import ModelConfig
 from testbed.model.transformer import LinearTransformer
+from testbed.plugins import load_plugins
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C++ compiler: the kernel is not built")
 
@@ -111,3 +116,31 @@ def test_B_of_another_shape_is_an_error_not_a_broadcast():
     model.B = nn.Parameter(torch.zeros(3, 1, D))
     with pytest.raises(ValueError, match=r"B of shape \(3, 1, 5\)"):
         model.loss_backward(x, y, y[:, -1])
+
+
+class _StepCounter:
+    """Counts the steps on_step_end sees."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    @hookimpl
+    def on_step_end(self, run, step, metrics) -> None:
+        self.steps.append(step)
+
+
+def test_the_loop_calls_on_step_end_of_a_plugin_registered_during_the_run(tmp_path):
+    # The loop skips pluggy's call while no plugin implements on_step_end; it must look every step.
+    plugins = load_plugins()
+    counter = _StepCounter()
+
+    def register_at_step_2(event: dict) -> None:  # train's report callback: mid-loop, at an evaluation
+        if event["event"] == "eval" and event["step"] == 2:
+            plugins.manager.register(counter)
+
+    raw = {"name": "late", "task": {"name": "gaussian", "d": 3, "n": 6}, "model": {"layers": 2},
+           "optimizers": [{"name": "sgd", "lr": 0.01}], "train": {"steps": 5, "batch_size": 16, "seeds": [0]},
+           "eval": {"every": 2, "batch_size": 16}}
+    (plan,) = plan_runs(parse_config(raw, plugins.registry), tmp_path / "late")
+    assert train(plan, plugins, report=register_at_step_2).status == "completed"
+    assert counter.steps == [2, 3, 4, 5]
