@@ -144,3 +144,16 @@ def test_the_loop_calls_on_step_end_of_a_plugin_registered_during_the_run(tmp_pa
     (plan,) = plan_runs(parse_config(raw, plugins.registry), tmp_path / "late")
     assert train(plan, plugins, report=register_at_step_2).status == "completed"
     assert counter.steps == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("attention", ["linear", "softmax"])
+def test_evaluation_prompt_copied_into_place_predicts_bit_for_bit(dtype, attention):
+    # Without a gradient for the prompts the compiled forward gets the prompt copied into place in one
+    # pass; with one it gets prompt()'s concatenations: the same entries, the same predictions.
+    config = ModelConfig(layers=3, attention=attention, init_std=0.3)
+    model = LinearTransformer(config, D, N, torch.Generator().manual_seed(0)).to(dtype)
+    x, y = _prompts(dtype, seed=6)
+    with torch.no_grad():
+        evaluated = model(x, y)
+    assert torch.equal(evaluated, model(x.clone().requires_grad_(True), y))

@@ -148,7 +148,7 @@ class LinearTransformer(nn.Module):
         if library is not None:
             P, Qc, r = self.kernel_matrices()
             stack = COMPILED_STACKS[self.attention.name].function
-            return stack.apply(self.prompt(x, y), P, Qc, r, self.n, library)
+            return stack.apply(self._kernel_prompt(x, y), P, Qc, r, self.n, library)  # laid out as it reads it
         if not self.attention.kernel_supported:
             return self.autograd_forward(x, y)
         P, Qc, r = self.kernel_matrices()
