@@ -199,8 +199,11 @@ def test_step_hooks_are_called(where):
     lambda ps: torch.optim.Adam(ps, lr=0.01, maximize=True),
     lambda ps: torch.optim.Adam(ps, lr=torch.tensor(0.01)),
     lambda ps: torch.optim.SGD(ps, lr=0.01, maximize=True),
+    lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=torch.tensor(0.9)),
+    lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(torch.tensor(0.9), torch.tensor(0.99))),
     lambda ps: torch.optim.RMSprop(ps, lr=0.01),
-], ids=["adam foreach", "sgd foreach", "adam maximize", "tensor lr", "sgd maximize", "rmsprop"])
+], ids=["adam foreach", "sgd foreach", "adam maximize", "tensor lr", "sgd maximize", "tensor momentum",
+        "tensor betas", "rmsprop"])
 def test_what_the_fast_path_does_not_reproduce_runs_torchs_step(make):
     training = Training(make, torch.float32, 1.0, schedule=False)
     assert torch_step_ran(lambda: training.steps(1, fast=True))

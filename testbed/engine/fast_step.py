@@ -58,7 +58,7 @@ def zero_grad(optimizer: Optimizer, parameters: list[torch.Tensor]) -> None:
 
 def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> float:
     """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` (L2, no error on a non-finite norm) as
-    a float: the same foreach operations when every gradient is a plain tensor of one dtype and device."""
+    a float: the same foreach operations when every gradient is a plain CPU tensor of one dtype."""
     grads = _uniform_grads(parameters)
     if grads is None:
         return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
@@ -130,15 +130,14 @@ def _plain_parameters(params: list[torch.Tensor]) -> bool:
 def _plain_group(group: Group) -> bool:
     """Options that leave torch on its default single-tensor path with plain-number hyperparameters."""
     return (not group["foreach"] and not group["fused"] and not group["differentiable"]
-            and not group["maximize"] and not isinstance(group["lr"], torch.Tensor)
-            and not isinstance(group["weight_decay"], torch.Tensor))
+            and not group["maximize"]
+            and not any(isinstance(value, torch.Tensor) for key, value in group.items() if key != "params"))
 
 
 def _plain_adam_group(group: Group) -> bool:
-    """An Adam/AdamW group on ``_single_tensor_adam``'s non-capturable path with float betas."""
-    beta1, beta2 = group["betas"]
+    """An Adam/AdamW group on ``_single_tensor_adam``'s non-capturable path with number betas."""
     return (_plain_group(group) and not group["capturable"]
-            and not isinstance(beta1, torch.Tensor) and not isinstance(beta2, torch.Tensor))
+            and not any(isinstance(beta, torch.Tensor) for beta in group["betas"]))
 
 
 def _adam_update(state: State, group: Group) -> None:
