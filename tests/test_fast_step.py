@@ -116,6 +116,18 @@ def test_300_fast_steps_are_torchs_bit_for_bit(name, clip, dtype):
         assert any(m["grad_norm"] > clip for m in reference.measured)
 
 
+def test_a_closure_optimizer_zeroes_and_clips_at_every_call_as_torch_does():
+    sides = []
+    for fast in (True, False):
+        training = Training(lambda ps: torch.optim.LBFGS(ps, lr=0.02, max_iter=4), torch.float32, 1.0, schedule=False)
+        for _ in range(30):
+            training.measured.append(training_step(training.model, training.optimizer,
+                                                   training.task.sample(64, training.data), 1.0, True, fast=fast))
+        sides.append(training)
+    assert_same(*sides)
+    assert sides[0].measured[-1]["gradient_evaluations"] == 4
+
+
 @pytest.mark.parametrize("name", ["adam amsgrad", "sgd momentum"])
 @pytest.mark.parametrize("first_fast", [True, False])
 def test_a_checkpoint_resumes_on_the_other_path(tmp_path, name, first_fast):
