@@ -93,20 +93,21 @@ def test_probe_gradient_through_the_kernel_matches_autograd(dtype, parameterizat
 
 def test_probe_gradient_takes_the_kernel_path():
     """The gradient at the probed point runs the compiled kernel's training entry point (its
-    la_loss_grad_xy call is counted), not functional_call and autograd."""
+    la_loss_grad_block_sparse call, a block-sparse model's la_loss_grad_xy, is counted), not
+    functional_call and autograd."""
     model, batch, probe = make("block_sparse", 3, torch.float32, batch_size=40)
     library = kernels.load()
-    entry = library.la_loss_grad_xy_f32
+    entry = library.la_loss_grad_block_sparse_f32
     calls = []
 
     def counted(*arguments):
         calls.append(arguments[0])
         return entry(*arguments)
 
-    library.la_loss_grad_xy_f32 = counted
+    library.la_loss_grad_block_sparse_f32 = counted
     try:
         probe.gradient()
     finally:
-        library.la_loss_grad_xy_f32 = entry
+        library.la_loss_grad_block_sparse_f32 = entry
     assert calls == [40]
 

@@ -51,17 +51,47 @@ def _same(a: tuple[torch.Tensor, list[torch.Tensor]], b: tuple[torch.Tensor, lis
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kept_P_is_the_padded_P_entry_for_entry_signs_of_zero_included(dtype):
+def test_P_built_by_the_kernel_from_B_with_signed_zeros_gives_autograds_gradients(dtype):
+    # la_loss_grad_block_sparse builds P from B as pad + corner does (B + 0: -0.0 becomes +0.0).
     model = _model(dtype)
     with torch.no_grad():
-        model.B[0, 0, :2] = torch.tensor([-0.0, 0.0])  # pad + corner turns -0.0 into +0.0
-    for _ in range(2):  # built at the first call, written into at the second
-        kept, Qc, r = model._constant_kernel_matrices()
-        expected, expected_Qc, expected_r = model.kernel_matrices()
-        assert kept.dtype == dtype and kept.is_contiguous()
-        assert torch.equal(kept, expected) and torch.equal(torch.signbit(kept), torch.signbit(expected))
-        assert torch.equal(Qc, expected_Qc) and r == expected_r
-    assert not torch.signbit(kept[0, 0, 0])
+        model.B[0, 0, :2] = torch.tensor([-0.0, 0.0])
+        model.B[1, :, 0] = -0.0
+    x, y = _prompts(dtype, seed=7)
+    kernel, autograd = _gradients(model, x, y), _autograd_gradients(model, x, y)
+    assert _same(kernel, autograd)
+    assert all(torch.equal(torch.signbit(a), torch.signbit(b)) for a, b in zip(kernel[1], autograd[1]))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_a_grad_is_added_to_in_place_whatever_its_layout(layout):
+    # The kernel adds to a contiguous .grad itself; a strided one is added to by torch.
+    x, y = _prompts(torch.float32, seed=8)
+    reference, model = _model(), _model()
+    for p in reference.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+        if layout == "transposed":
+            p.grad = p.grad.transpose(1, 2).contiguous().transpose(1, 2)
+            assert not p.grad.is_contiguous()
+    kept = [p.grad for p in model.parameters()]
+    reference.loss_backward(x, y, y[:, -1])
+    model.loss_backward(x, y, y[:, -1])
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(reference.parameters(), model.parameters()))
+    assert all(p.grad is g for p, g in zip(model.parameters(), kept))  # added in place, as autograd adds
+
+
+def test_a_target_of_any_stride_is_read_as_its_contiguous_copy():
+    model = _model()
+    x, y = _prompts(torch.float32, seed=9)
+    spread = torch.zeros(3 * len(y))
+    spread[::3] = y[:, -1]
+    strided = _gradients(model, x, y)  # y[:, -1]: stride n+1
+    model.zero_grad(set_to_none=True)
+    every_third = model.loss_backward(x, y, spread[::3]), [p.grad.clone() for p in model.parameters()]
+    assert _same(strided, every_third)
+    assert _same(strided, _autograd_gradients(model, x, y))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -114,7 +144,7 @@ def test_B_of_another_shape_is_an_error_not_a_broadcast():
     model = _model()
     x, y = _prompts(torch.float32, seed=5)
     model.B = nn.Parameter(torch.zeros(3, 1, D))
-    with pytest.raises(ValueError, match=r"B of shape \(3, 1, 5\)"):
+    with pytest.raises(ValueError, match=r"B is a float32 tensor of shape \(3, 1, 5\)"):
         model.loss_backward(x, y, y[:, -1])
 
 

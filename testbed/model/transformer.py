@@ -71,7 +71,6 @@ class LinearTransformer(nn.Module):
         self.config = config
         self.n = n
         self.use_kernel = True  # False: always the plain-autograd path (twice differentiable)
-        self._padded_P: torch.Tensor | None = None  # the training step's P (``_constant_kernel_matrices``)
         self.feature_map = None
         if config.feature_map is not None:
             out_dim = config.feature_map.out_dim or d
@@ -206,45 +205,55 @@ class LinearTransformer(nn.Module):
         """``loss_backward`` for linear attention in one kernel call that reads the covariates and
         labels themselves (la_loss_grad_xy lays each tile of prompts out as ``prompt`` would: no
         prompt is built), when nothing asks for more: no feature map, no gradient for the prompts, no
-        hook on a parameter (``parameters``), prompts in the parameters' dtype. None otherwise.
-        Every training step runs it: it builds nothing that a call before it could have kept."""
+        hook on a parameter (``parameters``, all of one dtype), prompts in the parameters' dtype.
+        None otherwise. Every training step runs it, so it builds as little as it can."""
         if (self.attention.name != "linear" or self.feature_map is not None or not _without_hooks(parameters)
                 or (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))):
             return None
         self._check_prompts(x, y)
-        P, Qc, r = self._constant_kernel_matrices()
-        dtype = P.dtype
+        dtype = parameters[0].dtype
         if x.dtype != dtype or y.dtype != dtype or target.dtype != dtype:
             return None
-        x, y, target = _contiguous(x), _contiguous(y), _contiguous(target)  # target: y[:, -1] is strided
+        x, y = _contiguous(x), _contiguous(y)
+        if self.config.parameterization == "block_sparse":
+            return self._block_sparse_loss_grad(library, x, y, target)
+        P, Q, target = _contiguous(self.P.detach()), _contiguous(self.Q.detach()), _contiguous(target)
         (B, N1), (L, D, _) = y.shape, P.shape
         kernels.check_arguments(dtype, x=(x, (B, N1, D - 1)), y=(y, (B, N1)), target=(target, (B,)),
-                                P=(P, (L, D, D)), Qc=(Qc, (L, r, r)))
-        loss, dP, dQc = torch.empty((), dtype=dtype), torch.empty_like(P), torch.empty_like(Qc)
+                                P=(P, (L, D, D)), Qc=(Q, (L, D, D)))
+        loss, dP, dQ = torch.empty((), dtype=dtype), torch.empty_like(P), torch.empty_like(Q)
         if kernels.entry(library, "la_loss_grad_xy", dtype)(
-                B, D, N1, r, self.n, L, x.data_ptr(), y.data_ptr(), target.data_ptr(), P.data_ptr(),
-                Qc.data_ptr(), loss.data_ptr(), dP.data_ptr(), dQc.data_ptr()):
+                B, D, N1, D, self.n, L, x.data_ptr(), y.data_ptr(), target.data_ptr(), P.data_ptr(),
+                Q.data_ptr(), loss.data_ptr(), dP.data_ptr(), dQ.data_ptr()):
             raise MemoryError("linear-attention kernel: out of memory")
-        self._accumulate_matrix_gradients(dP, dQc)
+        self._accumulate_matrix_gradients(dP, dQ)
         return loss
 
-    def _constant_kernel_matrices(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``kernel_matrices()`` without a graph, contiguous, for a kernel call that reads them and
-        keeps nothing. A block-sparse P is written into a buffer the model keeps (its padding and
-        constant 1 stay; only B is copied in each call), entry for entry the P that
-        ``attention_matrices`` builds: B + 0 (-0.0 becomes +0.0 there too), 0 and 1."""
-        if self.config.parameterization == "full":
-            return _contiguous(self.P.detach()), _contiguous(self.Q.detach()), self.d + 1
-        B, d = self.B.detach(), self.d
-        if B.dim() != 3 or B.shape[1:] != (d, d):  # the copy into P would broadcast it silently
-            raise ValueError(f"B of shape {tuple(B.shape)}, expected (layers, {d}, {d})")
-        P = self._padded_P
-        if P is None or P.dtype != B.dtype or P.device != B.device or P.shape != (B.shape[0], d + 1, d + 1):
-            with torch.inference_mode(False):  # written into at every call, in inference mode or not
-                P = torch.zeros(B.shape[0], 1, 1, dtype=B.dtype, device=B.device) + _corner(d, B.dtype, B.device)
-            self._padded_P = P
-        torch.add(B, 0.0, out=P[:, :d, :d])
-        return P, _contiguous(self.A.detach()), d
+    def _block_sparse_loss_grad(self, library, x: torch.Tensor, y: torch.Tensor,
+                                target: torch.Tensor) -> torch.Tensor:
+        """``_loss_grad_from_covariates`` of a block-sparse model through la_loss_grad_block_sparse,
+        which takes B and A themselves (it builds P as ``attention_matrices`` does), reads ``target``
+        with its stride (y[:, -1] is not copied) and adds the gradients to the parameters' ``.grad``
+        in place: no tensor is built here but the loss (and a .grad the first time)."""
+        A, B_ = _contiguous(self.A.detach()), _contiguous(self.B.detach())
+        dtype, (B, N1), L, d = A.dtype, y.shape, A.shape[0], self.d
+        kernels.check_arguments(dtype, x=(x, (B, N1, d)), y=(y, (B, N1)), target=(target, (B,)),
+                                A=(A, (L, d, d)), B=(B_, (L, d, d)), strided=("target",))
+        loss = torch.empty((), dtype=dtype)
+        (grad_A, add_A), (grad_B, add_B) = _gradient_buffer(self.A, dtype), _gradient_buffer(self.B, dtype)
+        if kernels.entry(library, "la_loss_grad_block_sparse", dtype)(
+                B, d, N1, self.n, L, target.stride(0), add_B, add_A, x.data_ptr(), y.data_ptr(),
+                target.data_ptr(), B_.data_ptr(), A.data_ptr(), loss.data_ptr(), grad_B.data_ptr(),
+                grad_A.data_ptr()):
+            raise MemoryError("linear-attention kernel: out of memory")
+        for parameter, grad, added in ((self.A, grad_A, add_A), (self.B, grad_B, add_B)):
+            if added:
+                continue
+            if parameter.grad is None:
+                parameter.grad = grad
+            else:  # a .grad the kernel cannot add to in place (strided, another dtype)
+                parameter.grad.add_(grad)
+        return loss
 
     def _accumulate_matrix_gradients(self, dP: torch.Tensor, dQc: torch.Tensor) -> None:
         """Add dLoss/dP and dLoss/dQc to the attention parameters' ``.grad`` as autograd would: A's is
@@ -348,6 +357,16 @@ def _without_hooks(parameters: Iterable[nn.Parameter]) -> bool:
     through autograd would call."""
     return all(not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
                for p in parameters)
+
+
+def _gradient_buffer(parameter: nn.Parameter, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """Where the kernel puts ``parameter``'s gradient: its ``.grad`` to add to in place (True) when the
+    kernel can (contiguous, in ``dtype``, on the CPU, outside any graph), else a new tensor (False)."""
+    grad = parameter.grad
+    if (grad is not None and grad.dtype == dtype and grad.is_cpu and grad.is_contiguous()
+            and not grad.requires_grad and grad.shape == parameter.shape):
+        return grad, True
+    return torch.empty(parameter.shape, dtype=dtype), False
 
 
 def _contiguous(tensor: torch.Tensor) -> torch.Tensor:

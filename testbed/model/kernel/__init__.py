@@ -27,7 +27,9 @@ _INTS = [ctypes.c_int] * 6
 _POINTER = ctypes.c_void_p
 LINEAR_ATTENTION = {"la_forward": _INTS + [_POINTER] * 5, "la_backward": _INTS + [_POINTER] * 7,
                     "la_hvp": _INTS + [_POINTER] * 5 + [ctypes.c_int] + [_POINTER] * 4,
-                    "la_loss_grad": _INTS + [_POINTER] * 8, "la_loss_grad_xy": _INTS + [_POINTER] * 8}
+                    "la_loss_grad": _INTS + [_POINTER] * 8, "la_loss_grad_xy": _INTS + [_POINTER] * 8,
+                    "la_loss_grad_block_sparse": [ctypes.c_int] * 5 + [ctypes.c_long] + [ctypes.c_int] * 2
+                                                 + [_POINTER] * 8}
 
 
 @lru_cache(maxsize=1)
@@ -63,17 +65,20 @@ def stack_sizes(Z0: torch.Tensor, P: torch.Tensor, Qc: torch.Tensor, r: int, n: 
     return B, D, n + 1, L
 
 
-def check_arguments(dtype: torch.dtype, **arguments: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+def check_arguments(dtype: torch.dtype, strided: tuple[str, ...] = (),
+                    **arguments: tuple[torch.Tensor, tuple[int, ...]]) -> None:
     """Raise ValueError unless every tensor (name=(tensor, shape)) is of ``dtype`` (float32 or
-    float64: one the kernel is compiled for), contiguous, on the CPU and of exactly its shape. The
-    C++ code reads and writes through raw pointers with the sizes it is passed: a mismatch would run
-    out of bounds (an abort) or read garbage. Reads no entry."""
+    float64: one the kernel is compiled for), contiguous (those named in ``strided``: a vector the
+    kernel reads with its stride need not be), on the CPU and of exactly its shape. The C++ code
+    reads and writes through raw pointers with the sizes it is passed: a mismatch would run out of
+    bounds (an abort) or read garbage. Reads no entry."""
     expected = str(dtype if dtype in DTYPES else torch.float32).removeprefix("torch.")
     for name, (tensor, shape) in arguments.items():
-        if (tensor.shape != shape or tensor.dtype != dtype or dtype not in DTYPES or not tensor.is_cpu
-                or not tensor.is_contiguous()):
+        contiguous = name in strided or tensor.is_contiguous()
+        if tensor.shape != shape or tensor.dtype != dtype or dtype not in DTYPES or not tensor.is_cpu or not contiguous:
             actual = str(tensor.dtype).removeprefix("torch.")
-            layout = "" if tensor.is_contiguous() else ", not contiguous"
+            layout = "" if contiguous else ", not contiguous"
+            wanted = "" if name in strided else "contiguous "
             raise ValueError(f"linear-attention kernel: {name} is a {actual} tensor of shape "
-                             f"{tuple(tensor.shape)} on {tensor.device}{layout}; expected a contiguous "
+                             f"{tuple(tensor.shape)} on {tensor.device}{layout}; expected a {wanted}"
                              f"{expected} tensor of shape {shape} on cpu")

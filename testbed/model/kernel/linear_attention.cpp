@@ -617,10 +617,12 @@ int backward(int B, int D, int N1, int r, int n, int L, const R *saved, const R 
 
 /* The mean squared error of B prompts and its gradient in one pass: each sub-tile's backward pass runs
  * right after its forward pass (the loss of a prompt depends on that prompt alone), while the
- * sub-tile's intermediate values are still in cache. dZ may be null (no gradient for the prompts). */
+ * sub-tile's intermediate values are still in cache. dZ may be null (no gradient for the prompts).
+ * target[b * target_stride] is prompt b's true query label. */
 template <class R>
 int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *target, const R *P,
-              const R *Qc, R *loss, R *dZ, R *dP, R *dQc, const R *x = nullptr, const R *y = nullptr) {
+              const R *Qc, R *loss, R *dZ, R *dP, R *dQc, const R *x = nullptr, const R *y = nullptr,
+              long target_stride = 1) {
     const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
     R *work = allocate<R>(saved_size(s) + s.size() + 2 * s.W);
     double *totals = allocate<double>((size_t)L * (D * D + r * r));
@@ -637,7 +639,7 @@ int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *t
             else gather_xy(x, y, b0, count, D, N1, s.W, saved);
             ok = lanes_forward(s, P, Qc, saved, yhat);
             for (int k = 0; k < s.W; k++) {  /* padded prompts carry no gradient */
-                const R error = k < count ? yhat[k] - target[b0 + k] : R(0);
+                const R error = k < count ? yhat[k] - target[(size_t)(b0 + k) * target_stride] : R(0);
                 total += (double)error * error;
                 g[k] = R(2) * error / B;
             }
@@ -650,6 +652,42 @@ int loss_grad(int B, int D, int N1, int r, int n, int L, const R *Z0, const R *t
     std::free(work);
     std::free(totals);
     return ok ? 0 : 1;
+}
+
+/* The training step of a block-sparse model from its parameters B (L, d, d) and A (L, d, d) themselves:
+ * P_l = [[B_l, 0], [0, 1]] is built here entry for entry as the model's attention_matrices builds it
+ * (B + 0, so -0.0 becomes +0.0; zeros; the constant 1), Qc is A, and the labels of the queries are
+ * read with their stride (y[:, -1] needs no copy). dLoss/dB (the top-left d x d block of dP) goes to
+ * gB and dLoss/dA (dQc) to gA, added to what they hold when add_B / add_A (as autograd adds to a
+ * .grad: one rounding, the same as torch's add_), else written. */
+template <class R>
+int loss_grad_block_sparse(int B, int d, int N1, int n, int L, long target_stride, int add_B, int add_A,
+                           const R *x, const R *y, const R *target, const R *Bw, const R *A, R *loss, R *gB,
+                           R *gA) {
+    const int D = d + 1;
+    const size_t nP = (size_t)L * D * D, nA = (size_t)L * d * d;
+    R *P = allocate<R>(2 * nP + nA);
+    if (!P) return 1;
+    R *dP = P + nP, *dA = dP + nP;
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < D; i++)
+            for (int j = 0; j < D; j++)
+                P[((size_t)l * D + i) * D + j] = i < d && j < d ? Bw[((size_t)l * d + i) * d + j] + R(0)
+                                                                : R(i == d && j == d ? 1 : 0);
+    const int status = loss_grad(B, D, N1, d, n, L, (const R *)nullptr, target, P, A, loss, (R *)nullptr, dP, dA,
+                                 x, y, target_stride);
+    if (status == 0) {
+        for (int l = 0; l < L; l++)
+            for (int i = 0; i < d; i++)
+                for (int j = 0; j < d; j++) {
+                    const R v = dP[((size_t)l * D + i) * D + j];
+                    R &out = gB[((size_t)l * d + i) * d + j];
+                    out = add_B ? out + v : v;
+                }
+        for (size_t k = 0; k < nA; k++) gA[k] = add_A ? gA[k] + dA[k] : dA[k];
+    }
+    std::free(P);
+    return status;
 }
 
 /* Hessian-vector products H v_k (k < directions) of the mean squared error, in (P, Qc)
@@ -689,6 +727,13 @@ int hvp(int B, int D, int N1, int r, int n, int L, const R *x, const R *y, const
                                  const R *target, const R *P, const R *Qc, R *loss, R *dP, R *dQc) {   \
         return loss_grad(B, D, N1, r, n, L, (const R *)nullptr, target, P, Qc, loss, (R *)nullptr, dP,  \
                          dQc, x, y);                                                                  \
+    }                                                                                                 \
+    int la_loss_grad_block_sparse_##suffix(int B, int d, int N1, int n, int L, long target_stride,     \
+                                           int add_B, int add_A, const R *x, const R *y,              \
+                                           const R *target, const R *Bw, const R *A, R *loss, R *gB,  \
+                                           R *gA) {                                                   \
+        return loss_grad_block_sparse(B, d, N1, n, L, target_stride, add_B, add_A, x, y, target, Bw, A,  \
+                                      loss, gB, gA);                                                  \
     }                                                                                                 \
     int la_hvp_##suffix(int B, int D, int N1, int r, int n, int L, const R *x, const R *y,            \
                         const R *target, const R *P, const R *Qc, int directions, const R *tP,        \
