@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import contextlib
-import functools
 import math
 from typing import Callable, Iterable, NamedTuple
 
@@ -93,7 +92,7 @@ class LinearTransformer(nn.Module):
         d = self.d
         # Pad to (d+1)x(d+1); the fixed 1 of P is a constant, so B of the last layer keeps an
         # exactly-zero (not missing) gradient.
-        P = nn.functional.pad(self.B, (0, 1, 0, 1)) + _corner(d, self.B.dtype, self.B.device)
+        P = nn.functional.pad(self.B, (0, 1, 0, 1)) + _corner(d, self.B)
         Q = nn.functional.pad(self.A, (0, 1, 0, 1))
         return P, Q
 
@@ -341,13 +340,11 @@ COMPILED_STACKS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _corner(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The constant part of a block-sparse P: a 1 at (d, d). Built once per size, dtype and device
-    (every forward pass adds it); never written to."""
-    with torch.inference_mode(False):  # usable outside inference mode when first made inside it
-        corner = torch.zeros(d + 1, d + 1, dtype=dtype, device=device)
-        corner[d, d] = 1.0
+def _corner(d: int, like: torch.Tensor) -> torch.Tensor:
+    """The constant part of a block-sparse P: a 1 at (d, d). Built at every call, not kept: made
+    under a torch.func transform it would belong to that transform's level."""
+    corner = torch.zeros(d + 1, d + 1, dtype=like.dtype, device=like.device)
+    corner[d, d] = 1.0
     return corner
 
 
