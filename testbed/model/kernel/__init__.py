@@ -27,6 +27,7 @@ _INTS = [ctypes.c_int] * 6
 _POINTER = ctypes.c_void_p
 LINEAR_ATTENTION = {"la_forward": _INTS + [_POINTER] * 5, "la_backward": _INTS + [_POINTER] * 7,
                     "la_hvp": _INTS + [_POINTER] * 5 + [ctypes.c_int] + [_POINTER] * 4,
+                    "la_hvp_features": _INTS + [_POINTER] * 5 + [ctypes.c_int] + [_POINTER] * 7,
                     "la_loss_grad": _INTS + [_POINTER] * 8, "la_loss_grad_xy": _INTS + [_POINTER] * 8,
                     "la_loss_grad_block_sparse": [ctypes.c_int] * 5 + [ctypes.c_long] + [ctypes.c_int] * 2
                                                  + [_POINTER] * 8}

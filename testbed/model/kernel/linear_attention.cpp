@@ -7,8 +7,9 @@
  * which keeps a block of outputs for one vector of prompts in registers.
  *  - the training step: lanes_forward, lanes_backward.
  *  - second derivatives: dual_tile runs the same steps on (value, tangent) pairs, a tangent per
- *    direction in (P, Q), each tangent its own lane array; the tangents of the gradient are exactly
- *    the Hessian-vector products (forward-over-reverse differentiation).
+ *    direction in (P, Q) (and in the covariates, for a feature map's: la_hvp_features), each tangent
+ *    its own lane array; the tangents of the gradient are exactly the Hessian-vector products
+ *    (forward-over-reverse differentiation).
  * No size is fixed: every buffer is allocated from the sizes passed in.
  * Sizes: D = d+1 rows, N1 = n+1 columns, r key rows (Q acts on Z[:r]), L layers.
  * P: (L, D, D), Qc: (L, r, r), row-major.
@@ -296,22 +297,41 @@ template <class R> void gather(const R *Z, int b0, int count, int D, int N1, int
 
 /* The prompts b0..b0+count-1 as a tile (D, N1, W), read from their covariates x (B, N1, D-1) and
  * labels y (B, N1) as the model's prompt(x, y) lays them out: rows x^T, then the labels with the
- * query's hidden (0). The same entries as gather from that prompt, without building it. */
+ * query's hidden (0). The same entries as gather from that prompt, without building it. y null: a
+ * row of zeros (a tangent of the covariates alone: the labels are constants). */
 template <class R> void gather_xy(const R *x, const R *y, int b0, int count, int D, int N1, int W, R *tile) {
     if (count < W) std::memset(tile, 0, sizeof(R) * D * N1 * W);  /* padded prompts stay 0 */
     const int d = D - 1;
     const size_t prompt = (size_t)N1 * d;
-    const R *xb = x + (size_t)b0 * prompt, *yb = y + (size_t)b0 * N1;
+    const R *xb = x + (size_t)b0 * prompt;
     /* One tile row (entry e, all prompts) at a time: a contiguous store of strided loads. */
     for (int i = 0; i < d; i++)
         for (int j = 0; j < N1; j++) {
             R *row = tile + ((size_t)i * N1 + j) * W;
             for (int c = 0; c < count; c++) row[c] = xb[c * prompt + (size_t)j * d + i];
         }
+    if (!y) {
+        zero(tile + (size_t)d * N1 * W, (size_t)N1 * W);
+        return;
+    }
+    const R *yb = y + (size_t)b0 * N1;
     for (int j = 0; j < N1; j++) {
         R *row = tile + ((size_t)d * N1 + j) * W;
         for (int c = 0; c < count; c++) row[c] = j < N1 - 1 ? yb[(size_t)c * N1 + j] : R(0);
     }
+}
+
+/* The covariate rows (the first D-1) of a tile (D, N1, W) back to prompts b0..b0+count-1 of x
+ * (B, N1, D-1): gather_xy's inverse for x. */
+template <class R> void scatter_x(const R *tile, int b0, int count, int D, int N1, int W, R *x) {
+    const int d = D - 1;
+    const size_t prompt = (size_t)N1 * d;
+    R *xb = x + (size_t)b0 * prompt;
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < N1; j++) {
+            const R *row = tile + ((size_t)i * N1 + j) * W;
+            for (int c = 0; c < count; c++) xb[c * prompt + (size_t)j * d + i] = row[c];
+        }
 }
 
 /* Copy a tile (D, N1, W) back to prompts b0..b0+count-1 of Z (B, D, N1): gather's inverse. */
@@ -413,11 +433,23 @@ template <class R> size_t dual_work_size(const Layout<R> &s) {
     return saved_size(s) + 2 * s.size() + 4 * s.mat() + (size_t)(2 * s.n + 4 * s.r + 2) * s.W;
 }
 
+/* A feature map's side of a sub-tile's HVPs (la_hvp_features), from its first prompt on: the tangent of
+ * the covariates (the features) in direction k at tx + k stride, and out, dLoss/dx at dx and its
+ * tangent in direction k at tdx + k stride; each (count, N1, D-1) as x is laid out. */
+template <class R> struct InputTangents {
+    const R *tx;
+    R *dx, *tdx;
+    size_t stride;
+};
+
 /* The tangents of one sub-tile's loss gradient in (P, Qc), summed over its prompts into totals
- * (direction k's dP at k (nP + nQ), then its dQc), for W prompts already in saved's first layout. */
+ * (direction k's dP at k (nP + nQ), then its dQc), for W prompts already in saved's first layout.
+ * inputs null: the prompts are constants (no feature map), and layer 0's tangents and the gradient
+ * in the prompts are skipped. */
 template <class R>
 void dual_tile(const Layout<R> &s, int directions, int count, int B, const R *target, const R *P, const R *Qc,
-               const R *tP, const R *tQc, R *memory, R *sums, double *totals) {
+               const R *tP, const R *tQc, R *memory, R *sums, double *totals,
+               const InputTangents<R> *inputs = nullptr) {
     const int W = s.W, D = s.D, N1 = s.N1, r = s.r, n = s.n, L = s.L;
     const size_t size = s.size(), mat = s.mat(), nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
     const size_t per_direction = nP + nQ;
@@ -428,11 +460,15 @@ void dual_tile(const Layout<R> &s, int directions, int count, int B, const R *ta
                        dv = carve(memory, (size_t)n * W, directions), sv = carve(memory, (size_t)r * W, directions),
                        kv = carve(memory, (size_t)r * W, directions), dk = carve(memory, (size_t)r * W, directions),
                        u = carve(memory, (size_t)r * W, directions), g = carve(memory, (size_t)2 * W, directions);
-    /* Layer l's input Z, then its S, PS and K, in value and tangents; layer 0's input is constant. */
+    /* Layer l's input Z, then its S, PS and K, in value and tangents; layer 0's input is constant
+     * without inputs. */
     auto Zv = [&](int l) { return saved.v + (size_t)l * size; };
-    auto Zt = [&](int l) { return l ? saved.t + (size_t)l * size : nullptr; };
+    auto Zt = [&](int l) { return l || inputs ? saved.t + (size_t)l * size : nullptr; };
     auto mats = [&](const R *base, int l) { return base + (size_t)L * size + 3 * (size_t)l * mat; };
     const size_t st = saved.stride;
+    if (inputs)
+        for (int k = 0; k < directions; k++)
+            gather_xy(inputs->tx + k * inputs->stride, (const R *)nullptr, 0, count, D, N1, W, saved.t + k * st);
 
     for (int l = 0; l < L - 1; l++) {
         const R *Z = Zv(l), *tZ = Zt(l), *Pl = P + l * D * D, *Ql = Qc + l * r * r;
@@ -524,7 +560,7 @@ void dual_tile(const Layout<R> &s, int directions, int count, int B, const R *ta
                      dual_lanes(SQ.v, SQ.t, SQ.stride, 1, r), set(sums, D, 1), tdP + l * D * D, per_direction); /* dK SQ^T */
         tangent_sums(W, directions, r, D, r, dual_lanes(PS, tPS, st, 1, r), dual_lanes(dK.v, dK.t, dK.stride, r, 1),
                      set(sums, r, 1), tdQ + l * r * r, per_direction);                             /* PS^T dK */
-        if (l == 0) break;
+        if (l == 0 && !inputs) break;
         dual_product(W, directions, D, D, r, dual_shared(Pl, tPl, nP, 1, D), dual_lanes(dK.v, dK.t, dK.stride, r, 1),
                      dual_set(T.v, T.t, T.stride, r, 1));                                          /* T = P^T dK */
         dual_product(W, directions, D, r, r, dual_lanes(T.v, T.t, T.stride, r, 1), dual_shared(Ql, tQl, nQ, 1, r, R(1) / n),
@@ -536,6 +572,10 @@ void dual_tile(const Layout<R> &s, int directions, int count, int B, const R *ta
         dual_product(W, directions, r, D, n, dual_lanes(dS.v, dS.t, dS.stride, 1, r), dual_lanes(Zl, tZl, st, N1, 1),
                      dual_added(dZ.v, dZ.t, dZ.stride, N1, 1));                                    /* dZ[:r, :n] += dS^T C */
     }
+    if (!inputs) return;
+    scatter_x(dZ.v, 0, count, D, N1, W, inputs->dx);
+    for (int k = 0; k < directions; k++)
+        scatter_x(dZ.t + k * dZ.stride, 0, count, D, N1, W, inputs->tdx + k * inputs->stride);
 }
 
 /* Directions per pass of hvp_lanes: the values are shared by a pass's directions, and 8 directions'
@@ -544,10 +584,12 @@ void dual_tile(const Layout<R> &s, int directions, int count, int B, const R *ta
 constexpr int LANES_DIRECTIONS = 8;
 
 /* Hessian-vector products for ``directions`` (a few) at once on the real-valued path: LANE_WIDTH prompts
- * at a time, the tangents' sums over all prompts carried in double and rounded once. */
+ * at a time, the tangents' sums over all prompts carried in double and rounded once. tx (directions,
+ * B, N1, D-1), the covariates' tangents, and dx, tdx: see InputTangents (all null without). */
 template <class R>
 int hvp_lanes(int B, int D, int N1, int r, int n, int L, const R *x, const R *y, const R *target, const R *P,
-              const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc) {
+              const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc, const R *tx = nullptr,
+              R *dx = nullptr, R *tdx = nullptr) {
     const Layout<R> s{LANE_WIDTH, D, N1, r, n, L};
     const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
     R *memory = allocate<R>(dual_work_size(s) * (1 + directions) + (size_t)D * D * s.W);
@@ -557,7 +599,10 @@ int hvp_lanes(int B, int D, int N1, int r, int n, int L, const R *x, const R *y,
     for (int b0 = 0; b0 < B; b0 += s.W) {
         const int count = B - b0 < s.W ? B - b0 : s.W;
         gather_xy(x, y, b0, count, D, N1, s.W, memory);  /* saved's first layout: the carve starts with it */
-        dual_tile(s, directions, count, B, target + b0, P, Qc, tP, tQc, memory, sums, totals);
+        const size_t at = (size_t)b0 * N1 * (D - 1);
+        const InputTangents<R> inputs{tx ? tx + at : nullptr, tx ? dx + at : nullptr, tx ? tdx + at : nullptr,
+                                      (size_t)B * N1 * (D - 1)};
+        dual_tile(s, directions, count, B, target + b0, P, Qc, tP, tQc, memory, sums, totals, tx ? &inputs : nullptr);
     }
     const size_t last = (size_t)(L - 1) * D * D;
     for (int k = 0; k < directions; k++) {
@@ -693,15 +738,18 @@ int loss_grad_block_sparse(int B, int d, int N1, int n, int L, long target_strid
 /* Hessian-vector products H v_k (k < directions) of the mean squared error, in (P, Qc)
  * coordinates: tP (directions, L, D, D) and tQc (directions, L, r, r) in, HP and HQc out.
  * The prompts as gather_xy reads them: covariates x (B, N1, D-1), labels y (B, N1); target: (B,) true
- * query labels. */
+ * query labels. With tx (a feature map's x, moved by its weights): the covariates' tangents tx
+ * (directions, B, N1, D-1) in, dLoss/dx (B, N1, D-1) to dx and its tangents (as tx) to tdx. */
 template <class R>
 int hvp(int B, int D, int N1, int r, int n, int L, const R *x, const R *y, const R *target, const R *P,
-        const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc) {
-    const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r;
+        const R *Qc, int directions, const R *tP, const R *tQc, R *HP, R *HQc, const R *tx = nullptr,
+        R *dx = nullptr, R *tdx = nullptr) {
+    const size_t nP = (size_t)L * D * D, nQ = (size_t)L * r * r, nx = (size_t)B * N1 * (D - 1);
     for (int k0 = 0; k0 < directions; k0 += LANES_DIRECTIONS) {
         const int count = directions - k0 < LANES_DIRECTIONS ? directions - k0 : LANES_DIRECTIONS;
         const int status = hvp_lanes(B, D, N1, r, n, L, x, y, target, P, Qc, count, tP + k0 * nP, tQc + k0 * nQ,
-                                     HP + k0 * nP, HQc + k0 * nQ);
+                                     HP + k0 * nP, HQc + k0 * nQ, tx ? tx + k0 * nx : nullptr, dx,
+                                     tx ? tdx + k0 * nx : nullptr);
         if (status) return status;
     }
     return 0;
@@ -739,6 +787,12 @@ int hvp(int B, int D, int N1, int r, int n, int L, const R *x, const R *y, const
                         const R *target, const R *P, const R *Qc, int directions, const R *tP,        \
                         const R *tQc, R *HP, R *HQc) {                                                \
         return hvp(B, D, N1, r, n, L, x, y, target, P, Qc, directions, tP, tQc, HP, HQc);             \
+    }                                                                                                 \
+    int la_hvp_features_##suffix(int B, int D, int N1, int r, int n, int L, const R *x, const R *y,   \
+                                 const R *target, const R *P, const R *Qc, int directions,            \
+                                 const R *tP, const R *tQc, const R *tx, R *HP, R *HQc, R *dx,        \
+                                 R *tdx) {                                                            \
+        return hvp(B, D, N1, r, n, L, x, y, target, P, Qc, directions, tP, tQc, HP, HQc, tx, dx, tdx);  \
     }
 
 extern "C" {

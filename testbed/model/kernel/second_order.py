@@ -12,20 +12,21 @@ import torch
 import torch.nn.functional as F
 
 from testbed.model import kernel as kernels
+from testbed.model.kernel.feature_map_tangents import FeatureMapTangents
 from testbed.model.transformer import LinearTransformer
 from testbed.tasks import Batch
 
+HESSIAN_DIRECTIONS = 64  # directions per kernel_hvp call of a full Hessian: a multiple of the kernel's 8
+
 
 def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
-    """The kernel covers an attention variant it supports (linear attention) without a feature map,
-    in float32 or float64 (prompts and parameters alike). A feature map's parameters move the
-    prompt itself, and the kernel carries tangents of P and Q only (not of Z0, nor the MLP's
-    second derivatives): such models take torch.func, exact but slower (full P and Q, L=3, d=5,
-    n=20 with a 5-30-5 feature map on 1,000 prompts, one thread: an HVP 56 ms, the full 551 x 551
-    Hessian 13 s, against 1.4 ms and about 0.1 s without the feature map;
-    tests/test_feature_map_path.py checks its values)."""
+    """The kernel covers an attention variant it supports (linear attention), with or without a
+    feature map, in float32 or float64 (prompts and parameters alike). A feature map's weights move
+    the covariates the attention reads: the kernel takes their tangents and returns dLoss/dfeatures
+    with its tangents (la_hvp_features), and the MLP's own forward-over-reverse runs in torch
+    (``FeatureMapTangents``)."""
     dtype = batch.x.dtype
-    return (model.attention.kernel_supported and model.feature_map is None
+    return (model.attention.kernel_supported
             and dtype in kernels.DTYPES and all(p.dtype == dtype for p in model.parameters())
             and kernels.load() is not None)
 
@@ -38,10 +39,11 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
     dtype = params.dtype
     L, d = model.config.layers, model.d
     D, n = d + 1, model.n
-    first, second = (p.numel() for p in model.parameters())
-    blocks = dict(zip(("first", "second"), params.detach().split([first, second])))
+    first, second, *mlp = (p.numel() for p in model.parameters())  # the feature map's come last
+    split = [first, second, sum(mlp)]
+    blocks = dict(zip(("first", "second", "mlp"), params.detach().split(split)))
     K = directions.shape[0]
-    v_first, v_second = directions.detach().to(dtype).split([first, second], dim=1)
+    v_first, v_second, v_mlp = directions.detach().to(dtype).split(split, dim=1)
     if model.config.parameterization == "block_sparse":  # parameters A (= Qc), then B
         r = d
         A, B = blocks["first"].view(L, d, d), blocks["second"].view(L, d, d)
@@ -53,20 +55,38 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
         r = D
         P, Qc = blocks["first"].view(L, D, D), blocks["second"].view(L, D, D)
         tP, tQc = v_first.reshape(K, L, D, D), v_second.reshape(K, L, D, D)
-    # The kernel reads the covariates and labels as prompt() lays them out (no feature map here).
-    x, y, target, P, Qc, tP, tQc = (t.detach().contiguous() for t in (batch.x, batch.y, batch.target, P, Qc, tP, tQc))
+    # The kernel reads the covariates and labels as prompt() lays them out; a feature map's features
+    # are its covariates, and move along the directions' part in the MLP's weights.
+    features = None
+    if model.feature_map is not None:
+        features = FeatureMapTangents(model.feature_map.linears, blocks["mlp"], batch.x)
+    x = batch.x if features is None else features.features
+    x, y, target, P, Qc, tP, tQc = (t.detach().contiguous() for t in (x, batch.y, batch.target, P, Qc, tP, tQc))
     prompts = x.shape[0]
     kernels.check_arguments(dtype, x=(x, (prompts, n + 1, d)), y=(y, (prompts, n + 1)), target=(target, (prompts,)),
                             P=(P, (L, D, D)), Qc=(Qc, (L, r, r)), tP=(tP, (K, L, D, D)), tQc=(tQc, (K, L, r, r)))
     HP, HQc = torch.empty(K, L, D, D, dtype=dtype), torch.empty(K, L, r, r, dtype=dtype)
-    hvp = kernels.entry(library, "la_hvp", dtype)
-    status = hvp(prompts, D, n + 1, r, n, L, *(t.data_ptr() for t in (x, y, target, P, Qc)), K,
-                 tP.data_ptr(), tQc.data_ptr(), HP.data_ptr(), HQc.data_ptr())
+    pointers = [t.data_ptr() for t in (x, y, target, P, Qc)] + [K, tP.data_ptr(), tQc.data_ptr()]
+    if features is None:
+        status = kernels.entry(library, "la_hvp", dtype)(prompts, D, n + 1, r, n, L, *pointers, HP.data_ptr(),
+                                                         HQc.data_ptr())
+    else:
+        tangents = features.split(v_mlp)
+        tx = features.features_tangent(tangents).contiguous()
+        dx, tdx = torch.empty_like(x), torch.empty_like(tx)
+        kernels.check_arguments(dtype, tx=(tx, (K, prompts, n + 1, d)))
+        status = kernels.entry(library, "la_hvp_features", dtype)(
+            prompts, D, n + 1, r, n, L, *pointers, tx.data_ptr(), HP.data_ptr(), HQc.data_ptr(), dx.data_ptr(),
+            tdx.data_ptr())
     if status:
         raise MemoryError("linear-attention kernel: out of memory")
     if model.config.parameterization == "block_sparse":
-        return torch.cat([HQc.reshape(K, -1), HP[:, :, :d, :d].reshape(K, -1)], dim=1)
-    return torch.cat([HP.reshape(K, -1), HQc.reshape(K, -1)], dim=1)
+        products = [HQc.reshape(K, -1), HP[:, :, :d, :d].reshape(K, -1)]
+    else:
+        products = [HP.reshape(K, -1), HQc.reshape(K, -1)]
+    if features is not None:
+        products.append(features.gradient_tangent(tangents, dx, tdx))
+    return torch.cat(products, dim=1)
 
 
 def kernel_hessian(model: LinearTransformer, batch: Batch, params: torch.Tensor) -> torch.Tensor:
@@ -75,5 +95,7 @@ def kernel_hessian(model: LinearTransformer, batch: Batch, params: torch.Tensor)
     active = ~model.inert_parameters()
     size = params.numel()
     H = torch.zeros(size, size, dtype=params.dtype)
-    H[active] = kernel_hvp(model, batch, params, torch.eye(size, dtype=params.dtype)[active])
+    rows = active.nonzero().flatten()
+    for chunk in rows.split(HESSIAN_DIRECTIONS):  # bounds the tangents' memory (a feature map's: K x its activations)
+        H[chunk] = kernel_hvp(model, batch, params, torch.eye(size, dtype=params.dtype)[chunk])
     return (H + H.T) / 2  # symmetric up to float rounding; make it exactly so
