@@ -4,7 +4,7 @@ Every layer of the model is ``Z <- Z + (1/n) P Z M W``: the value side ``P Z M``
 every variant (M = diag(1, ..., 1, 0) drops the query as a key), the weights W computed from the
 scores ``Z^T Q Z`` are what a variant chooses. A variant holds three things: its fast layer update,
 the per-layer weights of the literal reference formula (``direct_forward``), and whether the
-hand-written torch stack and the kernel's Hessians (``kernel/``) compute it.
+hand-written torch stack (``kernel/linear_attention.py``) computes it.
 
 Adding a variant is adding one class to ``ATTENTION_VARIANTS``; the config's choices follow.
 """
@@ -27,8 +27,9 @@ class Attention:
 
     name: ClassVar[str]
     # True when the hand-written torch stack of ``kernel.linear_attention`` (the path without a
-    # compiler) and the compiled kernel's Hessian-vector products compute this variant. Which
-    # variants a compiled kernel trains is ``transformer.COMPILED_STACKS`` (softmax too: first order).
+    # compiler) computes this variant. Which variants a compiled kernel trains is
+    # ``transformer.COMPILED_STACKS`` (softmax too), and which it takes Hessian-vector products of,
+    # ``kernel.second_order.HVP_COVERS_FEATURE_MAPS`` (softmax too, without a feature map).
     kernel_supported: ClassVar[bool] = False
     # (n+1) x (n+1) matrices per layer and prompt that autograd keeps (the memory bound counts them)
     score_matrices: ClassVar[int] = 0

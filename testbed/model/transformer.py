@@ -332,8 +332,9 @@ class CompiledStack(NamedTuple):
     function: type[torch.autograd.Function]
 
 
-# The variants a compiled kernel computes, forward and first-order backward; the others (and every
-# variant where the library cannot be built) run through torch.
+# The variants a compiled kernel computes, forward and first-order backward (their Hessian-vector
+# products: ``<prefix>_hvp``, see kernel/second_order.py); the others (and every variant where the
+# library cannot be built) run through torch.
 COMPILED_STACKS = {
     "linear": CompiledStack(kernels.load, "la", CompiledLinearAttentionStack),
     "softmax": CompiledStack(softmax_attention.load, "sa", softmax_attention.CompiledSoftmaxAttentionStack),

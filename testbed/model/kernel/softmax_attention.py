@@ -11,9 +11,10 @@ on the first ``r`` rows X = Z[:r] through its (r, r) core Qc. Layer l:
 literal formula ``direct_forward``; the last layer computes only the entry the prediction reads.
 The kernel subtracts each column's maximum before the exponential, as torch's softmax does.
 
-First order only: Hessians and Hessian-vector products of softmax models are taken by torch.func
-on the model's plain-autograd path (``LinearTransformer.autograd_forward``; ``Probe`` does so
-whenever ``second_order.kernel_supports`` is False, as it is for softmax attention). Without a C++
+Hessian-vector products (``sa_hvp``, the arguments of the linear kernel's ``la_hvp``) run the
+gradient's steps once more on (value, tangent) pairs, forward-over-reverse; ``second_order.kernel_hvp``
+calls them for a model without a feature map (with one, or without the library, ``Probe`` takes
+torch.func on the model's plain-autograd path, ``LinearTransformer.autograd_forward``). Without a C++
 compiler, or with TESTBED_KERNEL=torch, ``load`` is None and the model trains through that plain
 autograd path too, with the same results up to float rounding.
 """
@@ -34,9 +35,10 @@ SOURCE = Path(__file__).with_name("softmax_attention.cpp")
 _INTS = [ctypes.c_int] * 6
 _POINTER = ctypes.c_void_p
 # The entry points (each with an _f32 and an _f64 version) and their ctypes arguments: those of the
-# linear-attention kernel's forward, backward and loss_grad.
+# linear-attention kernel's forward, backward, loss_grad and hvp.
 SOFTMAX_ATTENTION = {"sa_forward": _INTS + [_POINTER] * 5, "sa_backward": _INTS + [_POINTER] * 7,
-                     "sa_loss_grad": _INTS + [_POINTER] * 8}
+                     "sa_loss_grad": _INTS + [_POINTER] * 8,
+                     "sa_hvp": _INTS + [_POINTER] * 5 + [ctypes.c_int] + [_POINTER] * 4}
 
 
 @lru_cache(maxsize=1)
