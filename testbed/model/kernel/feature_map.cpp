@@ -9,6 +9,11 @@
  *    0..out-1, the labels in row out, the query's label hidden (0).
  *  - fm_backward takes dLoss/dZ0 (B, D, N1) and returns the gradient of every weight and bias. It
  *    recomputes the chunk's activations instead of storing them (cheaper than the memory traffic).
+ *  - Hessian-vector products (forward-over-reverse, a tangent per direction in the weights and biases,
+ *    one direction at a time in each chunk): fm_tangents writes the features F (B, N1, out) and their
+ *    tangents; fm_gradient_tangents takes dLoss/dF and its tangents (from the attention kernel's
+ *    la_hvp_features) and returns the tangents of the weights' gradient. ReLU's second derivative is
+ *    zero: the MLP's second-order terms are one layer's tangent times another's value.
  * Sums over tokens are taken in chunks of T, V lanes wide, each chunk's total added in double: a
  * fixed order, like the attention kernel's sums over prompts.
  * Layers: sizes[0..layers] (sizes[0] = d, sizes[layers] = out); W[l] (sizes[l+1], sizes[l]) and
@@ -148,6 +153,57 @@ template <class R> void backward_linear(int in, int out, const R *W, const R *g,
         }
 }
 
+/* o[j][:] = tb[j] + sum_k tW[j][k] a[k][:] + sum_k W[j][k] ta[k][:] (ta null: without), the tangent
+ * of a layer's output, then through the ReLU (zero where its output a_out is not > 0) when a_out is
+ * set. */
+template <class R>
+void tangent_linear(int in, int out, const R *tW, const R *tb, const R *a, const R *W, const R *ta, const R *a_out,
+                    R *o) {
+    for (int t0 = 0; t0 < T; t0 += 4 * V)
+        for (int j = 0; j < out; j++) {
+            Vec<R> s0 = Vec<R>{} + tb[j], s1 = s0, s2 = s0, s3 = s0;
+            for (int k = 0; k < in; k++) {
+                const R w = tW[(size_t)j * in + k];
+                const R *ak = a + (size_t)k * T + t0;
+                s0 += w * load(ak), s1 += w * load(ak + V), s2 += w * load(ak + 2 * V), s3 += w * load(ak + 3 * V);
+            }
+            if (ta)
+                for (int k = 0; k < in; k++) {
+                    const R w = W[(size_t)j * in + k];
+                    const R *ak = ta + (size_t)k * T + t0;
+                    s0 += w * load(ak), s1 += w * load(ak + V), s2 += w * load(ak + 2 * V), s3 += w * load(ak + 3 * V);
+                }
+            R *oj = o + (size_t)j * T + t0;
+            if (a_out) {
+                const R *m = a_out + (size_t)j * T + t0;
+                s0 = load(m) > 0 ? s0 : Vec<R>{}, s1 = load(m + V) > 0 ? s1 : Vec<R>{};
+                s2 = load(m + 2 * V) > 0 ? s2 : Vec<R>{}, s3 = load(m + 3 * V) > 0 ? s3 : Vec<R>{};
+            }
+            store<R>(oj, s0), store<R>(oj + V, s1), store<R>(oj + 2 * V, s2), store<R>(oj + 3 * V, s3);
+        }
+}
+
+/* gin[k][:] = (a[k][:] > 0) sum_j (W[j][k] tg[j][:] + tW[j][k] g[j][:]): the tangent of the gradient
+ * at the layer's input, from the gradient g at its output and its tangent tg. */
+template <class R>
+void tangent_backward_linear(int in, int out, const R *W, const R *tW, const R *g, const R *tg, const R *a, R *gin) {
+    for (int t0 = 0; t0 < T; t0 += 4 * V)
+        for (int k = 0; k < in; k++) {
+            Vec<R> s0{}, s1{}, s2{}, s3{};
+            for (int j = 0; j < out; j++) {
+                const R w = W[(size_t)j * in + k], tw = tW[(size_t)j * in + k];
+                const R *gj = tg + (size_t)j * T + t0, *hj = g + (size_t)j * T + t0;
+                s0 += w * load(gj) + tw * load(hj), s1 += w * load(gj + V) + tw * load(hj + V);
+                s2 += w * load(gj + 2 * V) + tw * load(hj + 2 * V), s3 += w * load(gj + 3 * V) + tw * load(hj + 3 * V);
+            }
+            const R *ak = a + (size_t)k * T + t0;
+            R *gk = gin + (size_t)k * T + t0;
+            store<R>(gk, load(ak) > 0 ? s0 : Vec<R>{}), store<R>(gk + V, load(ak + V) > 0 ? s1 : Vec<R>{});
+            store<R>(gk + 2 * V, load(ak + 2 * V) > 0 ? s2 : Vec<R>{});
+            store<R>(gk + 3 * V, load(ak + 3 * V) > 0 ? s3 : Vec<R>{});
+        }
+}
+
 double lane_sum(const double *lanes) {
     double total = 0.0;
     for (int s = 0; s < V; s++) total += lanes[s];
@@ -228,6 +284,122 @@ int backward(int B, int N1, const Net<R> &net, const R *x, const R *dZ, R *const
     return 0;
 }
 
+/* Direction k's tangents of layer l's weight and bias in t (directions, parameters): each layer's
+ * weight (out, in), then its bias, as the model flattens them. */
+template <class R> struct LayerTangents {
+    const R *t;
+    size_t parameters;
+    const int *sizes;
+    const R *weight(int k, int l) const {
+        const R *p = t + k * parameters;
+        for (int i = 0; i < l; i++) p += (size_t)sizes[i + 1] * (sizes[i] + 1);
+        return p;
+    }
+    const R *bias(int k, int l) const { return weight(k, l) + (size_t)sizes[l + 1] * sizes[l]; }
+};
+
+template <class R> size_t parameter_count(const Net<R> &net) {
+    size_t parameters = 0;
+    for (int l = 0; l < net.layers; l++) parameters += (size_t)net.sizes[l + 1] * (net.sizes[l] + 1);
+    return parameters;
+}
+
+/* rows[m0 + t][k] = a[k][t] for the chunk's count tokens: gather_inputs' inverse. */
+template <class R> void scatter_rows(const R *a, int width, size_t m0, int count, R *rows) {
+    R *rs = rows + m0 * width;
+    for (int t = 0; t < count; t++)
+        for (int k = 0; k < width; k++) rs[(size_t)t * width + k] = a[k * T + t];
+}
+
+/* Direction k's tangent of every layer's output in one chunk: tacts laid out as acts (layer 0, the
+ * inputs, has none: its slot is unused), from the chunk's values in acts. Returns the features'. */
+template <class R> R *run_tangents(const Net<R> &net, const LayerTangents<R> &tangents, int k, const R *acts, R *tacts) {
+    const R *a = acts, *ta = nullptr;
+    R *to = tacts;
+    for (int l = 0; l < net.layers; l++) {
+        const size_t below = (size_t)net.sizes[l] * T;
+        const bool hidden = l + 1 < net.layers;
+        to += below;
+        tangent_linear(net.sizes[l], net.sizes[l + 1], tangents.weight(k, l), tangents.bias(k, l), a, net.W[l], ta,
+                       hidden ? a + below : nullptr, to);
+        a += below, ta = to;
+    }
+    return to;
+}
+
+template <class R>
+int tangents(int B, int N1, const Net<R> &net, const R *x, int directions, const R *t, R *F, R *tF) {
+    const int d = net.sizes[0], out = net.sizes[net.layers];
+    const LayerTangents<R> layer_tangents{t, parameter_count(net), net.sizes};
+    R *acts = allocate<R>(2 * net.activations());
+    if (!acts) return 1;
+    R *tacts = acts + net.activations();
+    const size_t tokens = (size_t)B * N1;
+    for (size_t m0 = 0; m0 < tokens; m0 += T) {
+        const int count = tokens - m0 < (size_t)T ? (int)(tokens - m0) : T;
+        gather_inputs(x, d, m0, count, acts);
+        scatter_rows(run_layers(net, acts), out, m0, count, F);
+        for (int k = 0; k < directions; k++)
+            scatter_rows(run_tangents(net, layer_tangents, k, acts, tacts), out, m0, count, tF + k * tokens * out);
+    }
+    std::free(acts);
+    return 0;
+}
+
+template <class R>
+int gradient_tangents(int B, int N1, const Net<R> &net, const R *x, int directions, const R *t, const R *dF,
+                      const R *tdF, R *H) {
+    const int d = net.sizes[0], out = net.sizes[net.layers], L = net.layers;
+    const size_t parameters = parameter_count(net), tokens = (size_t)B * N1, widest = (size_t)net.widest() * T;
+    const LayerTangents<R> layer_tangents{t, parameters, net.sizes};
+    R *acts = allocate<R>(2 * net.activations() + (size_t)(L + 2) * widest);
+    double *total = allocate<double>(parameters * V * directions);  // per direction, as fm_backward's
+    if (!acts || !total) return std::free(acts), std::free(total), 1;
+    R *tacts = acts + net.activations(), *g = tacts + net.activations(), *tg = g + (size_t)L * widest;
+    R *tgin = tg + widest;
+    for (size_t m0 = 0; m0 < tokens; m0 += T) {
+        const int count = tokens - m0 < (size_t)T ? (int)(tokens - m0) : T;
+        gather_inputs(x, d, m0, count, acts);
+        run_layers(net, acts);
+        /* The gradient at every layer's output (g + l widest), shared by the directions. */
+        gather_inputs(dF, out, m0, count, g + (size_t)(L - 1) * widest);
+        const R *input = acts + net.activations() - (size_t)out * T;
+        for (int l = L - 1; l > 0; l--) {
+            input -= (size_t)net.sizes[l] * T;
+            backward_linear(net.sizes[l], net.sizes[l + 1], net.W[l], g + (size_t)l * widest, input,
+                            g + (size_t)(l - 1) * widest);
+        }
+        for (int k = 0; k < directions; k++) {
+            run_tangents(net, layer_tangents, k, acts, tacts);
+            gather_inputs(tdF + k * tokens * out, out, m0, count, tg);
+            const R *a = acts + net.activations() - (size_t)out * T, *ta = tacts + net.activations() - (size_t)out * T;
+            double *layer_total = total + parameters * V * (k + 1);
+            for (int l = L - 1; l >= 0; l--) {
+                const int in = net.sizes[l], o = net.sizes[l + 1];
+                a -= (size_t)in * T, ta -= (size_t)in * T;
+                const R *gl = g + (size_t)l * widest;
+                layer_total -= (size_t)o * (in + 1) * V;
+                for (int j = 0; j < o; j++) {
+                    const R *tgj = tg + (size_t)j * T, *gj = gl + (size_t)j * T;
+                    for (int i = 0; i < in; i++) {
+                        double *lanes = layer_total + ((size_t)j * in + i) * V;
+                        accumulate(tgj, a + (size_t)i * T, lanes);
+                        if (l > 0) accumulate(gj, ta + (size_t)i * T, lanes);  /* the inputs are data */
+                    }
+                    accumulate<R>(nullptr, tgj, layer_total + ((size_t)o * in + j) * V);
+                }
+                if (l == 0) break;
+                tangent_backward_linear(in, o, net.W[l], layer_tangents.weight(k, l), gl, tg, a, tgin);
+                R *swap = tg;
+                tg = tgin, tgin = swap;
+            }
+        }
+    }
+    for (size_t e = 0; e < parameters * directions; e++) H[e] = (R)lane_sum(total + e * V);
+    std::free(acts), std::free(total);
+    return 0;
+}
+
 }  // namespace
 
 #define ENTRY_POINTS(R, suffix)                                                                       \
@@ -239,6 +411,16 @@ int backward(int B, int N1, const Net<R> &net, const R *x, const R *dZ, R *const
                              const R *const *b, const R *x, const R *dZ, R *const *dW,                \
                              R *const *db) {                                                          \
         return backward(B, N1, Net<R>{layers, sizes, W, b}, x, dZ, dW, db);                           \
+    }                                                                                                 \
+    int fm_tangents_##suffix(int B, int N1, int layers, const int *sizes, const R *const *W,          \
+                             const R *const *b, const R *x, int directions, const R *t, R *F,         \
+                             R *tF) {                                                                 \
+        return tangents(B, N1, Net<R>{layers, sizes, W, b}, x, directions, t, F, tF);                 \
+    }                                                                                                 \
+    int fm_gradient_tangents_##suffix(int B, int N1, int layers, const int *sizes,                    \
+                                      const R *const *W, const R *const *b, const R *x,               \
+                                      int directions, const R *t, const R *dF, const R *tdF, R *H) {  \
+        return gradient_tangents(B, N1, Net<R>{layers, sizes, W, b}, x, directions, t, dF, tdF, H);   \
     }
 
 extern "C" {

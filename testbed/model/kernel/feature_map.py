@@ -9,6 +9,7 @@ autograd through ``LinearTransformer.prompt``.
 from __future__ import annotations
 
 import ctypes
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,9 @@ from testbed.native import compiled_library
 SOURCE = Path(__file__).with_name("feature_map.cpp")
 _INT, _POINTER, _POINTERS = ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
 _NET = [_INT, _INT, _INT, ctypes.POINTER(ctypes.c_int), _POINTERS, _POINTERS]
-FEATURE_MAP = {"fm_prompt": _NET + [_POINTER] * 3, "fm_backward": _NET + [_POINTER] * 2 + [_POINTERS] * 2}
+FEATURE_MAP = {"fm_prompt": _NET + [_POINTER] * 3, "fm_backward": _NET + [_POINTER] * 2 + [_POINTERS] * 2,
+               "fm_tangents": _NET + [_POINTER, _INT] + [_POINTER] * 3,
+               "fm_gradient_tangents": _NET + [_POINTER, _INT] + [_POINTER] * 4}
 
 
 @lru_cache(maxsize=1)
@@ -37,21 +40,28 @@ def _pointers(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
 
 class CompiledFeatureMap:
     """The compiled forward and backward of a ReLU MLP (``linears``: its nn.Linear layers, ReLU
-    between them) on prompts of ``n + 1`` tokens, in the dtype of its parameters."""
+    between them) on prompts of ``n + 1`` tokens, in the dtype of its parameters; at the layers' own
+    weights, or at ``point``: every weight and bias flattened in parameter order (each layer's weight,
+    then its bias)."""
 
-    def __init__(self, library: ctypes.CDLL, linears: Sequence[nn.Linear]):
+    def __init__(self, library: ctypes.CDLL, linears: Sequence[nn.Linear], point: torch.Tensor | None = None):
         self.library, self.linears = library, list(linears)
         self.dtype = self.linears[0].weight.dtype
         self.sizes = [self.linears[0].in_features] + [linear.out_features for linear in self.linears]
+        if point is None:
+            values = [p.detach() for linear in self.linears for p in (linear.weight, linear.bias)]
+        else:
+            shapes = [shape for o, i in zip(self.sizes[1:], self.sizes) for shape in ((o, i), (o,))]
+            values = [v.view(shape) for v, shape in zip(point.detach().split([math.prod(s) for s in shapes]), shapes)]
+        self.weights, self.biases = [w.contiguous() for w in values[0::2]], [b.contiguous() for b in values[1::2]]
+        self.parameter_count = sum(w.numel() + b.numel() for w, b in zip(self.weights, self.biases))
 
     def _net(self, B: int, N1: int) -> list:
-        weights = [linear.weight.detach().contiguous() for linear in self.linears]
-        biases = [linear.bias.detach().contiguous() for linear in self.linears]
         check_arguments(self.dtype, **{f"W{l}": (w, (o, i)) for l, (w, i, o) in
-                                       enumerate(zip(weights, self.sizes, self.sizes[1:]))},
-                        **{f"b{l}": (b, (o,)) for l, (b, o) in enumerate(zip(biases, self.sizes[1:]))})
+                                       enumerate(zip(self.weights, self.sizes, self.sizes[1:]))},
+                        **{f"b{l}": (b, (o,)) for l, (b, o) in enumerate(zip(self.biases, self.sizes[1:]))})
         return [B, N1, len(self.linears), (ctypes.c_int * len(self.sizes))(*self.sizes),
-                _pointers(weights), _pointers(biases)]
+                _pointers(self.weights), _pointers(self.biases)]
 
     def prompt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The contiguous prompt Z0 (B, out+1, n+1) of covariates ``x`` (B, n+1, d) and labels
@@ -83,3 +93,33 @@ class CompiledFeatureMap:
                 p.grad = g
             else:
                 p.grad.add_(g)
+
+    def tangents(self, x: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features (B, n+1, out) of covariates ``x`` (B, n+1, d) and their tangents (K, B, n+1, out)
+        along ``directions`` (K, parameter count) in the weights and biases (flattened as ``point``)."""
+        B, N1, _ = x.shape
+        K, out = directions.shape[0], self.sizes[-1]
+        x, directions = x.detach().contiguous(), directions.detach().contiguous()
+        check_arguments(self.dtype, x=(x, (B, N1, self.sizes[0])), directions=(directions, (K, self.parameter_count)))
+        features, tangents = torch.empty(B, N1, out, dtype=self.dtype), torch.empty(K, B, N1, out, dtype=self.dtype)
+        if entry(self.library, "fm_tangents", self.dtype)(*self._net(B, N1), x.data_ptr(), K, directions.data_ptr(),
+                                                          features.data_ptr(), tangents.data_ptr()):
+            raise MemoryError("feature-map kernel: out of memory")
+        return features, tangents
+
+    def gradient_tangents(self, x: torch.Tensor, directions: torch.Tensor, d_features: torch.Tensor,
+                          t_d_features: torch.Tensor) -> torch.Tensor:
+        """The tangents (K, parameter count) of the loss's gradient in the weights and biases along
+        ``directions`` (as for ``tangents``), given dLoss/dfeatures (B, n+1, out) and its tangents
+        (K, B, n+1, out): J^T t(dF) + t(J)^T dF, forward-over-reverse through the MLP."""
+        B, N1, _ = x.shape
+        K, out = directions.shape[0], self.sizes[-1]
+        x, directions = x.detach().contiguous(), directions.detach().contiguous()
+        check_arguments(self.dtype, x=(x, (B, N1, self.sizes[0])), directions=(directions, (K, self.parameter_count)),
+                        d_features=(d_features, (B, N1, out)), t_d_features=(t_d_features, (K, B, N1, out)))
+        products = torch.empty(K, self.parameter_count, dtype=self.dtype)
+        if entry(self.library, "fm_gradient_tangents", self.dtype)(
+                *self._net(B, N1), x.data_ptr(), K, directions.data_ptr(), d_features.data_ptr(),
+                t_d_features.data_ptr(), products.data_ptr()):
+            raise MemoryError("feature-map kernel: out of memory")
+        return products
