@@ -13,24 +13,31 @@ import torch.nn.functional as F
 
 from testbed.model import kernel as kernels
 from testbed.model.kernel import feature_map as feature_kernel
-from testbed.model.transformer import LinearTransformer
+from testbed.model.transformer import COMPILED_STACKS, LinearTransformer
 from testbed.tasks import Batch
 
 HESSIAN_DIRECTIONS = 64  # directions per kernel_hvp call of a full Hessian: a multiple of the kernel's 8
+# The variants whose compiled kernel takes Hessian-vector products (<prefix>_hvp of COMPILED_STACKS, all
+# with la_hvp's arguments), and whether it covers a feature map's tangents too.
+HVP_COVERS_FEATURE_MAPS = {"linear": True, "softmax": False}
 
 
 def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
-    """The kernel covers an attention variant it supports (linear attention), with or without a
-    feature map, in float32 or float64 (prompts and parameters alike). A feature map's weights move
-    the covariates the attention reads: the kernel takes their tangents and returns dLoss/dfeatures
-    with its tangents (la_hvp_features), and the MLP's own forward-over-reverse runs in
-    ``feature_map.cpp`` (fm_tangents, fm_gradient_tangents). The paper's MLP-feature model (full P and
-    Q, L=3, d=5, n=20, a 5-30-5 feature map) on 1,000 prompts, one thread: an HVP 4.4 ms and the full 551 x 551
-    Hessian 1.4 s, where torch.func takes 45 ms and 12 s."""
+    """The compiled kernel of the model's attention variant covers it (``HVP_COVERS_FEATURE_MAPS``:
+    linear attention with or without a feature map, softmax attention without one), in float32 or
+    float64 (prompts and parameters alike). Softmax attention (sa_hvp; L=3, d=5, n=20, 1,000
+    prompts, one thread): an HVP 6 ms and the full Hessian 0.4-0.7 s, where torch.func takes 80-95 ms
+    and 6-10 s. A feature map's weights move the covariates the attention reads: the kernel takes
+    their tangents and returns dLoss/dfeatures with its tangents (la_hvp_features), and the MLP's
+    own forward-over-reverse runs in ``feature_map.cpp`` (fm_tangents, fm_gradient_tangents). The
+    paper's MLP-feature model (full P and Q, L=3, d=5, n=20, a 5-30-5 feature map) on 1,000 prompts,
+    one thread: an HVP 4.4 ms and the full 551 x 551 Hessian 1.4 s, where torch.func takes 45 ms
+    and 12 s."""
     dtype = batch.x.dtype
-    return (model.attention.kernel_supported
+    covers_feature_maps = HVP_COVERS_FEATURE_MAPS.get(model.attention.name)
+    return (covers_feature_maps is not None and (covers_feature_maps or model.feature_map is None)
             and dtype in kernels.DTYPES and all(p.dtype == dtype for p in model.parameters())
-            and kernels.load() is not None
+            and COMPILED_STACKS[model.attention.name].load() is not None
             and (model.feature_map is None or feature_kernel.load() is not None))
 
 
@@ -38,7 +45,8 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
     """H(params) v for every row v of ``directions`` (K, N): the Hessian of the batch's mean squared
     error in the flattened parameters (the order of ``model.named_parameters()``), in the dtype of
     ``params``."""
-    library = kernels.load()
+    compiled = COMPILED_STACKS[model.attention.name]
+    library = compiled.load()
     dtype = params.dtype
     L, d = model.config.layers, model.d
     D, n = d + 1, model.n
@@ -71,8 +79,8 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
     HP, HQc = torch.empty(K, L, D, D, dtype=dtype), torch.empty(K, L, r, r, dtype=dtype)
     pointers = [t.data_ptr() for t in (x, y, target, P, Qc)] + [K, tP.data_ptr(), tQc.data_ptr()]
     if features is None:
-        status = kernels.entry(library, "la_hvp", dtype)(prompts, D, n + 1, r, n, L, *pointers, HP.data_ptr(),
-                                                         HQc.data_ptr())
+        hvp = kernels.entry(library, f"{compiled.prefix}_hvp", dtype)
+        status = hvp(prompts, D, n + 1, r, n, L, *pointers, HP.data_ptr(), HQc.data_ptr())
     else:
         dx, tdx = torch.empty_like(x), torch.empty_like(tx)
         kernels.check_arguments(dtype, tx=(tx, (K, prompts, n + 1, d)))
@@ -80,7 +88,7 @@ def kernel_hvp(model: LinearTransformer, batch: Batch, params: torch.Tensor, dir
             prompts, D, n + 1, r, n, L, *pointers, tx.data_ptr(), HP.data_ptr(), HQc.data_ptr(), dx.data_ptr(),
             tdx.data_ptr())
     if status:
-        raise MemoryError("linear-attention kernel: out of memory")
+        raise MemoryError(f"{model.attention.name}-attention kernel: out of memory")
     if model.config.parameterization == "block_sparse":
         products = [HQc.reshape(K, -1), HP[:, :, :d, :d].reshape(K, -1)]
     else:
