@@ -26,8 +26,8 @@ def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
     """The compiled kernel of the model's attention variant covers it (``HVP_COVERS_FEATURE_MAPS``:
     linear attention with or without a feature map, softmax attention without one), in float32 or
     float64 (prompts and parameters alike). Softmax attention (sa_hvp; L=3, d=5, n=20, 1,000
-    prompts, one thread): an HVP 6 ms and the full Hessian 0.4-0.7 s, where torch.func takes 80-95 ms
-    and 6-10 s. A feature map's weights move the covariates the attention reads: the kernel takes
+    prompts, one thread): an HVP 6 ms and the full Hessian 0.4-0.7 s, where torch.func takes 70-110
+    ms and 6-10 s. A feature map's weights move the covariates the attention reads: the kernel takes
     their tangents and returns dLoss/dfeatures with its tangents (la_hvp_features), and the MLP's
     own forward-over-reverse runs in ``feature_map.cpp`` (fm_tangents, fm_gradient_tangents). The
     paper's MLP-feature model (full P and Q, L=3, d=5, n=20, a 5-30-5 feature map) on 1,000 prompts,
