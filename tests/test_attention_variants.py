@@ -9,6 +9,7 @@ import torch
 
 from testbed.errors import ConfigError
 from testbed.model import kernel
+from testbed.model.kernel import softmax_attention
 from testbed.model.attention import ATTENTION_VARIANTS, Attention, attention_variant
 from testbed.model.config import MODEL_SCHEMA, ModelConfig
 from testbed.model.kernel.second_order import kernel_supports
@@ -79,12 +80,13 @@ def test_each_variants_model_matches_the_direct_formula(name, parameterization):
         torch.testing.assert_close(m.autograd_forward(x, y), direct, rtol=1e-12, atol=1e-12)
 
 
-def test_only_linear_attention_has_the_kernels_hessians():
-    # softmax attention trains on its own compiled kernel (tests/test_softmax_kernel.py), first order only
+def test_linear_and_softmax_attention_have_the_kernels_hessians():
+    # only linear attention has the hand-written torch stack; softmax attention trains on its own
+    # compiled kernel (tests/test_softmax_kernel.py), which takes its Hessians too (tests/test_softmax_hvp.py)
     assert {name for name, variant in ATTENTION_VARIANTS.items() if variant.kernel_supported} == {"linear"}
     x, y = data()
     batch = Batch(x.float(), y.float())
-    assert not kernel_supports(model("softmax").float(), batch)
+    assert kernel_supports(model("softmax").float(), batch) == (softmax_attention.load() is not None)
     # A float32 linear model is covered wherever the compiled kernel builds.
     assert kernel_supports(model("linear").float(), batch) == (kernel.load() is not None)
 

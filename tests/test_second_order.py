@@ -8,7 +8,7 @@ from torch.func import grad, jacrev
 from testbed.model import kernel as kernels
 from testbed.engine.probe import Probe
 from testbed.model.transformer import LinearTransformer
-from testbed.model.config import ModelConfig
+from testbed.model.config import FeatureMapConfig, ModelConfig
 from testbed.model.kernel.second_order import kernel_hessian, kernel_hvp, kernel_supports
 from testbed.tasks import Batch
 
@@ -70,7 +70,9 @@ def test_many_directions_run_in_chunks():
 
 
 def test_kernel_not_used_where_it_does_not_apply():
-    model = LinearTransformer(ModelConfig(attention="softmax"), 3, 6, torch.Generator().manual_seed(0))
+    # softmax attention's kernel takes no feature map's tangents (tests/test_softmax_hvp.py)
+    model = LinearTransformer(ModelConfig(attention="softmax", feature_map=FeatureMapConfig(hidden=(4,))), 3, 6,
+                              torch.Generator().manual_seed(0))
     batch = Batch(torch.randn(4, 7, 3), torch.randn(4, 7))
     assert not kernel_supports(model, batch)
     float64 = LinearTransformer(ModelConfig(), 3, 6, torch.Generator()).double()
