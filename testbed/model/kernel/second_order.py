@@ -31,8 +31,8 @@ def kernel_supports(model: LinearTransformer, batch: Batch) -> bool:
     their tangents and returns dLoss/dfeatures with its tangents (la_hvp_features), and the MLP's
     own forward-over-reverse runs in ``feature_map.cpp`` (fm_tangents, fm_gradient_tangents). The
     paper's MLP-feature model (full P and Q, L=3, d=5, n=20, a 5-30-5 feature map) on 1,000 prompts,
-    one thread: an HVP 4.4 ms and the full 551 x 551 Hessian 1.4 s, where torch.func takes 45 ms
-    and 12 s."""
+    one thread: an HVP about 4.5 ms and the full 551 x 551 Hessian 1.4-1.5 s, where torch.func takes
+    45-52 ms and 12 s."""
     dtype = batch.x.dtype
     covers_feature_maps = HVP_COVERS_FEATURE_MAPS.get(model.attention.name)
     return (covers_feature_maps is not None and (covers_feature_maps or model.feature_map is None)
