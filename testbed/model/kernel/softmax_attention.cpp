@@ -537,7 +537,8 @@ void scores_backward_tangent(const Layout &s, const V *Z, const V *tZ, const V *
 /* Working space of a pass, in tile entries: each layer's input Z, each hidden layer's weights A (values
  * only: their tangents are recomputed a column at a time) and values V, the backward pass's G and dZ,
  * QX, the last layer's weights a, values v and loss gradient g (these with tangents), then one query
- * column's scratch (its values, then one direction's tangents) and each direction's per-prompt dQc. */
+ * column's scratch (its values, then one direction's tangents) and each direction's per-prompt dQc.
+ * dQ takes what scores_backward adds to the values' dQc: never read (only tangents are products). */
 template <class V> struct HvpWork {
     DualArray<V> Zs, values, G, dZ, QX, a, v, g;
     V *A, *dv, *da, *ds, *y, *dQ, *ta, *tdv, *tda, *tds, *ty, *tdQ;
@@ -819,7 +820,10 @@ int hvp_pass(int B, const Layout &s, const R *x, const R *y, const R *target, co
         const int b0 = t * TILE<R>, count = B - b0 < TILE<R> ? B - b0 : TILE<R>;
         gather_xy(x, y, b0, count, s, w.Zs.v);
         V truth = {}, valid = {};
-        for (int c = 0; c < count; c++) truth[c] = target[b0 + c], valid[c] = R(1);
+        for (int c = 0; c < count; c++) {
+            truth[c] = target[b0 + c];
+            valid[c] = R(1);
+        }
         hvp_tile(s, dir, w, P, Qc, truth, valid, B, totals, stride);
     }
     for (int k = 0; k < dir.count; k++) {
