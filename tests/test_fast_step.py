@@ -103,10 +103,12 @@ def torch_step_ran(run: Callable[[], Any]) -> bool:
     return any(event.name.startswith("Optimizer.step#") for event in profile.function_events)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch ops"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("clip", [1.0, None])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_300_fast_steps_are_torchs_bit_for_bit(name, clip, dtype):
+def test_300_fast_steps_are_torchs_bit_for_bit(name, clip, dtype, compiled, monkeypatch):
+    monkeypatch.setattr(fast_step, "USE_COMPILED", compiled)  # the compiled clip and update, or torch's operations
     fast, reference = Training(OPTIMIZERS[name], dtype, clip), Training(OPTIMIZERS[name], dtype, clip)
     assert not torch_step_ran(lambda: fast.steps(1, fast=True))  # the fast path is the one taken
     fast.steps(STEPS - 1, fast=True)

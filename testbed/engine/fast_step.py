@@ -7,6 +7,9 @@ single-tensor Adam/AdamW and SGD updates (``_single_tensor_adam``, ``_single_ten
 parameters get by default) and ``clip_grad_norm_``'s foreach path, so every result is torch's bit for
 bit, and ``optimizer.state`` is kept as torch keeps it (checkpoints, resume and lr changes work
 unchanged). The ``_foreach_*`` operations used are torch's per-tensor operations in a C++ loop on CPU.
+Where the compiled library builds (testbed.native.optimizer), the clipping and the Adam/AdamW update
+(amsgrad off) on contiguous tensors are each one call of the same arithmetic instead (the same bits,
+tested); everything else takes these torch operations.
 Whatever is not reproduced here (another optimizer or a subclass, hooks, foreach/fused/capturable/
 differentiable/maximize, tensor hyperparameters, missing or sparse gradients, other dtypes or devices)
 goes to torch itself.
@@ -18,14 +21,18 @@ import math
 from typing import Any, Callable
 
 import torch
+from torch.autograd.graph import increment_version
 from torch.optim.optimizer import Optimizer
 # torch's registries of global step hooks (dicts that hooks are added to and removed from in place)
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+from testbed.native.optimizer import MAX_ELEMENTS, MAX_TENSORS, adam_step_function, clip_grad_norm_function
 
 _FLOAT_TYPES = (torch.float32, torch.float64)
 Group = dict[str, Any]
 State = dict[torch.Tensor, dict[str, Any]]
 _OPERANDS: dict[tuple[float, bool, torch.dtype], torch.Tensor] = {}
+USE_COMPILED = True  # False: torch's operations even where the compiled library is at hand (tests, timing)
 
 
 def step(optimizer: Optimizer) -> None:
@@ -62,6 +69,11 @@ def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> float:
     grads = _uniform_grads(parameters)
     if grads is None:
         return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    compiled = _compiled_clip(grads)
+    if compiled is not None:
+        total_norm = compiled(grads, float(max_norm))
+        increment_version(grads)  # as an in-place torch operation would
+        return total_norm
     with torch.no_grad():
         total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
         dtype = total_norm.dtype
@@ -74,8 +86,21 @@ def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> float:
 def grad_norm(parameters: list[torch.Tensor]) -> float:
     """The L2 norm of all gradients together: the norm of the per-tensor norms."""
     grads = _uniform_grads(parameters)
+    compiled = None if grads is None else _compiled_clip(grads)
+    if compiled is not None:
+        return compiled(grads, None)
     norms = [torch.linalg.vector_norm(p.grad) for p in parameters] if grads is None else torch._foreach_norm(grads, 2)
     return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def _compiled_clip(grads: list[torch.Tensor]) -> Callable[[list[torch.Tensor], float | None], float] | None:
+    """The compiled norm and clipping where ``grads`` (one dtype, from ``_uniform_grads``) fit it:
+    dense, contiguous and non-empty float32/float64 tensors; else None."""
+    if not USE_COMPILED or len(grads) > MAX_TENSORS or grads[0].dtype not in _FLOAT_TYPES:
+        return None
+    if not all(g.layout == torch.strided and g.is_contiguous() and 0 < g.numel() <= MAX_ELEMENTS for g in grads):
+        return None
+    return clip_grad_norm_function()
 
 
 def _operand(value: float, dtype: torch.dtype) -> torch.Tensor:
@@ -151,6 +176,8 @@ def _adam_update(state: State, group: Group) -> None:
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     grads = [p.grad for p in params]
+    if not amsgrad and _compiled_adam_update(group, params, grads, exp_avgs, exp_avg_sqs, steps):
+        return
     for step_t in steps:  # torch's step_t += 1
         # fill_ with the sum taken in Python: a double holds a float32 counter plus one exactly (or, past
         # 2**53, rounds it to the counter itself, as float32 addition does), and fill_ rounds it once to
@@ -179,6 +206,42 @@ def _adam_update(state: State, group: Group) -> None:
     torch._foreach_div_(denoms, bias_corrections2_sqrt)
     torch._foreach_add_(denoms, _operand(eps, dtype))
     torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
+
+
+def _compiled_adam_update(group: Group, params: list[torch.Tensor], grads: list[torch.Tensor],
+                          exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor]) -> bool:
+    """The update below (amsgrad off) in one compiled call where the tensors fit it; False, having
+    changed nothing, where they do not (or torch's step would raise)."""
+    beta1, beta2 = group["betas"]
+    update = adam_step_function() if USE_COMPILED else None
+    if update is None or not (0 < beta1 < 1 and 0 < beta2 < 1):  # pow(beta, step) as Python's ** computes it
+        return False
+    if not (_contiguous_like(params, [params, grads, exp_avgs, exp_avg_sqs]) and _step_counters(steps)):
+        return False
+    if not update(params, grads, exp_avgs, exp_avg_sqs, steps, group["lr"], beta1, beta2,
+                  group["weight_decay"], group["eps"], group["decoupled_weight_decay"]):
+        return False
+    increment_version([*params, *exp_avgs, *exp_avg_sqs, *steps])  # as torch's in-place operations would
+    return True
+
+
+def _contiguous_like(params: list[torch.Tensor], lists: list[list[torch.Tensor]]) -> bool:
+    """Every tensor of ``lists`` dense, contiguous, of the parameters' dtype and of its parameter's size."""
+    dtype = params[0].dtype
+    for i, p in enumerate(params):
+        if not 0 < p.numel() <= MAX_ELEMENTS:
+            return False
+        for tensors in lists:
+            t = tensors[i]
+            if t.layout != torch.strided or t.dtype != dtype or not t.is_contiguous() or t.numel() != p.numel():
+                return False
+    return True
+
+
+def _step_counters(steps: list[torch.Tensor]) -> bool:
+    """One-element CPU step counters of one dtype, float32 or float64."""
+    dtype = steps[0].dtype
+    return dtype in _FLOAT_TYPES and all(s.dtype == dtype and s.numel() == 1 and s.is_cpu for s in steps)
 
 
 def _adam_state(state: State, p: torch.Tensor, amsgrad: bool) -> dict[str, Any]:
