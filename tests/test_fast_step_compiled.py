@@ -1,9 +1,9 @@
-"""The compiled clipping and Adam/AdamW update (testbed.native.optimizer) give the bits of the torch
-operations engine.fast_step issues otherwise, on random tensors of every size from 1 to 300 (the
-vector loops' remainders included) with zeros, denormals, huge and tiny values, float32 and float64,
-every weight-decay variant and step counters of both dtypes up to 2**24 and past it; a training step
-takes the compiled path where it is at hand (no torch element-wise operation runs), and
-TESTBED_KERNEL=torch turns it off."""
+"""The compiled clipping and Adam/AdamW and SGD updates (testbed.native.optimizer) give the bits of
+the torch operations engine.fast_step issues otherwise, on random tensors of every size from 1 to 300
+(the vector loops' remainders included) with zeros, denormals, huge and tiny values, float32 and
+float64, every weight-decay, momentum and nesterov variant, and step counters of both dtypes up to
+2**24 and past it; a training step takes the compiled path where it is at hand (no torch element-wise
+operation runs), and TESTBED_KERNEL=torch turns it off."""
 
 from __future__ import annotations
 
@@ -113,22 +113,47 @@ def test_the_compiled_adam_update_is_the_torch_operations_bits(dtype, monkeypatc
             assert all(same_bits(a, b) for a, b in zip(ours, theirs)), (trial, group, count, counter)
 
 
+@needs_library
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_sgd_update_is_the_torch_operations_bits(dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    for trial in range(TRIALS):
+        sizes = [int(n) for n in rng.integers(1, 301, rng.integers(1, 5))]
+        values, grads, buffers = ([sample(rng, n, dtype) for n in sizes] for _ in range(3))
+        momentum = float(rng.choice([0.0, 0.9, 0.5, rng.uniform(0, 1)]))
+        group = {"lr": float(rng.choice([1e-3, 0.05, rng.uniform(0, 1)])), "momentum": momentum,
+                 "weight_decay": float(rng.choice([0.0, 0.01, 0.1])), "dampening": float(rng.choice([0.0, 0.3])),
+                 "nesterov": momentum != 0 and trial % 2 == 0}
+        sides = []
+        for compiled in (True, False):
+            parameters = with_grads(values, grads)
+            state = {p: {"momentum_buffer": b.clone()} if momentum != 0 else {} for p, b in zip(parameters, buffers)}
+            update = lambda: fast_step._sgd_update(state, {**group, "params": parameters})  # noqa: E731
+            with torch.no_grad():
+                update() if compiled else torch_ops(monkeypatch, update)
+            sides.append([(p, p.grad, *state[p].values()) for p in parameters])
+        for ours, theirs in zip(*sides):
+            assert all(same_bits(a, b) for a, b in zip(ours, theirs)), (trial, group)
+
+
 def elementwise_operations(run) -> set[str]:
     """The names of the torch element-wise and norm operations that ``run()`` calls."""
     with torch.autograd.profiler.profile() as profile:
         run()
-    watched = ("lerp", "addcmul", "addcdiv", "sqrt", "norm", "_foreach_mul")
+    watched = ("lerp", "addcmul", "addcdiv", "sqrt", "norm", "_foreach_mul", "_foreach_add")
     return {event.name for event in profile.function_events if any(w in event.name for w in watched)}
 
 
 @needs_library
-@pytest.mark.parametrize("name", ["adam", "adam eps weight decay", "adamw"])
-def test_a_training_step_takes_the_compiled_path(name, monkeypatch):
+@pytest.mark.parametrize("name, operation", [("adam", "aten::_foreach_lerp_"), ("adam eps weight decay", "aten::_foreach_lerp_"),
+                                             ("adamw", "aten::_foreach_lerp_"), ("sgd", "aten::_foreach_add_"),
+                                             ("sgd nesterov weight decay", "aten::_foreach_add_")])
+def test_a_training_step_takes_the_compiled_path(name, operation, monkeypatch):
     training = Training(OPTIMIZERS[name], torch.float32, 1.0)
-    training.steps(1, fast=True)  # the state exists: what follows is the steady step
+    training.steps(1, fast=True)  # the state exists (momentum buffers): what follows is the steady step
     assert elementwise_operations(lambda: training.steps(1, fast=True)) == set()
     monkeypatch.setattr(fast_step, "USE_COMPILED", False)
-    assert {"aten::_foreach_lerp_", "aten::_foreach_norm"} <= elementwise_operations(lambda: training.steps(1, fast=True))
+    assert {operation, "aten::_foreach_norm"} <= elementwise_operations(lambda: training.steps(1, fast=True))
 
 
 def test_amsgrad_and_non_contiguous_parameters_take_the_torch_operations():

@@ -7,9 +7,9 @@ single-tensor Adam/AdamW and SGD updates (``_single_tensor_adam``, ``_single_ten
 parameters get by default) and ``clip_grad_norm_``'s foreach path, so every result is torch's bit for
 bit, and ``optimizer.state`` is kept as torch keeps it (checkpoints, resume and lr changes work
 unchanged). The ``_foreach_*`` operations used are torch's per-tensor operations in a C++ loop on CPU.
-Where the compiled library builds (testbed.native.optimizer), the clipping and the Adam/AdamW update
-(amsgrad off) on contiguous tensors are each one call of the same arithmetic instead (the same bits,
-tested); everything else takes these torch operations.
+Where the compiled library builds (testbed.native.optimizer), the clipping and the Adam/AdamW (amsgrad
+off) and SGD updates on contiguous tensors are each one call of the same arithmetic instead (the same
+bits, tested); everything else takes these torch operations.
 Whatever is not reproduced here (another optimizer or a subclass, hooks, foreach/fused/capturable/
 differentiable/maximize, tensor hyperparameters, missing or sparse gradients, other dtypes or devices)
 goes to torch itself.
@@ -26,7 +26,8 @@ from torch.optim.optimizer import Optimizer
 # torch's registries of global step hooks (dicts that hooks are added to and removed from in place)
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from testbed.native.optimizer import MAX_ELEMENTS, MAX_TENSORS, adam_step_function, clip_grad_norm_function
+from testbed.native.optimizer import (MAX_ELEMENTS, MAX_TENSORS, adam_step_function, clip_grad_norm_function,
+                                      sgd_step_function)
 
 _FLOAT_TYPES = (torch.float32, torch.float64)
 Group = dict[str, Any]
@@ -263,11 +264,30 @@ def _sgd_update(state: State, group: Group) -> None:
     params = group["params"]
     lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
     grads = [p.grad for p in params]
+    if _compiled_sgd_update(state, group, params, grads):
+        return
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     if momentum != 0:
         grads = _momentum(state, params, grads, group)
     torch._foreach_add_(params, grads, alpha=-lr)
+
+
+def _compiled_sgd_update(state: State, group: Group, params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """The update above in one compiled call where the tensors fit it and every momentum buffer
+    exists (a first step makes them: torch's path); False, having changed nothing, where not."""
+    update = sgd_step_function() if USE_COMPILED else None
+    if update is None:
+        return False
+    momentum = group["momentum"]
+    buffers = [state[p].get("momentum_buffer") for p in params] if momentum != 0 else []
+    if any(buffer is None for buffer in buffers):
+        return False
+    if not _contiguous_like(params, [params, grads, *([buffers] if buffers else [])]):
+        return False
+    update(params, grads, buffers, group["lr"], group["weight_decay"], momentum, group["dampening"], group["nesterov"])
+    increment_version([*params, *buffers])  # as torch's in-place operations would
+    return True
 
 
 def _momentum(state: State, params: list[torch.Tensor], grads: list[torch.Tensor], group: Group) -> list[torch.Tensor]:

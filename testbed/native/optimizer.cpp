@@ -1,4 +1,4 @@
-/* Gradient clipping and the Adam/AdamW update in one call each, with the arithmetic of the torch
+/* Gradient clipping and the Adam/AdamW and SGD updates in one call each, with the arithmetic of the torch
  * tensor operations they replace (torch 2.13 on an AVX-512 CPU), element for element and rounding
  * for rounding, so that every result is the same bits:
  *   - the 2-norm (torch._foreach_norm, linalg.vector_norm): of one element its absolute value; else
@@ -122,6 +122,28 @@ int adam_update(T** params, T** grads, T** exp_avgs, T** exp_avg_sqs, void** ste
     return 0;
 }
 
+/* _single_tensor_sgd's update on running momentum buffers (or none: momentum 0): the weight decay
+ * and the steps along the buffers are torch's add with alpha, a fused multiply-add. */
+template <typename T>
+int sgd_update(T** params, T** grads, T** buffers, const int64_t* sizes, int64_t count, double lr,
+               double weight_decay, double momentum, double dampening, int nesterov) {
+    T decay = T(weight_decay), keep = T(momentum), inflow = T(1.0 - dampening), rate = T(-lr);
+    for (int64_t k = 0; k < count; k++) {
+        T* param = params[k];
+        const T* grad = grads[k];
+        for (int64_t i = 0; i < sizes[k]; i++) {
+            T g = weight_decay != 0 ? std::fma(param[i], decay, grad[i]) : grad[i];
+            if (momentum != 0) {
+                T buffer = std::fma(g, inflow, buffers[k][i] * keep);
+                buffers[k][i] = buffer;
+                g = nesterov ? std::fma(buffer, keep, g) : buffer;
+            }
+            param[i] = std::fma(g, rate, param[i]);
+        }
+    }
+    return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -139,6 +161,12 @@ extern "C" {
                            void* sqrt_function) {                                               \
         return adam_update(params, grads, exp_avgs, exp_avg_sqs, steps, step_is_double, sizes, count, lr,   \
                     beta1, beta2, weight_decay, eps, decoupled, sqrt_function);                       \
+    }                                                                                                 \
+    int sgd_step_##suffix(T** params, T** grads, T** buffers, const int64_t* sizes, int64_t count,   \
+                          double lr, double weight_decay, double momentum, double dampening,        \
+                          int nesterov) {                                                            \
+        return sgd_update(params, grads, buffers, sizes, count, lr, weight_decay, momentum, dampening, \
+                          nesterov);                                                                 \
     }
 
 ENTRY_POINTS(float, f32)

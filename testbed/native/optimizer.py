@@ -1,4 +1,4 @@
-"""Gradient clipping and the Adam/AdamW update compiled (``optimizer.cpp``): each one call in place of
+"""Gradient clipping and the Adam/AdamW and SGD updates compiled (``optimizer.cpp``): each one call in place of
 some fifteen tiny torch operations (a few microseconds of dispatch each) on a small model's tensors,
 with the same arithmetic, so the same bits. Callers check what fits (contiguous CPU float32/float64
 tensors of one dtype, amsgrad off); without the library (no compiler, TESTBED_KERNEL=torch, torch
@@ -22,12 +22,14 @@ _P, _I, _D, _C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
     "clip_grad_norm": [_P, _P, _I, _C, _D, ctypes.POINTER(_D)],
     "adam_step": [_P, _P, _P, _P, _P, _C, _P, _I, _D, _D, _D, _D, _D, _C, _P],
+    "sgd_step": [_P, _P, _P, _P, _I, _D, _D, _D, _D, _C],
 }
 _MKL_MODE = 0x2 | 0x140000 | 0x100  # VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE, as torch's vml.h calls it
 _MKL_SQRT = {torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}
 MAX_ELEMENTS = 2**31 - 1  # MKL's 32-bit counts: torch splits larger arrays
 ClipFunction = Callable[[list[torch.Tensor], float | None], float]
 AdamFunction = Callable[..., bool]
+SgdFunction = Callable[..., None]
 
 
 @lru_cache(maxsize=1)
@@ -105,5 +107,23 @@ def adam_step_function() -> AdamFunction | None:
         return 0 == entry(_pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
                           _pointers(steps), steps[0].dtype == torch.float64, _sizes(params), len(params),
                           lr, beta1, beta2, weight_decay, eps, decoupled, sqrt_function)
+
+    return update
+
+
+@lru_cache(maxsize=1)
+def sgd_step_function() -> SgdFunction | None:
+    """``update(params, grads, buffers, lr, weight_decay, momentum, dampening, nesterov)``: torch's
+    single-tensor SGD step on contiguous tensors of one dtype whose momentum buffers all exist (or
+    momentum 0, ``buffers`` then unused), params and buffers updated in place."""
+    library = _library()
+    if library is None:
+        return None
+    entries = {dtype: getattr(library, f"sgd_step_{suffix}") for dtype, suffix in DTYPES.items()}
+
+    def update(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor], lr: float,
+               weight_decay: float, momentum: float, dampening: float, nesterov: bool) -> None:
+        entries[params[0].dtype](_pointers(params), _pointers(grads), _pointers(buffers or params), _sizes(params),  # no buffers: never read
+                                 len(params), lr, weight_decay, momentum, dampening, nesterov)
 
     return update
