@@ -55,6 +55,11 @@ def same_float(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)
 
 
+def random_sizes(rng: np.random.Generator) -> list[int]:
+    """One to four tensor sizes from 1 to 300 (vector tails of every length included)."""
+    return [int(n) for n in rng.integers(1, 301, rng.integers(1, 5))]
+
+
 def with_grads(values: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.nn.Parameter]:
     parameters = [torch.nn.Parameter(v.clone()) for v in values]
     for p, g in zip(parameters, grads):
@@ -74,7 +79,7 @@ def torch_ops(monkeypatch: pytest.MonkeyPatch, run):
 def test_the_compiled_norm_and_clipping_are_the_torch_operations_bits(dtype, monkeypatch):
     rng = np.random.default_rng(1)
     for _ in range(TRIALS):
-        sizes = [int(n) for n in rng.integers(1, 301, rng.integers(1, 5))]
+        sizes = random_sizes(rng)
         grads = [sample(rng, n, dtype) for n in sizes]
         max_norm = float(rng.choice([1.0, 0.5, 1e-3, 1e6, rng.uniform(0, 10)]))
         reference, compiled = with_grads(grads, grads), with_grads(grads, grads)
@@ -90,7 +95,7 @@ def test_the_compiled_norm_and_clipping_are_the_torch_operations_bits(dtype, mon
 def test_the_compiled_adam_update_is_the_torch_operations_bits(dtype, monkeypatch):
     rng = np.random.default_rng(2)
     for trial in range(TRIALS):
-        sizes = [int(n) for n in rng.integers(1, 301, rng.integers(1, 5))]
+        sizes = random_sizes(rng)
         values, grads = [sample(rng, n, dtype) for n in sizes], [sample(rng, n, dtype) for n in sizes]
         exp_avgs, exp_avg_sqs = [sample(rng, n, dtype) for n in sizes], [sample(rng, n, dtype, True) for n in sizes]
         group = {"betas": (float(rng.choice([0.9, 0.8, 0.5, 0.3, rng.uniform(0, 1)])),
@@ -118,7 +123,7 @@ def test_the_compiled_adam_update_is_the_torch_operations_bits(dtype, monkeypatc
 def test_the_compiled_sgd_update_is_the_torch_operations_bits(dtype, monkeypatch):
     rng = np.random.default_rng(3)
     for trial in range(TRIALS):
-        sizes = [int(n) for n in rng.integers(1, 301, rng.integers(1, 5))]
+        sizes = random_sizes(rng)
         values, grads, buffers = ([sample(rng, n, dtype) for n in sizes] for _ in range(3))
         momentum = float(rng.choice([0.0, 0.9, 0.5, rng.uniform(0, 1)]))
         group = {"lr": float(rng.choice([1e-3, 0.05, rng.uniform(0, 1)])), "momentum": momentum,
