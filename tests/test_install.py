@@ -17,7 +17,7 @@ import testbed
 import testbed_std
 from testbed.model import kernel as kernels
 from testbed.model.kernel import feature_map, softmax_attention
-from testbed.native import sampling
+from testbed.native import checksum, optimizer, sampling
 from testbed.paper.reproduce import SUITE
 
 EXPECT_INSTALLED = os.environ.get("TESTBED_EXPECT_INSTALLED") == "1"
@@ -37,8 +37,12 @@ def test_testbed_and_its_standard_plugins_come_from_one_install():
 
 def test_the_package_holds_the_kernel_source_and_the_report():
     # every C++ source a library is compiled from: without one its callers fall back to torch, slowly
-    sources = [kernels.SOURCE, sampling.SOURCE, softmax_attention.SOURCE, feature_map.SOURCE]
+    sources = [kernels.SOURCE, sampling.SOURCE, softmax_attention.SOURCE, feature_map.SOURCE, checksum.SOURCE,
+               optimizer.SOURCE]
     assert all(source.is_file() and source.is_relative_to(PACKAGE) for source in sources), sources
+    # and no source of the repository is left out of that list (nor, then, of the package)
+    repository_sources = {p.relative_to(REPOSITORY / "testbed") for p in (REPOSITORY / "testbed").rglob("*.cpp")}
+    assert repository_sources <= {source.relative_to(PACKAGE) for source in sources}
     import testbed.report
 
     assert Path(testbed.report.__file__).resolve().parent == PACKAGE / "report"
