@@ -7,10 +7,15 @@ import torch
 from torch.func import grad, jvp
 
 from testbed.engine.probe import Probe
+from testbed.experiment import cache
+from testbed.experiment.cache import identity, run_id
+from testbed.experiment.config import parse_config
+from testbed.experiment.runner import plan_runs
 from testbed.model import kernel as kernels
 from testbed.model.config import ModelConfig
 from testbed.model.kernel.second_order import kernel_hvp, kernel_supports
 from testbed.model.transformer import LinearTransformer
+from testbed.plugins import load_plugins
 from testbed.tasks import Batch
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C++ compiler: the kernel is not built")
@@ -111,3 +116,18 @@ def test_probe_gradient_takes_the_kernel_path():
         library.la_loss_grad_block_sparse_f32 = entry
     assert calls == [40]
 
+
+
+def test_runs_that_measure_diagnostics_get_run_ids_of_their_own(registry, tiny_raw, monkeypatch):
+    """The probe's second order moved to the kernels' value and tangent lanes (new rounding in the
+    diagnostics' values): a run measuring diagnostics names that arithmetic in its identity, so no
+    result cached with the previous values is taken for it; a run without diagnostics keeps its id."""
+    plugins = load_plugins()
+    tiny_raw["diagnostics"] = [{"name": "directional_smoothness", "seeds": [0]}]
+    plans = plan_runs(parse_config(tiny_raw, registry), "runs")
+    measured, plain = (next(plan for plan in plans if plan.seed == seed) for seed in (0, 1))
+    assert identity(measured, plugins)["probe"] == cache.PROBE_ARITHMETIC
+    assert "probe" not in identity(plain, plugins)
+    ids = [run_id(plan, plugins) for plan in (measured, plain)]
+    monkeypatch.setattr(cache, "PROBE_ARITHMETIC", "before")
+    assert run_id(measured, plugins) != ids[0] and run_id(plain, plugins) == ids[1]

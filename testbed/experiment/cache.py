@@ -56,6 +56,10 @@ ARITHMETIC = {"float64": "compiled kernel"}
 FEATURE_MAP_ARITHMETIC = "compiled feature map"
 # And for softmax attention: it moved from autograd to its compiled kernel (issue 15), in every dtype.
 ATTENTION_ARITHMETIC = {"softmax": "compiled softmax kernel"}
+# And for what diagnostics measure through the probe: Hessian-vector products moved to the kernels'
+# value and tangent lanes and Probe.gradient to the training step's kernel call (issue 15), which
+# moves their values at the rounding level, so runs that measure diagnostics get new ids.
+PROBE_ARITHMETIC = "second order on kernel lanes"
 # Fields a summary must have beyond those RunResult cannot do without: a result without its eval
 # curve is no result.
 REQUIRED = ("eval_steps", "eval_losses")
@@ -89,6 +93,7 @@ def identity(plan: RunPlan, plugins: Plugins) -> dict[str, Any]:
         "eval": plain_data(dataclasses.asdict(config.eval)),
         "optimizer": {k: v for k, v in plain_data(dataclasses.asdict(spec)).items() if k != "tune"},
         "diagnostics": [{"name": d.name, "options": plain_data(d.options)} for d in diagnostics],
+        **({"probe": PROBE_ARITHMETIC} if diagnostics else {}),
         "seed": plan.seed,
         "pilot": plan.pilot,
         "versions": {**core_versions(),
