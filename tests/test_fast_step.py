@@ -320,3 +320,10 @@ def test_a_real_run_gives_the_eval_losses_of_torchs_step(tmp_path, tiny_raw):
                                                         "TESTBED_PLUGINS": "torch_step_hook", "HOOK_CALLS": str(calls)})
     assert calls.read_text().split() == ["60"] * len(fast)  # every step of every run was torch's
     assert len(fast) == 6 and fast == hooked
+
+
+def test_the_cached_operands_stay_few_when_a_hyperparameter_changes_every_step():
+    # a momentum or beta2 changed at every step must not grow the cache of scalar operands for ever
+    for step in range(3 * fast_step.MAX_OPERANDS):
+        assert fast_step._operand(0.5 + step * 1e-6, torch.float32).item() == torch.tensor(0.5 + step * 1e-6).item()
+    assert len(fast_step._OPERANDS) <= fast_step.MAX_OPERANDS

@@ -33,6 +33,7 @@ _FLOAT_TYPES = (torch.float32, torch.float64)
 Group = dict[str, Any]
 State = dict[torch.Tensor, dict[str, Any]]
 _OPERANDS: dict[tuple[float, bool, torch.dtype], torch.Tensor] = {}
+MAX_OPERANDS = 256  # constants a run uses (betas, eps, momentum, max_norm): a handful
 USE_COMPILED = True  # False: torch's operations even where the compiled library is at hand (tests, timing)
 
 
@@ -113,6 +114,8 @@ def _operand(value: float, dtype: torch.dtype) -> torch.Tensor:
     key = (value, math.copysign(1.0, value) > 0, dtype)  # 0.0 and -0.0 are equal keys, not equal operands
     operand = _OPERANDS.get(key)
     if operand is None:
+        if len(_OPERANDS) >= MAX_OPERANDS:  # hyperparameters changed step after step: keep memory bounded
+            _OPERANDS.clear()
         operand = _OPERANDS[key] = torch.tensor(value, dtype=dtype)
     return operand
 
