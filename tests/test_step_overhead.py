@@ -76,10 +76,12 @@ def test_a_grad_is_added_to_in_place_whatever_its_layout(layout):
             p.grad = p.grad.transpose(1, 2).contiguous().transpose(1, 2)
             assert not p.grad.is_contiguous()
     kept = [p.grad for p in model.parameters()]
+    versions = [g._version for g in kept]
     reference.loss_backward(x, y, y[:, -1])
     model.loss_backward(x, y, y[:, -1])
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(reference.parameters(), model.parameters()))
     assert all(p.grad is g for p, g in zip(model.parameters(), kept))  # added in place, as autograd adds
+    assert all(g._version > v for g, v in zip(kept, versions))  # and marked changed, as torch's add_ marks it
 
 
 def test_a_target_of_any_stride_is_read_as_its_contiguous_copy():

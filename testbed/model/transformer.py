@@ -22,6 +22,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from testbed.model import kernel as kernels
 from testbed.model.attention import attention_variant
@@ -246,12 +247,10 @@ class LinearTransformer(nn.Module):
                 grad_A.data_ptr()):
             raise MemoryError("linear-attention kernel: out of memory")
         for parameter, grad, added in ((self.A, grad_A, add_A), (self.B, grad_B, add_B)):
-            if added:
-                continue
-            if parameter.grad is None:
-                parameter.grad = grad
-            else:  # a .grad the kernel cannot add to in place (strided, another dtype)
-                parameter.grad.add_(grad)
+            if added:  # as torch's add_ would have marked it
+                increment_version(grad)
+            else:  # no .grad yet, or one the kernel cannot add to in place (strided, another dtype)
+                kernels.add_to_grad(parameter, grad)
         return loss
 
     def _accumulate_matrix_gradients(self, dP: torch.Tensor, dQc: torch.Tensor) -> None:
@@ -263,10 +262,7 @@ class LinearTransformer(nn.Module):
         else:
             pairs = ((self.P, dP), (self.Q, dQc))
         for parameter, grad in pairs:
-            if parameter.grad is None:
-                parameter.grad = grad.contiguous()
-            else:
-                parameter.grad.add_(grad)  # ``+=`` would also set .grad again, through its checks
+            kernels.add_to_grad(parameter, grad)
 
     def _compiled_features(self, x: torch.Tensor, y: torch.Tensor) -> feature_kernel.CompiledFeatureMap | None:
         """The compiled feature map for the prompt of ``(x, y)`` (after checking its shape), or None:

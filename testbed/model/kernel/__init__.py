@@ -83,3 +83,12 @@ def check_arguments(dtype: torch.dtype, strided: tuple[str, ...] = (),
             raise ValueError(f"linear-attention kernel: {name} is a {actual} tensor of shape "
                              f"{tuple(tensor.shape)} on {tensor.device}{layout}; expected a {wanted}"
                              f"{expected} tensor of shape {shape} on cpu")
+
+
+def add_to_grad(parameter: torch.nn.Parameter, grad: torch.Tensor) -> None:
+    """Add a gradient the kernel computed to ``parameter.grad`` as autograd accumulates it: the tensor
+    (made contiguous) becomes ``.grad`` when there is none, else it is added in place."""
+    if parameter.grad is None:
+        parameter.grad = grad.contiguous()
+    else:
+        parameter.grad.add_(grad)  # ``+=`` would also set .grad again, through its checks

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from testbed.model.kernel import check_arguments, entry
+from testbed.model.kernel import add_to_grad, check_arguments, entry
 from testbed.native import compiled_library
 
 SOURCE = Path(__file__).with_name("feature_map.cpp")
@@ -89,10 +89,7 @@ class CompiledFeatureMap:
         if status:
             raise MemoryError("feature-map kernel: out of memory")
         for p, g in zip(parameters, grads):
-            if p.grad is None:
-                p.grad = g
-            else:
-                p.grad.add_(g)
+            add_to_grad(p, g)
 
     def tangents(self, x: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The features (B, n+1, out) of covariates ``x`` (B, n+1, d) and their tangents (K, B, n+1, out)
