@@ -17,7 +17,7 @@ import torch
 
 from testbed.engine import fast_step
 from testbed.engine.loop import training_step
-from testbed.native.optimizer import adam_step_function, clip_grad_norm_function
+from testbed.native.optimizer import MAX_TENSORS, adam_step_function, clip_grad_norm_function
 from test_fast_step import OPTIMIZERS, Training
 
 TRIALS = 400
@@ -74,6 +74,21 @@ def torch_ops(monkeypatch: pytest.MonkeyPatch, run):
         return run()
 
 
+def updated_on_both_paths(monkeypatch, values, grads, make_state, update) -> list[list[tuple[torch.Tensor, ...]]]:
+    """Per path (compiled, then fast_step's torch operations), per parameter: the parameter, its
+    gradient and its state after ``update(state, parameters)`` on fresh copies of ``values`` and
+    ``grads``, the state made by ``make_state(parameters)``."""
+    sides = []
+    for compiled in (True, False):
+        parameters = with_grads(values, grads)
+        state = make_state(parameters)
+        run = lambda: update(state, parameters)  # noqa: E731
+        with torch.no_grad():
+            run() if compiled else torch_ops(monkeypatch, run)
+        sides.append([(p, p.grad, *state[p].values()) for p in parameters])
+    return sides
+
+
 @needs_library
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_compiled_norm_and_clipping_are_the_torch_operations_bits(dtype, monkeypatch):
@@ -105,15 +120,11 @@ def test_the_compiled_adam_update_is_the_torch_operations_bits(dtype, monkeypatc
                  "amsgrad": False}
         counter = (torch.float32, torch.float64)[trial % 3 % 2]
         count = float(rng.choice([0, 1, 99, 2**24 - 1, 2**24, 1e7 + 3, rng.integers(0, 10000)]))
-        sides = []
-        for compiled in (True, False):
-            parameters = with_grads(values, grads)
-            state = {p: {"step": torch.tensor(count, dtype=counter), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
-                     for p, m, v in zip(parameters, exp_avgs, exp_avg_sqs)}
-            update = lambda: fast_step._adam_update(state, {**group, "params": parameters})  # noqa: E731
-            with torch.no_grad():
-                update() if compiled else torch_ops(monkeypatch, update)
-            sides.append([(p, p.grad, *state[p].values()) for p in parameters])
+        sides = updated_on_both_paths(
+            monkeypatch, values, grads,
+            lambda parameters: {p: {"step": torch.tensor(count, dtype=counter), "exp_avg": m.clone(),
+                                    "exp_avg_sq": v.clone()} for p, m, v in zip(parameters, exp_avgs, exp_avg_sqs)},
+            lambda state, parameters: fast_step._adam_update(state, {**group, "params": parameters}))
         for ours, theirs in zip(*sides):
             assert all(same_bits(a, b) for a, b in zip(ours, theirs)), (trial, group, count, counter)
 
@@ -129,14 +140,11 @@ def test_the_compiled_sgd_update_is_the_torch_operations_bits(dtype, monkeypatch
         group = {"lr": float(rng.choice([1e-3, 0.05, rng.uniform(0, 1)])), "momentum": momentum,
                  "weight_decay": float(rng.choice([0.0, 0.01, 0.1])), "dampening": float(rng.choice([0.0, 0.3])),
                  "nesterov": momentum != 0 and trial % 2 == 0}
-        sides = []
-        for compiled in (True, False):
-            parameters = with_grads(values, grads)
-            state = {p: {"momentum_buffer": b.clone()} if momentum != 0 else {} for p, b in zip(parameters, buffers)}
-            update = lambda: fast_step._sgd_update(state, {**group, "params": parameters})  # noqa: E731
-            with torch.no_grad():
-                update() if compiled else torch_ops(monkeypatch, update)
-            sides.append([(p, p.grad, *state[p].values()) for p in parameters])
+        sides = updated_on_both_paths(
+            monkeypatch, values, grads,
+            lambda parameters: {p: {"momentum_buffer": b.clone()} if momentum != 0 else {}
+                                for p, b in zip(parameters, buffers)},
+            lambda state, parameters: fast_step._sgd_update(state, {**group, "params": parameters}))
         for ours, theirs in zip(*sides):
             assert all(same_bits(a, b) for a, b in zip(ours, theirs)), (trial, group)
 
@@ -193,3 +201,16 @@ def test_a_counter_that_reaches_zero_raises_as_torchs_step_does(monkeypatch):
         outcomes.append([weight.detach().clone(), *optimizer.state[weight].values()])
     for outcome in outcomes[:2]:  # what torch's step left behind when it raised
         assert all(same_bits(a, b) for a, b in zip(outcome, outcomes[2]))
+
+
+@needs_library
+def test_more_tensors_than_the_compiled_clip_holds_are_clipped_by_torch():
+    # the compiled call keeps a norm per tensor on its stack: past MAX_TENSORS fast_step takes torch's
+    # operations, and the call itself refuses them rather than writing past its array
+    grads = [torch.full((3,), float(k)) for k in range(MAX_TENSORS + 1)]
+    reference, ours = with_grads(grads, grads), with_grads(grads, grads)
+    expected = float(torch.nn.utils.clip_grad_norm_(reference, 1.0))
+    assert same_float(fast_step.clip_grad_norm(ours, 1.0), expected)
+    assert all(same_bits(p.grad, q.grad) for p, q in zip(ours, reference))
+    with pytest.raises(ValueError, match=f"at most {MAX_TENSORS} tensors"):
+        clip_grad_norm_function()([p.grad for p in ours], 1.0)

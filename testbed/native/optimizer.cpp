@@ -18,6 +18,7 @@ namespace {
 
 template <typename T> constexpr int64_t LANES = 32 / sizeof(T);  // a 256-bit vector
 template <typename T> constexpr int64_t PLAIN_REMAINDER = sizeof(T) == 4 ? 4 : 0;
+constexpr int64_t MAX_TENSORS = 64;  // the per-tensor norms are kept on the stack (optimizer.py's too)
 
 // linalg.vector_norm(x, 2) of n contiguous elements.
 template <typename T>
@@ -46,7 +47,7 @@ T clamp_to_one(T coef) {
  * place by clamp(max_norm / (norm + 1e-6), max=1), the reciprocal taken first as torch does. */
 template <typename T>
 double clip(T** grads, const int64_t* sizes, int64_t count, int clip_them, double max_norm) {
-    T norms[64];
+    T norms[MAX_TENSORS];
     for (int64_t k = 0; k < count; k++) norms[k] = norm(grads[k], sizes[k]);
     T total = norm(norms, count);
     if (clip_them) {
@@ -151,7 +152,7 @@ extern "C" {
 #define ENTRY_POINTS(T, suffix)                                                                       \
     int clip_grad_norm_##suffix(T** grads, const int64_t* sizes, int64_t count, int clip_them,       \
                                 double max_norm, double* total_norm) {                                \
-        if (count > 64) return 1;                                                                     \
+        if (count > MAX_TENSORS) return 1;                                                            \
         *total_norm = clip(grads, sizes, count, clip_them, max_norm);                                 \
         return 0;                                                                                     \
     }                                                                                                 \

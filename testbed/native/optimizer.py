@@ -80,8 +80,9 @@ def clip_grad_norm_function() -> ClipFunction | None:
 
     def clip(grads: list[torch.Tensor], max_norm: float | None) -> float:
         total = _D()
-        entries[grads[0].dtype](_pointers(grads), _sizes(grads), len(grads), max_norm is not None,
-                                0.0 if max_norm is None else max_norm, ctypes.byref(total))
+        if entries[grads[0].dtype](_pointers(grads), _sizes(grads), len(grads), max_norm is not None,
+                                   0.0 if max_norm is None else max_norm, ctypes.byref(total)):
+            raise ValueError(f"compiled clipping takes at most {MAX_TENSORS} tensors, got {len(grads)}")
         return total.value
 
     return clip
