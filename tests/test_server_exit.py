@@ -27,12 +27,18 @@ if __name__ == "__main__":
 """
 
 
-def test_the_worker_server_leaves_at_once_at_exit(tmp_path):
+def last_line_of_probe(tmp_path, source: str) -> str:
+    """The last line a probe script (a forkserver needs a file to import its main from) prints; it must
+    succeed."""
     script = tmp_path / "probe.py"
-    script.write_text(SERVER_PROBE)
+    script.write_text(source)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "worker exit code: 0"
+    return out.stdout.splitlines()[-1]
+
+
+def test_the_worker_server_leaves_at_once_at_exit(tmp_path):
+    assert last_line_of_probe(tmp_path, SERVER_PROBE) == "worker exit code: 0"
 
 
 def test_another_process_importing_the_preloads_keeps_its_exit_code():
@@ -60,11 +66,7 @@ if __name__ == "__main__":
 
 
 def test_workers_forked_from_the_server_collect_as_usual(tmp_path):
-    script = tmp_path / "probe.py"
-    script.write_text(GC_PROBE)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "worker collector enabled, heap frozen: (True, True)"
+    assert last_line_of_probe(tmp_path, GC_PROBE) == "worker collector enabled, heap frozen: (True, True)"
 
 
 def test_the_console_command_runs_with_the_collector_on():
